@@ -1,0 +1,219 @@
+"""Checkpoints: one directory per save, so it is a `ray.train.Checkpoint` as-is.
+
+Layout of a checkpoint directory (everything the loop needs to continue bit-exactly)::
+
+    model.pt             model state_dict
+    optimizer.pt         optimizer state_dict
+    state.pt             grad scaler, RNG states (python, numpy, torch, cuda), gradients
+                         accumulated so far when saved mid-accumulation
+    trainer_state.json   format version, position (epoch, batch_in_epoch, global_step),
+                         partial sums of the epoch and window, history, TrainingConfig, TaskSpec
+    COMPLETE             written last: size and sha256 of every file above
+
+A save is written to a hidden temporary directory beside its final name and renamed into
+place, so a crash never leaves a half-written checkpoint under a real name. Loading checks
+the marker and every hash before reading, and reads tensors with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT_VERSION = 1
+MARKER = "COMPLETE"
+STATE_JSON = "trainer_state.json"
+TENSOR_FILES = ("model.pt", "optimizer.pt", "state.pt")
+_TMP_PREFIX = ".tmp-"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or corrupt."""
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: Path
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    extra: dict[str, Any]  # state.pt
+    state: dict[str, Any]  # trainer_state.json
+
+
+def checkpoint_name(epoch: int, batch_in_epoch: int) -> str:
+    return f"checkpoint_e{epoch:04d}_b{batch_in_epoch:07d}"
+
+
+def save(run_dir: Path, name: str, model: dict, optimizer: dict, extra: dict, state: dict) -> Path:
+    """Write a complete checkpoint atomically; returns its final path."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final = run_dir / name
+    tmp = run_dir / f"{_TMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        for fname, obj in zip(TENSOR_FILES, (model, optimizer, extra)):
+            torch.save(obj, tmp / fname)
+        state = dict(state, format_version=FORMAT_VERSION, saved_at_ns=time.time_ns())
+        (tmp / STATE_JSON).write_text(json.dumps(state, indent=1))
+        files = {f: _describe(tmp / f) for f in (*TENSOR_FILES, STATE_JSON)}
+        marker = {"format_version": FORMAT_VERSION, "saved_at_ns": state["saved_at_ns"], "files": files}
+        _write_synced(tmp / MARKER, json.dumps(marker, indent=1))
+        _fsync_dir(tmp)
+        if final.exists():
+            # Replacing a checkpoint of the same position (a resumed run passing it again):
+            # move the old one aside first so that one of the two is always complete.
+            old = run_dir / f"{_TMP_PREFIX}old-{name}-{uuid.uuid4().hex[:8]}"
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+        _fsync_dir(run_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def load(path: str | os.PathLike, map_location: Any = "cpu") -> LoadedCheckpoint:
+    """Load one checkpoint directory, verifying it first."""
+    path = Path(path)
+    verify(path)
+    tensors = {}
+    for fname in TENSOR_FILES:
+        try:
+            tensors[fname] = torch.load(path / fname, map_location=map_location, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
+            raise CheckpointError(f"checkpoint {path}: cannot load {fname} ({type(e).__name__}: {e})") from e
+    state = json.loads((path / STATE_JSON).read_text())
+    return LoadedCheckpoint(path, tensors["model.pt"], tensors["optimizer.pt"], tensors["state.pt"], state)
+
+
+def verify(path: Path) -> dict[str, Any]:
+    """Raise CheckpointError unless `path` is a complete, uncorrupted checkpoint."""
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} does not exist or is not a directory")
+    marker_path = path / MARKER
+    if not marker_path.is_file():
+        raise CheckpointError(
+            f"checkpoint {path} is incomplete: its {MARKER} marker is missing (the save was interrupted)"
+        )
+    try:
+        marker = json.loads(marker_path.read_text())
+        files = marker["files"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {path}: file {MARKER} is corrupt ({e})") from e
+    if marker.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {marker['format_version']}, newer than this trainyard "
+            f"reads ({FORMAT_VERSION}); upgrade trainyard"
+        )
+    for fname, expected in files.items():
+        fpath = path / fname
+        if not fpath.is_file():
+            raise CheckpointError(f"checkpoint {path}: file {fname} is missing")
+        actual = _describe(fpath)
+        if actual["size"] != expected["size"]:
+            raise CheckpointError(
+                f"checkpoint {path}: file {fname} is truncated or corrupt "
+                f"({actual['size']} bytes, expected {expected['size']})"
+            )
+        if actual["sha256"] != expected["sha256"]:
+            raise CheckpointError(f"checkpoint {path}: file {fname} is corrupt (its sha256 does not match)")
+    return marker
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoint directories in `run_dir` (complete or not), oldest save first."""
+    if not run_dir.is_dir():
+        return []
+    found = [p for p in run_dir.iterdir() if p.is_dir() and not p.name.startswith(_TMP_PREFIX) and _looks_like_checkpoint(p)]
+    return sorted(found, key=_saved_at)
+
+
+def latest_valid(run_dir: Path, warn=None) -> Path | None:
+    """The newest checkpoint in `run_dir` that verifies; bad ones are reported and skipped."""
+    for candidate in reversed(list_checkpoints(run_dir)):
+        try:
+            verify(candidate)
+            return candidate
+        except CheckpointError as e:
+            if warn:
+                warn(f"skipping {e}; falling back to an older checkpoint")
+    return None
+
+
+def resolve(path: str | os.PathLike, warn=None) -> Path:
+    """A checkpoint directory itself, or the newest valid checkpoint of a run directory."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if _looks_like_checkpoint(path):
+        return path
+    found = latest_valid(path, warn)
+    if found is None:
+        raise CheckpointError(f"checkpoint: no valid checkpoint found in run directory {path}")
+    return found
+
+
+def prune(run_dir: Path, keep: int | None, protect: Path | None = None) -> None:
+    """Delete all but the `keep` most recently saved checkpoints, and stale temporaries."""
+    for p in run_dir.iterdir() if run_dir.is_dir() else ():
+        if p.name.startswith(_TMP_PREFIX) and p.is_dir() and time.time() - p.stat().st_mtime > 3600:
+            shutil.rmtree(p, ignore_errors=True)
+    if keep is None:
+        return
+    ckpts = list_checkpoints(run_dir)
+    for old in ckpts[: max(0, len(ckpts) - keep)]:
+        if protect is None or old.resolve() != protect.resolve():
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _looks_like_checkpoint(p: Path) -> bool:
+    return (p / MARKER).exists() or (p / STATE_JSON).exists() or (p / "model.pt").exists()
+
+
+def _saved_at(p: Path) -> int:
+    for fname in (MARKER, STATE_JSON):
+        try:
+            return int(json.loads((p / fname).read_text())["saved_at_ns"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return p.stat().st_mtime_ns
+
+
+def _describe(path: Path) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,56 @@
+"""The run context: everything the loop needs from the place it runs in.
+
+The loop never asks where it is. Local runs get `LocalContext`; Ray Train workers and Ray
+Tune trials get their own implementations (in `trainyard.execution` / `trainyard.hpo`),
+which is the only place those libraries are touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, ContextManager, Sequence
+
+import torch
+from torch import nn
+
+
+class RunContext:
+    """Interface. `rank`, `world_size` and `device` are plain attributes."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Move to the device and wrap for data parallelism if there is any."""
+        raise NotImplementedError
+
+    def no_sync(self, model: nn.Module) -> ContextManager:
+        """Skip gradient synchronisation for a micro-batch that is not the last of its step."""
+        return contextlib.nullcontext()
+
+    def all_reduce_sum(self, values: Sequence[float]) -> list[float]:
+        """Sum numbers over all ranks (identity for one process)."""
+        return [float(v) for v in values]
+
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        """Publish epoch metrics and, on the main rank, the checkpoint just written."""
+
+    def checkpoint_to_resume(self) -> Path | None:
+        """A checkpoint the environment wants the run to resume from (after a restart)."""
+        return None
+
+
+class LocalContext(RunContext):
+    """This process, one device."""
+
+    def __init__(self, device: str | None = None):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return model.to(self.device)

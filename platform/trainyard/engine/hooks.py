@@ -1,0 +1,104 @@
+"""Training hooks: a closed set of events, fired by one dispatcher in a fixed order.
+
+The loop, in the order events fire::
+
+    on_train_begin(trainer, train_dataset, val_dataset)
+    for epoch in 1..epochs:
+        on_epoch_begin(trainer, epoch)
+        for each batch:
+            on_batch_begin(trainer, batch)
+            on_batch_end(trainer, batch, outputs)      # outputs: {"loss", "logits", "model_output"}
+            on_checkpoint(trainer, path)               # when checkpoint_every_n_steps is due
+        on_validation_end(trainer, epoch, metrics)     # only with validation data
+        on_checkpoint(trainer, path)                   # epoch-end checkpoint
+        on_epoch_end(trainer, epoch, metrics)
+    on_train_end(trainer, results)
+
+Hooks observe. To change the run they use the handles the trainer gives them: today,
+`trainer.request_stop(reason)`, which ends the run after the current batch with a
+checkpoint of that exact position (so it can be resumed). `trainer.state` holds the
+position (epoch, global_step, batch_in_epoch). Epochs are numbered from 1.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+from typing import Any, Iterable, Sequence
+
+
+class Event(str, enum.Enum):
+    TRAIN_BEGIN = "on_train_begin"
+    EPOCH_BEGIN = "on_epoch_begin"
+    BATCH_BEGIN = "on_batch_begin"
+    BATCH_END = "on_batch_end"
+    VALIDATION_END = "on_validation_end"
+    CHECKPOINT = "on_checkpoint"
+    EPOCH_END = "on_epoch_end"
+    TRAIN_END = "on_train_end"
+
+
+class TrainingHooks:
+    """Subclass and override any subset of these methods."""
+
+    def on_train_begin(self, trainer, train_dataset, val_dataset) -> None: ...
+
+    def on_epoch_begin(self, trainer, epoch: int) -> None: ...
+
+    def on_batch_begin(self, trainer, batch) -> None: ...
+
+    def on_batch_end(self, trainer, batch, outputs) -> None: ...
+
+    def on_validation_end(self, trainer, epoch: int, metrics: dict) -> None: ...
+
+    def on_checkpoint(self, trainer, path: str) -> None: ...
+
+    def on_epoch_end(self, trainer, epoch: int, metrics: dict) -> None: ...
+
+    def on_train_end(self, trainer, results: dict) -> None: ...
+
+
+_EVENT_NAMES = frozenset(e.value for e in Event)
+
+
+class HookDispatcher:
+    """Calls every hook for an event, in the order the hooks were given."""
+
+    def __init__(self, hooks: TrainingHooks | Sequence[TrainingHooks] | None):
+        if hooks is None:
+            hooks = []
+        elif isinstance(hooks, TrainingHooks):
+            hooks = [hooks]
+        self.hooks = list(hooks)
+        for hook in self.hooks:
+            _check_hook(hook)
+
+    def fire(self, event: Event, trainer, *args: Any) -> None:
+        for hook in self.hooks:
+            getattr(hook, event.value)(trainer, *args)
+
+    def __bool__(self) -> bool:
+        return bool(self.hooks)
+
+
+def _check_hook(hook: Any) -> None:
+    if not isinstance(hook, TrainingHooks):
+        raise TypeError(
+            f"hooks must be TrainingHooks instances (or a list of them), got {type(hook).__name__}; "
+            "subclass trainyard.TrainingHooks and override the events you need"
+        )
+    for name in _own_method_names(type(hook)):
+        if name.startswith("on_") and name not in _EVENT_NAMES:
+            raise TypeError(
+                f"{type(hook).__name__}.{name} is not a hook event, so it would never be called; "
+                f"events are: {', '.join(e.value for e in Event)}"
+            )
+
+
+def _own_method_names(cls: type) -> Iterable[str]:
+    for klass in cls.__mro__:
+        if klass in (TrainingHooks, object):
+            continue
+        for name, value in vars(klass).items():
+            if inspect.isfunction(value):
+                yield name

@@ -1,0 +1,143 @@
+"""What is being learned: `TaskSpec`, its auto-detection, targets, loss and metrics.
+
+Losses are computed as sums with a separate count of targets, so that gradient
+accumulation and data-parallel workers can normalise by the count of the whole optimizer
+step: batch 2 x accumulation 4 then equals batch 8 exactly, whatever padding is in it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+
+TASKS = ("language_modeling", "classification", "regression")
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """`name` is one of TASKS; `preprocessing_config` may carry `pad_token_id`."""
+
+    name: str = "language_modeling"
+    modality: str = "text"
+    preprocessing_config: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.name not in TASKS:
+            raise ValueError(f"TaskSpec.name={self.name!r} is invalid: must be one of {list(TASKS)}")
+        if not isinstance(self.modality, str) or not self.modality:
+            raise ValueError(f"TaskSpec.modality={self.modality!r} is invalid: must be a non-empty string such as 'text'")
+        if not isinstance(self.preprocessing_config, Mapping):
+            raise ValueError(
+                f"TaskSpec.preprocessing_config={self.preprocessing_config!r} is invalid: must be a dict"
+            )
+        pad = self.preprocessing_config.get("pad_token_id")
+        if pad is not None and (not isinstance(pad, int) or isinstance(pad, bool)):
+            raise ValueError(f"TaskSpec.preprocessing_config['pad_token_id']={pad!r} is invalid: must be an int")
+        object.__setattr__(self, "preprocessing_config", dict(self.preprocessing_config))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TaskSpec":
+        return cls(**dict(data))
+
+
+def detect_task(sample: Mapping[str, torch.Tensor]) -> tuple[str, str]:
+    """Guess the task from one normalised sample; returns (task name, the reason)."""
+    labels = sample.get("labels")
+    if labels is None:
+        return "language_modeling", "samples have input_ids and no labels"
+    if labels.is_floating_point():
+        return "regression", f"labels are {labels.dtype}"
+    if labels.dim() >= 1 and labels.numel() > 1 and labels.shape == sample["input_ids"].shape:
+        return "language_modeling", "labels have the shape of input_ids"
+    return "classification", "labels are one integer per sample"
+
+
+def confirm_task(name: str, logits: torch.Tensor, reason: str, explicit: bool) -> tuple[str, str]:
+    """Check the model output fits the task; an auto-detected task may be refined."""
+    if not explicit and name == "classification" and logits.dim() <= 2 and logits.shape[-1] == 1:
+        return "regression", reason + " and the model outputs one value per sample"
+    expected = {"language_modeling": 3, "classification": 2}.get(name)
+    if expected is not None and logits.dim() != expected:
+        origin = "TaskSpec" if explicit else f"auto-detected ({reason})"
+        shape = "(batch, seq_len, vocab_size)" if expected == 3 else "(batch, num_classes)"
+        raise ValueError(
+            f"task {name!r} ({origin}) needs model logits shaped {shape}, but the model returned "
+            f"{tuple(logits.shape)}; pass task_spec=TaskSpec(name=...) with one of {list(TASKS)} "
+            "that matches the model"
+        )
+    return name, reason
+
+
+def prepare_targets(name: str, batch: dict[str, torch.Tensor], pad_token_id: int | None) -> torch.Tensor:
+    """The tensor the loss compares against, with ignored positions set to IGNORE_INDEX."""
+    if name == "language_modeling":
+        input_ids = batch["input_ids"]
+        if "labels" in batch:
+            targets = batch["labels"].clone()
+        else:
+            targets = input_ids.clone()
+            if pad_token_id is not None:
+                targets[input_ids == pad_token_id] = IGNORE_INDEX
+        if "attention_mask" in batch:
+            targets[batch["attention_mask"] == 0] = IGNORE_INDEX
+        # Position t predicts token t + 1.
+        return targets[:, 1:]
+    if "labels" not in batch:
+        raise ValueError(f"task {name!r} needs a 'labels' column (or a (inputs, labels) pair per sample)")
+    labels = batch["labels"]
+    return labels.float() if name == "regression" else labels.long().reshape(-1)
+
+
+def count_targets(name: str, targets: torch.Tensor) -> int:
+    if name == "language_modeling":
+        return int((targets != IGNORE_INDEX).sum())
+    return targets.numel()
+
+
+@dataclass
+class BatchStats:
+    """Sums over one batch, reduced later into epoch metrics."""
+
+    loss_sum: torch.Tensor  # differentiable
+    correct: torch.Tensor | None  # targets predicted right
+    seq_correct: torch.Tensor | None  # sequences with every target right (LM exact match)
+    num_seqs: int
+
+
+def compute_loss(name: str, logits: torch.Tensor, targets: torch.Tensor) -> BatchStats:
+    logits = logits.float()
+    if name == "language_modeling":
+        logits = logits[:, :-1]
+        loss_sum = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        with torch.no_grad():
+            valid = targets != IGNORE_INDEX
+            hit = (logits.argmax(-1) == targets) & valid
+            correct = hit.sum()
+            # A sequence counts as exactly right when all its scored tokens are right; with
+            # teacher forcing this equals greedy decoding of those tokens.
+            has_targets = valid.any(dim=1)
+            seq_correct = ((hit == valid).all(dim=1) & has_targets).sum()
+            num_seqs = int(has_targets.sum())
+        return BatchStats(loss_sum, correct, seq_correct, num_seqs)
+    if name == "classification":
+        loss_sum = F.cross_entropy(logits, targets, reduction="sum")
+        with torch.no_grad():
+            correct = (logits.argmax(-1) == targets).sum()
+        return BatchStats(loss_sum, correct, None, targets.shape[0])
+    preds = logits.reshape(targets.shape) if logits.numel() == targets.numel() else logits
+    if preds.shape != targets.shape:
+        raise ValueError(
+            f"regression needs one model output per label value: the model returned {tuple(logits.shape)} "
+            f"for labels shaped {tuple(targets.shape)}"
+        )
+    return BatchStats(F.mse_loss(preds, targets, reduction="sum"), None, None, targets.shape[0])
