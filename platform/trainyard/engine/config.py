@@ -233,7 +233,7 @@ def _device(name, v):
 
 def _formats(name, v):
     if not isinstance(v, tuple) or any(f not in EXPORT_FORMATS for f in v):
-        raise _bad(name, v, f"must be a list drawn from {list(EXPORT_FORMATS)}")
+        raise _bad(name, list(v) if isinstance(v, tuple) else v, f"must be a list drawn from {list(EXPORT_FORMATS)}")
 
 
 _VALIDATORS = {

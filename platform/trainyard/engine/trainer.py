@@ -279,7 +279,7 @@ class Trainer:
     def _restore_position(self, run: _Run, loaded: ckpt.LoadedCheckpoint, n_train: int) -> None:
         s = loaded.state
         saved_cfg = s["training_config"]
-        if not s["epoch_complete"]:
+        if not s["position"]["epoch_complete"]:
             for name in _POSITION_FIELDS:
                 if saved_cfg[name] != getattr(self.training_config, name):
                     raise ValueError(

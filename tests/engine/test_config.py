@@ -1,0 +1,111 @@
+import pytest
+
+from trainyard import TrainingConfig
+from trainyard.engine.config import FIELD_NAMES
+
+REQUIRED_FIELDS = [
+    "learning_rate", "batch_size", "epochs", "weight_decay", "max_grad_norm", "use_amp",
+    "gradient_accumulation_steps", "random_seed", "deterministic", "use_lr_schedule",
+    "warmup_steps", "compile_mode", "wandb_project", "export_bundle", "export_formats",
+    "checkpoint_dir", "checkpoint_every_n_steps", "keep_last_n_checkpoints",
+]
+
+
+def test_every_field_is_defaulted_and_the_contract_fields_exist():
+    cfg = TrainingConfig()
+    for name in REQUIRED_FIELDS:
+        assert name in FIELD_NAMES
+        getattr(cfg, name)
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [("n_epochs", "epochs"), ("gradient_clip_norm", "max_grad_norm"), ("use_wandb", "wandb_project")],
+)
+def test_old_parameter_names_raise_typeerror_naming_the_new_field(old, new):
+    with pytest.raises(TypeError, match=rf"{old}.*renamed to '{new}'"):
+        TrainingConfig(**{old: 1})
+
+
+def test_unknown_keyword_raises_typeerror_with_a_suggestion():
+    with pytest.raises(TypeError, match="learnig_rate.*did you mean 'learning_rate'"):
+        TrainingConfig(learnig_rate=1e-3)
+    with pytest.raises(TypeError, match="completely_unknown"):
+        TrainingConfig(completely_unknown=1)
+
+
+BAD_VALUES = [
+    ("learning_rate", 0), ("learning_rate", -1e-3), ("learning_rate", float("nan")), ("learning_rate", "fast"),
+    ("batch_size", 0), ("batch_size", 2.5), ("batch_size", True),
+    ("epochs", 0), ("epochs", -1),
+    ("weight_decay", -0.1),
+    ("max_grad_norm", 0), ("max_grad_norm", -1.0),
+    ("use_amp", "yes"), ("deterministic", 1), ("use_lr_schedule", None), ("export_bundle", "no"),
+    ("amp_dtype", "int8"),
+    ("gradient_accumulation_steps", 0),
+    ("random_seed", -1),
+    ("warmup_steps", -5),
+    ("min_lr_ratio", 1.5),
+    ("compile_mode", "fastest"),
+    ("device", "tpu"),
+    ("num_workers", -1),
+    ("wandb_project", ""), ("wandb_project", True),
+    ("export_formats", ["pickle"]),
+    ("checkpoint_dir", ""),
+    ("checkpoint_every_n_steps", 0),
+    ("keep_last_n_checkpoints", 0),
+]
+
+
+@pytest.mark.parametrize("field, value", BAD_VALUES)
+def test_bad_values_raise_valueerror_naming_field_value_and_rule(field, value):
+    with pytest.raises(ValueError) as info:
+        TrainingConfig(**{field: value})
+    message = str(info.value)
+    assert field in message and repr(value) in message and "must" in message
+
+
+def test_every_field_has_a_bad_value_case():
+    tested = {f for f, _ in BAD_VALUES}
+    assert tested == set(FIELD_NAMES), f"untested fields: {set(FIELD_NAMES) - tested}"
+
+
+def test_cross_field_rule_names_the_fix():
+    with pytest.raises(ValueError, match="use_lr_schedule=True"):
+        TrainingConfig(warmup_steps=10, use_lr_schedule=False)
+    with pytest.raises(ValueError, match="export_formats"):
+        TrainingConfig(export_bundle=True, export_formats=[])
+
+
+def test_round_trips_through_dict_and_yaml(tmp_path):
+    cfg = TrainingConfig(
+        learning_rate=1e-3, batch_size=8, epochs=2, max_grad_norm=None, compile_mode="default",
+        wandb_project="p", export_formats=["onnx", "torchscript"], checkpoint_dir=tmp_path / "x",
+        checkpoint_every_n_steps=5, keep_last_n_checkpoints=None,
+    )
+    assert TrainingConfig.from_dict(cfg.to_dict()) == cfg
+    path = tmp_path / "cfg.yaml"
+    cfg.to_yaml(path)
+    assert TrainingConfig.from_yaml(path) == cfg
+    assert TrainingConfig.from_yaml(cfg.to_yaml()) == cfg
+    assert cfg.checkpoint_dir == str(tmp_path / "x")
+
+
+def test_from_dict_rejects_unknown_and_renamed_keys():
+    with pytest.raises(TypeError, match="renamed to 'epochs'"):
+        TrainingConfig.from_dict({"n_epochs": 3})
+
+
+def test_replace_is_validated_and_config_is_frozen():
+    cfg = TrainingConfig()
+    assert cfg.replace(epochs=7).epochs == 7
+    with pytest.raises(ValueError, match="epochs"):
+        cfg.replace(epochs=0)
+    with pytest.raises(TypeError, match="renamed"):
+        cfg.replace(n_epochs=2)
+    with pytest.raises(AttributeError):
+        cfg.epochs = 5
+
+
+def test_integer_learning_rate_is_accepted_as_float():
+    assert TrainingConfig(learning_rate=1).learning_rate == 1.0

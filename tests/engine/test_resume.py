@@ -1,0 +1,105 @@
+"""Resuming from any checkpoint gives the uninterrupted run, bit for bit, on CPU."""
+
+import shutil
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tests.helpers import VOCAB, lm_factory, lm_samples
+from trainyard import Trainer, TrainingConfig, TrainingHooks
+from trainyard.engine import checkpoint as ck
+
+CONFIG = SimpleNamespace(vocab_size=VOCAB)
+DATA = lm_samples(26)  # 26 samples / batch 4: a short last batch in every epoch
+VAL = lm_samples(6, seed=9)
+
+
+class StopAt(TrainingHooks):
+    """Requests a stop after micro-batch `batch` of `epoch` (or at the end of that epoch)."""
+
+    def __init__(self, epoch, batch=None):
+        self.epoch, self.batch = epoch, batch
+
+    def on_batch_end(self, trainer, batch, outputs):
+        s = trainer.state
+        if self.batch is not None and (s.epoch, s.batch_in_epoch) == (self.epoch, self.batch):
+            trainer.request_stop("test")
+
+    def on_epoch_end(self, trainer, epoch, metrics):
+        if self.batch is None and epoch == self.epoch:
+            trainer.request_stop("test")
+
+
+def run(ckdir, hooks=None, resume_from=None, **cfg):
+    settings = dict(learning_rate=1e-2, batch_size=4, epochs=3, warmup_steps=2, checkpoint_dir=str(ckdir), keep_last_n_checkpoints=None)
+    settings.update(cfg)
+    trainer = Trainer(lm_factory(dropout=0.2), CONFIG, TrainingConfig(**settings), hooks=hooks)
+    results = trainer.train(DATA, VAL, resume_from=resume_from)
+    return results, trainer.model
+
+
+def assert_same_run(resumed, full):
+    (r, model), (f, full_model) = resumed, full
+    assert r["loss_history"] == f["loss_history"]
+    assert r["grad_norm_history"] == f["grad_norm_history"]
+    cols = ["epoch", "train/loss", "val/loss", "train/accuracy", "val/accuracy", "train/learning_rate"]
+    assert r["metrics_summary"][cols].equals(f["metrics_summary"][cols])
+    for (name, a), (_, b) in zip(model.state_dict().items(), full_model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize(
+    "accum, stop",
+    [
+        (1, (2, None)),  # at an epoch end
+        (1, (2, 3)),  # mid-epoch
+        (3, (1, 4)),  # mid-epoch and mid-accumulation: 1 of 3 micro-batches of a window done
+        (4, (2, 5)),  # inside the short last window of an epoch (windows of 4 and 3 batches)
+        (3, (2, 7)),  # on the last batch of an epoch: the epoch still completes
+    ],
+)
+def test_stop_and_resume_is_bit_identical(tmp_path, accum, stop):
+    full = run(tmp_path / "full", gradient_accumulation_steps=accum)
+    first, _ = run(tmp_path / "part", hooks=StopAt(*stop), gradient_accumulation_steps=accum)
+    assert first["stopped_early"] == "test"
+    resumed = run(tmp_path / "part", resume_from=first["checkpoint_path"], gradient_accumulation_steps=accum)
+    assert_same_run(resumed, full)
+
+
+def test_resume_from_any_step_checkpoint_of_a_finished_run(tmp_path):
+    full = run(tmp_path / "full", checkpoint_every_n_steps=2)
+    saved = ck.list_checkpoints(tmp_path / "full")
+    assert len(saved) > 6
+    for chosen in (saved[1], saved[4]):
+        copy = tmp_path / f"copy-{chosen.name}"
+        shutil.copytree(chosen, copy / chosen.name)
+        assert_same_run(run(copy, resume_from=copy / chosen.name, checkpoint_every_n_steps=2), full)
+
+
+def test_feature_1_resume_with_the_same_model_object_continues(tmp_path):
+    """The seed's Feature 1: train, then resume a new Trainer from results['checkpoint_path']."""
+    model = lm_factory()()
+    cfg = TrainingConfig(epochs=2, checkpoint_dir=str(tmp_path / "r"), learning_rate=1e-2, use_lr_schedule=False)
+    results = Trainer(model, CONFIG, cfg).train(DATA, VAL)
+    more = Trainer(model, CONFIG, cfg.replace(epochs=3)).train(DATA, VAL, resume_from=results["checkpoint_path"])
+    assert len(more["loss_history"]) == 3 * 7 and more["loss_history"][:14] == results["loss_history"]
+    assert list(more["metrics_summary"]["epoch"]) == [1, 2, 3]
+
+
+def test_resume_from_a_finished_run_trains_nothing_more(tmp_path):
+    f, _ = run(tmp_path / "r")
+    again, _ = run(tmp_path / "r", resume_from=tmp_path / "r")
+    assert again["loss_history"] == f["loss_history"]
+
+
+def test_mid_epoch_resume_refuses_a_different_batch_order(tmp_path):
+    first, _ = run(tmp_path / "r", hooks=StopAt(1, 3))
+    with pytest.raises(ValueError, match=r"batch_size=8.*saved with batch_size=4"):
+        run(tmp_path / "r", resume_from=first["checkpoint_path"], batch_size=8)
+
+
+def test_epoch_end_resume_accepts_a_new_batch_size(tmp_path):
+    first, _ = run(tmp_path / "r", hooks=StopAt(1))
+    resumed, _ = run(tmp_path / "r", resume_from=first["checkpoint_path"], batch_size=8)
+    assert list(resumed["metrics_summary"]["epoch"]) == [1, 2, 3]
