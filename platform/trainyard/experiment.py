@@ -35,12 +35,12 @@ class Experiment:
 
 
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    import yaml
+    from trainyard import _yaml
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"experiment config {path} not found")
-    spec = yaml.safe_load(path.read_text()) or {}
+    spec = _yaml.load(path.read_text()) or {}
     if not isinstance(spec, Mapping):
         raise ValueError(f"{path}: an experiment config is a mapping with sections {list(SECTIONS)}")
     unknown = set(spec) - set(SECTIONS)
@@ -50,7 +50,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]
 
 
 def apply_overrides(spec: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    import yaml
+    from trainyard import _yaml
 
     spec = copy.deepcopy(spec)
     for item in overrides:
@@ -63,7 +63,7 @@ def apply_overrides(spec: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         if section not in SECTIONS or section == "task":
             raise ValueError(f"override {item!r}: section {section!r} is not one of model, data, training")
         spec.setdefault(section, {})
-        spec[section][field] = yaml.safe_load(raw)
+        spec[section][field] = _yaml.load(raw)
     return spec
 
 

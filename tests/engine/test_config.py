@@ -109,3 +109,7 @@ def test_replace_is_validated_and_config_is_frozen():
 
 def test_integer_learning_rate_is_accepted_as_float():
     assert TrainingConfig(learning_rate=1).learning_rate == 1.0
+
+
+def test_yaml_scientific_notation_is_a_number():
+    assert TrainingConfig.from_yaml("learning_rate: 1e-3\nweight_decay: 1E-2\n").learning_rate == 1e-3

@@ -176,8 +176,8 @@ def test_lr_schedule_warms_up_then_decays(ckdir):
             seen.append(trainer.optimizer.param_groups[0]["lr"])
 
     train(ckdir=ckdir, hooks=LR(), learning_rate=1e-2, warmup_steps=3, epochs=4, batch_size=4)
-    # lr of step k is visible at the following batch; 24 steps in all.
-    assert seen[1] < seen[2] < seen[3] == pytest.approx(1e-2)
+    # on_batch_end comes after the batch's optimizer step: seen[k] is the lr of step k.
+    assert seen[0] < seen[1] < seen[2] == pytest.approx(1e-2) == seen[3]
     assert seen[-1] < seen[10] < seen[4]
     assert seen[-1] >= 1e-3 - 1e-12  # floor: min_lr_ratio 0.1
 

@@ -110,10 +110,10 @@ class TrainingConfig:
     @classmethod
     def from_yaml(cls, source: str | os.PathLike) -> "TrainingConfig":
         """Load from a YAML file path, or from YAML text."""
-        import yaml
+        from trainyard import _yaml
 
         text = Path(source).read_text() if _looks_like_path(source) else str(source)
-        data = yaml.safe_load(text) or {}
+        data = _yaml.load(text) or {}
         if not isinstance(data, Mapping):
             raise ValueError(f"TrainingConfig YAML must be a mapping of field: value, got {data!r}")
         return cls.from_dict(data)

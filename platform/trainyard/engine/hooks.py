@@ -7,7 +7,8 @@ The loop, in the order events fire::
         on_epoch_begin(trainer, epoch)
         for each batch:
             on_batch_begin(trainer, batch)
-            on_batch_end(trainer, batch, outputs)      # outputs: {"loss", "logits", "model_output"}
+            on_batch_end(trainer, batch, outputs)      # after the optimizer step when the batch ends one
+                                                       # outputs: {"loss", "logits", "model_output"}
             on_checkpoint(trainer, path)               # when checkpoint_every_n_steps is due
         on_validation_end(trainer, epoch, metrics)     # only with validation data
         on_checkpoint(trainer, path)                   # epoch-end checkpoint

@@ -371,14 +371,15 @@ class Trainer:
             state.batch_in_epoch += 1
             if run.progress is not None:
                 run.progress.update(1)
+            if last:
+                (window_loss,) = ctx.all_reduce_sum([window_loss])
+                self._optimizer_step(run, window_loss / max(window_count, 1))
             outputs = {"loss": stats.loss_sum.detach() / max(count, 1), "logits": logits.detach(), "model_output": output}
             self.hooks.fire(Event.BATCH_END, self, batch, outputs)
             if self.stop_requested and not last:
                 run.window = {"count": window_count, "loss": window_loss}
                 self._checkpoint(run, self._step_metrics(None))
                 return
-        (window_loss,) = ctx.all_reduce_sum([window_loss])
-        self._optimizer_step(run, window_loss / max(window_count, 1))
         every = self.training_config.checkpoint_every_n_steps
         mid_epoch = state.batch_in_epoch < run.batches_per_epoch
         if mid_epoch and (self.stop_requested or (every and state.global_step % every == 0)):

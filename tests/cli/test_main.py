@@ -1,0 +1,56 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trainyard.cli.main import main
+from trainyard.experiment import apply_overrides, build, load_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+ADDITION = ROOT / "jobs" / "configs" / "addition.yaml"
+TINY = ["data.train_size=64", "data.val_size=16", "model.d_model=16", "model.n_heads=2", "model.n_layers=1", "batch_size=16"]
+
+
+def test_the_shipped_config_builds():
+    exp = build(load_spec(ADDITION))
+    assert exp.training_config.epochs >= 1 and exp.model_config["vocab_size"] == 15
+    assert len(exp.train_data["input_ids"]) == 20000
+
+
+def test_overrides_address_sections_and_parse_values():
+    spec = apply_overrides({"training": {"epochs": 5}}, ["epochs=2", "model.d_model=64", "training.learning_rate=1e-3", "export_formats=[onnx]"])
+    assert spec["training"] == {"epochs": 2, "learning_rate": 1e-3, "export_formats": ["onnx"]}
+    assert spec["model"] == {"d_model": 64}
+    with pytest.raises(ValueError, match="key=value"):
+        apply_overrides({}, ["epochs"])
+    with pytest.raises(ValueError, match="section 'optim'"):
+        apply_overrides({}, ["optim.lr=1"])
+
+
+def test_train_command_writes_results(tmp_path, capsys):
+    out = tmp_path / "results.json"
+    code = main(["train", str(ADDITION), *TINY, "epochs=1", f"checkpoint_dir={tmp_path / 'ck'}", "--results", str(out)])
+    assert code == 0
+    results = json.loads(out.read_text())
+    assert results["metrics_summary"][0]["epoch"] == 1 and "val/exact_match" in results["metrics_summary"][0]
+    assert Path(results["checkpoint_path"]).is_dir()
+
+
+def test_bad_override_is_a_one_line_error(tmp_path, capsys):
+    assert main(["train", str(ADDITION), "n_epochs=3"]) == 2
+    err = capsys.readouterr().err
+    assert "renamed to 'epochs'" in err and "Traceback" not in err
+
+
+def test_console_script_runs_in_a_fresh_process(tmp_path):
+    script = Path(sys.executable).with_name("trainyard")
+    proc = subprocess.run(
+        [str(script), "train", str(ADDITION), *TINY, "epochs=1", f"checkpoint_dir={tmp_path / 'ck'}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert any(line.startswith("[trainyard] epoch 1/1") for line in lines)
+    assert len(lines) <= 4, lines  # quiet: detection, one line per epoch, a summary

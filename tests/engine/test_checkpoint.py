@@ -1,0 +1,160 @@
+import json
+import logging
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tests.helpers import VOCAB, lm_factory, lm_samples
+from trainyard import CheckpointError, Trainer, TrainingConfig
+from trainyard.engine import checkpoint as ck
+
+CONFIG = SimpleNamespace(vocab_size=VOCAB)
+
+
+def finished_run(run_dir, epochs=3, **cfg):
+    tc = TrainingConfig(epochs=epochs, checkpoint_dir=str(run_dir), keep_last_n_checkpoints=None, **cfg)
+    return Trainer(lm_factory(), CONFIG, tc).train(lm_samples())
+
+
+def test_a_checkpoint_is_a_complete_self_describing_directory(tmp_path):
+    r = finished_run(tmp_path / "run")
+    path = ck.Path(r["checkpoint_path"])
+    assert sorted(p.name for p in path.iterdir()) == sorted([*ck.TENSOR_FILES, ck.STATE_JSON, ck.MARKER])
+    for name in ck.TENSOR_FILES:
+        torch.load(path / name, weights_only=True)  # loadable without unpickling code
+    state = json.loads((path / ck.STATE_JSON).read_text())
+    assert state["training_config"]["epochs"] == 3 and state["task_spec"]["name"] == "language_modeling"
+    assert state["position"] == {"epoch": 3, "batch_in_epoch": 6, "global_step": 18, "epoch_complete": True}
+    assert state["format_version"] == ck.FORMAT_VERSION and state["model_config"] == {"vocab_size": VOCAB}
+    assert set(torch.load(path / "state.pt", weights_only=True)["rng"]) == {"torch", "numpy_keys", "cuda"}
+
+
+def test_a_checkpoint_directory_is_a_ray_checkpoint_as_is(tmp_path):
+    ray_train = pytest.importorskip("ray.train")
+    r = finished_run(tmp_path / "run", epochs=1)
+    ray_ckpt = ray_train.Checkpoint.from_directory(r["checkpoint_path"])
+    with ray_ckpt.as_directory() as d:
+        ck.verify(ck.Path(d))
+
+
+def test_keep_last_n_checkpoints(tmp_path):
+    tc = TrainingConfig(epochs=4, checkpoint_dir=str(tmp_path / "run"), keep_last_n_checkpoints=2)
+    r = Trainer(lm_factory(), CONFIG, tc).train(lm_samples())
+    names = [p.name for p in ck.list_checkpoints(tmp_path / "run")]
+    assert names == ["checkpoint_e0003_b0000006", "checkpoint_e0004_b0000006"]
+    assert r["checkpoint_path"].endswith(names[-1])
+
+
+def _corrupt(path, how):
+    target = path / "model.pt"
+    data = bytearray(target.read_bytes())
+    if how == "truncate":
+        target.write_bytes(data[: len(data) // 2])
+    elif how == "flip":
+        data[len(data) // 2] ^= 0xFF
+        target.write_bytes(data)
+    elif how == "marker":
+        (path / ck.MARKER).unlink()
+    elif how == "delete":
+        target.unlink()
+
+
+@pytest.mark.parametrize(
+    "how, message",
+    [
+        ("truncate", r"checkpoint .*file model.pt is truncated or corrupt"),
+        ("flip", r"checkpoint .*file model.pt is corrupt \(its sha256"),
+        ("marker", r"checkpoint .* is incomplete: its COMPLETE marker is missing"),
+        ("delete", r"checkpoint .*file model.pt is missing"),
+    ],
+)
+def test_a_damaged_checkpoint_is_refused_naming_the_file(tmp_path, how, message):
+    r = finished_run(tmp_path / "run", epochs=1)
+    _corrupt(ck.Path(r["checkpoint_path"]), how)
+    tc = TrainingConfig(epochs=2, checkpoint_dir=str(tmp_path / "run"))
+    with pytest.raises(CheckpointError, match=message):
+        Trainer(lm_factory(), CONFIG, tc).train(lm_samples(), resume_from=r["checkpoint_path"])
+
+
+def test_a_run_directory_falls_back_to_the_newest_valid_checkpoint(tmp_path, caplog, monkeypatch):
+    finished_run(tmp_path / "run", epochs=3)
+    saved = ck.list_checkpoints(tmp_path / "run")
+    _corrupt(saved[-1], "truncate")
+    monkeypatch.setattr(logging.getLogger("trainyard"), "propagate", True)
+    with caplog.at_level(logging.WARNING, logger="trainyard"):
+        assert ck.resolve(tmp_path / "run", warn=logging.getLogger("trainyard").warning) == saved[-2]
+    assert "skipping checkpoint" in caplog.text and "model.pt" in caplog.text
+    tc = TrainingConfig(epochs=3, checkpoint_dir=str(tmp_path / "run"), keep_last_n_checkpoints=None)
+    r = Trainer(lm_factory(), CONFIG, tc).train(lm_samples(), resume_from=tmp_path / "run")
+    assert list(r["metrics_summary"]["epoch"]) == [1, 2, 3]
+
+
+def test_a_run_directory_without_any_valid_checkpoint_is_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no valid checkpoint"):
+        ck.resolve(tmp_path / "empty")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        ck.resolve(tmp_path / "nowhere")
+
+
+def test_a_crash_while_saving_leaves_no_partial_checkpoint(tmp_path, monkeypatch):
+    r = finished_run(tmp_path / "run", epochs=1)
+    before = [p.name for p in (tmp_path / "run").iterdir()]
+    real_save, calls = torch.save, []
+
+    def failing_save(obj, f, *a, **k):
+        calls.append(f)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    tc = TrainingConfig(epochs=2, checkpoint_dir=str(tmp_path / "run"))
+    with pytest.raises(OSError, match="disk full"):
+        Trainer(lm_factory(), CONFIG, tc).train(lm_samples(), resume_from=r["checkpoint_path"])
+    assert [p.name for p in (tmp_path / "run").iterdir()] == before
+    ck.verify(ck.Path(r["checkpoint_path"]))
+
+
+def test_a_fresh_run_never_overwrites_an_existing_run(tmp_path):
+    r = finished_run(tmp_path / "run", epochs=1)
+    before = (ck.Path(r["checkpoint_path"]) / "model.pt").read_bytes()
+    with pytest.raises(ValueError, match="already holds checkpoints.*resume_from="):
+        finished_run(tmp_path / "run", epochs=1)
+    assert (ck.Path(r["checkpoint_path"]) / "model.pt").read_bytes() == before
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("code from a checkpoint ran",))
+
+
+def test_loading_never_runs_code_from_a_checkpoint(tmp_path):
+    r = finished_run(tmp_path / "run", epochs=1)
+    path = ck.Path(r["checkpoint_path"])
+    torch.save({"w": Payload()}, path / "model.pt")
+    marker = json.loads((path / ck.MARKER).read_text())
+    marker["files"]["model.pt"] = ck._describe(path / "model.pt")  # a forged, consistent marker
+    (path / ck.MARKER).write_text(json.dumps(marker))
+    with pytest.raises(CheckpointError, match="cannot load model.pt"):
+        ck.load(path)
+
+
+def test_a_checkpoint_from_a_newer_format_is_refused(tmp_path):
+    r = finished_run(tmp_path / "run", epochs=1)
+    path = ck.Path(r["checkpoint_path"])
+    marker = json.loads((path / ck.MARKER).read_text())
+    marker["format_version"] = ck.FORMAT_VERSION + 1
+    (path / ck.MARKER).write_text(json.dumps(marker))
+    with pytest.raises(CheckpointError, match="upgrade trainyard"):
+        ck.load(path)
+
+
+def test_a_checkpoint_of_another_model_is_a_clear_error(tmp_path):
+    from tests.helpers import TinyLM
+
+    r = finished_run(tmp_path / "run", epochs=1)
+    tc = TrainingConfig(epochs=2, checkpoint_dir=str(tmp_path / "run"))
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        Trainer(TinyLM(dim=8), CONFIG, tc).train(lm_samples(), resume_from=r["checkpoint_path"])

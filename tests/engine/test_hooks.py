@@ -1,0 +1,121 @@
+from types import SimpleNamespace
+
+import pytest
+
+from tests.helpers import VOCAB, lm_factory, lm_samples
+from trainyard import Trainer, TrainingConfig, TrainingHooks
+from trainyard.engine.hooks import Event
+
+CONFIG = SimpleNamespace(vocab_size=VOCAB)
+
+
+class Recorder(TrainingHooks):
+    def __init__(self):
+        self.events = []
+
+    def on_train_begin(self, trainer, train_dataset, val_dataset):
+        self.events.append(("train_begin", len(train_dataset), len(val_dataset)))
+
+    def on_epoch_begin(self, trainer, epoch):
+        self.events.append(("epoch_begin", epoch))
+
+    def on_batch_begin(self, trainer, batch):
+        self.events.append(("batch_begin",))
+
+    def on_batch_end(self, trainer, batch, outputs):
+        assert set(outputs) == {"loss", "logits", "model_output"} and outputs["loss"].dim() == 0
+        self.events.append(("batch_end",))
+
+    def on_validation_end(self, trainer, epoch, metrics):
+        assert "val/loss" in metrics
+        self.events.append(("validation_end", epoch))
+
+    def on_checkpoint(self, trainer, path):
+        self.events.append(("checkpoint", path.rsplit("_", 2)[-2:]))
+
+    def on_epoch_end(self, trainer, epoch, metrics):
+        assert metrics["epoch"] == epoch
+        self.events.append(("epoch_end", epoch))
+
+    def on_train_end(self, trainer, results):
+        assert "loss_history" in results
+        self.events.append(("train_end",))
+
+
+def test_every_event_fires_in_order_the_expected_number_of_times(tmp_path):
+    hooks = Recorder()
+    # 12 samples / batch 4 = 3 batches per epoch; accumulation 1; a step checkpoint every 2 steps.
+    tc = TrainingConfig(epochs=2, batch_size=4, checkpoint_every_n_steps=2, checkpoint_dir=str(tmp_path / "r"))
+    Trainer(lm_factory(), CONFIG, tc, hooks=hooks).train(lm_samples(12), lm_samples(5))
+    batch = [("batch_begin",), ("batch_end",)]
+    expected = [("train_begin", 12, 5)]
+    # step 2 of epoch 1 and step 4 (= batch 1 of epoch 2) get a mid-epoch checkpoint.
+    expected += [("epoch_begin", 1), *batch, *batch, ("checkpoint", ["e0001", "b0000002"]), *batch]
+    expected += [("validation_end", 1), ("checkpoint", ["e0001", "b0000003"]), ("epoch_end", 1)]
+    expected += [("epoch_begin", 2), *batch, ("checkpoint", ["e0002", "b0000001"]), *batch, *batch]
+    expected += [("validation_end", 2), ("checkpoint", ["e0002", "b0000003"]), ("epoch_end", 2), ("train_end",)]
+    assert hooks.events == expected
+
+
+def test_every_event_is_a_hook_method():
+    for event in Event:
+        assert callable(getattr(TrainingHooks, event.value))
+
+
+def test_subclasses_override_any_subset_and_several_hooks_fire_in_order(tmp_path):
+    calls = []
+
+    class A(TrainingHooks):
+        def on_epoch_end(self, trainer, epoch, metrics):
+            calls.append(("A", epoch))
+
+    class B(TrainingHooks):
+        def on_epoch_end(self, trainer, epoch, metrics):
+            calls.append(("B", epoch))
+
+    tc = TrainingConfig(epochs=2, checkpoint_dir=str(tmp_path / "r"))
+    Trainer(lm_factory(), CONFIG, tc, hooks=[A(), B()]).train(lm_samples(8))
+    assert calls == [("A", 1), ("B", 1), ("A", 2), ("B", 2)]
+
+
+def test_a_misspelled_hook_is_refused_instead_of_never_firing():
+    class Typo(TrainingHooks):
+        def on_epoch_ended(self, trainer, epoch, metrics):
+            pass
+
+    with pytest.raises(TypeError, match="Typo.on_epoch_ended is not a hook event"):
+        Trainer(lm_factory(), CONFIG, TrainingConfig(), hooks=Typo())
+
+
+def test_hooks_must_be_training_hooks():
+    with pytest.raises(TypeError, match="subclass trainyard.TrainingHooks"):
+        Trainer(lm_factory(), CONFIG, TrainingConfig(), hooks=[object()])
+
+
+def test_a_hook_can_stop_training(tmp_path):
+    class StopAfterThree(TrainingHooks):
+        def on_batch_end(self, trainer, batch, outputs):
+            if trainer.state.global_step == 3:
+                trainer.request_stop("enough")
+
+    tc = TrainingConfig(epochs=5, batch_size=4, checkpoint_dir=str(tmp_path / "r"))
+    r = Trainer(lm_factory(), CONFIG, tc, hooks=StopAfterThree()).train(lm_samples(24))
+    assert r["stopped_early"] == "enough" and len(r["loss_history"]) == 3
+    assert r["checkpoint_path"].endswith("e0001_b0000003")
+    assert len(r["metrics_summary"]) == 0 and r["final_loss"] == pytest.approx(sum(r["loss_history"]) / 3, rel=1e-6)
+
+
+def test_seed_feature_2_hooks_example_runs(tmp_path, capsys):
+    class CustomHooks(TrainingHooks):
+        def on_train_begin(self, trainer, train_dataset, val_dataset):
+            print("Training starting!")
+
+        def on_epoch_begin(self, trainer, epoch):
+            print(f"Epoch {epoch} starting")
+
+        def on_batch_end(self, trainer, batch, outputs):
+            pass
+
+    tc = TrainingConfig(epochs=2, checkpoint_dir=str(tmp_path / "r"))
+    Trainer(lm_factory(), CONFIG, tc, hooks=CustomHooks()).train(lm_samples(8), lm_samples(4))
+    assert capsys.readouterr().out.splitlines() == ["Training starting!", "Epoch 1 starting", "Epoch 2 starting"]
