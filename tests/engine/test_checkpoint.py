@@ -135,7 +135,7 @@ def test_loading_never_runs_code_from_a_checkpoint(tmp_path):
     path = ck.Path(r["checkpoint_path"])
     torch.save({"w": Payload()}, path / "model.pt")
     marker = json.loads((path / ck.MARKER).read_text())
-    marker["files"]["model.pt"] = ck._describe(path / "model.pt")  # a forged, consistent marker
+    marker["files"]["model.pt"] = ck.describe(path / "model.pt")  # a forged, consistent marker
     (path / ck.MARKER).write_text(json.dumps(marker))
     with pytest.raises(CheckpointError, match="cannot load model.pt"):
         ck.load(path)

@@ -17,6 +17,7 @@ the marker and every hash before reading, and reads tensors with `weights_only=T
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -53,34 +54,43 @@ def checkpoint_name(epoch: int, batch_in_epoch: int) -> str:
     return f"checkpoint_e{epoch:04d}_b{batch_in_epoch:07d}"
 
 
-def save(run_dir: Path, name: str, model: dict, optimizer: dict, extra: dict, state: dict) -> Path:
-    """Write a complete checkpoint atomically; returns its final path."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    final = run_dir / name
-    tmp = run_dir / f"{_TMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
+@contextlib.contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Yield a hidden temporary directory beside `final`, renamed to it on success.
+
+    An existing `final` is replaced (moved aside first, so one complete version always
+    exists); on failure the temporary directory is removed and `final` is untouched.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f"{_TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        for fname, obj in zip(TENSOR_FILES, (model, optimizer, extra)):
-            torch.save(obj, tmp / fname)
-        state = dict(state, format_version=FORMAT_VERSION, saved_at_ns=time.time_ns())
-        (tmp / STATE_JSON).write_text(json.dumps(state, indent=1))
-        files = {f: _describe(tmp / f) for f in (*TENSOR_FILES, STATE_JSON)}
-        marker = {"format_version": FORMAT_VERSION, "saved_at_ns": state["saved_at_ns"], "files": files}
-        _write_synced(tmp / MARKER, json.dumps(marker, indent=1))
+        yield tmp
         _fsync_dir(tmp)
         if final.exists():
-            # Replacing a checkpoint of the same position (a resumed run passing it again):
-            # move the old one aside first so that one of the two is always complete.
-            old = run_dir / f"{_TMP_PREFIX}old-{name}-{uuid.uuid4().hex[:8]}"
+            old = final.parent / f"{_TMP_PREFIX}old-{final.name}-{uuid.uuid4().hex[:8]}"
             os.rename(final, old)
             os.rename(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, final)
-        _fsync_dir(run_dir)
+        _fsync_dir(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def save(run_dir: Path, name: str, model: dict, optimizer: dict, extra: dict, state: dict) -> Path:
+    """Write a complete checkpoint atomically; returns its final path."""
+    final = run_dir / name
+    with atomic_directory(final) as tmp:
+        for fname, obj in zip(TENSOR_FILES, (model, optimizer, extra)):
+            torch.save(obj, tmp / fname)
+        state = dict(state, format_version=FORMAT_VERSION, saved_at_ns=time.time_ns())
+        (tmp / STATE_JSON).write_text(json.dumps(state, indent=1))
+        files = {f: describe(tmp / f) for f in (*TENSOR_FILES, STATE_JSON)}
+        marker = {"format_version": FORMAT_VERSION, "saved_at_ns": state["saved_at_ns"], "files": files}
+        _write_synced(tmp / MARKER, json.dumps(marker, indent=1))
     return final
 
 
@@ -121,7 +131,7 @@ def verify(path: Path) -> dict[str, Any]:
         fpath = path / fname
         if not fpath.is_file():
             raise CheckpointError(f"checkpoint {path}: file {fname} is missing")
-        actual = _describe(fpath)
+        actual = describe(fpath)
         if actual["size"] != expected["size"]:
             raise CheckpointError(
                 f"checkpoint {path}: file {fname} is truncated or corrupt "
@@ -191,7 +201,7 @@ def _saved_at(p: Path) -> int:
     return p.stat().st_mtime_ns
 
 
-def _describe(path: Path) -> dict[str, Any]:
+def describe(path: Path) -> dict[str, Any]:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -76,6 +76,22 @@ def confirm_task(name: str, logits: torch.Tensor, reason: str, explicit: bool) -
     return name, reason
 
 
+def extract_logits(output: Any) -> torch.Tensor:
+    """The logits in a model output: a tensor, a tuple (logits first), or .logits / ["logits"]."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    if isinstance(output, Mapping) and "logits" in output:
+        return output["logits"]
+    if hasattr(output, "logits"):
+        return output.logits
+    raise TypeError(
+        f"cannot find logits in the model output ({type(output).__name__}): return a tensor, a tuple whose "
+        "first item is the logits, or an object / dict with .logits / ['logits']"
+    )
+
+
 def prepare_targets(name: str, batch: dict[str, torch.Tensor], pad_token_id: int | None) -> torch.Tensor:
     """The tensor the loss compares against, with ignored positions set to IGNORE_INDEX."""
     if name == "language_modeling":

@@ -20,7 +20,6 @@ import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable, Mapping
 
 import torch
@@ -29,11 +28,19 @@ from torch import nn
 from trainyard._logging import get_logger
 from trainyard.engine import checkpoint as ckpt
 from trainyard.engine import rng
-from trainyard.engine.config import TrainingConfig
+from trainyard.engine.config import TrainingConfig, model_config_dict, model_config_value
 from trainyard.engine.context import LocalContext, RunContext
 from trainyard.engine.data import Collator, as_dataset, epoch_batches, eval_batches, make_loader
 from trainyard.engine.hooks import Event, HookDispatcher, TrainingHooks
-from trainyard.engine.task import TaskSpec, compute_loss, confirm_task, count_targets, detect_task, prepare_targets
+from trainyard.engine.task import (
+    TaskSpec,
+    compute_loss,
+    confirm_task,
+    count_targets,
+    detect_task,
+    extract_logits,
+    prepare_targets,
+)
 
 log = get_logger("trainyard.engine")
 
@@ -245,7 +252,7 @@ class Trainer:
         if cfg.wandb_project and ctx.is_main:
             from trainyard.engine.tracking import WandbRun
 
-            run.wandb = WandbRun(cfg.wandb_project, {"training": cfg.to_dict(), "model": _jsonable(self.config)})
+            run.wandb = WandbRun(cfg.wandb_project, {"training": cfg.to_dict(), "model": model_config_dict(self.config)})
         return run
 
     def _build_model(self) -> nn.Module:
@@ -259,7 +266,7 @@ class Trainer:
     def _pad_token_id(self) -> int | None:
         if self.task_spec is not None and self.task_spec.preprocessing_config.get("pad_token_id") is not None:
             return self.task_spec.preprocessing_config["pad_token_id"]
-        return _config_value(self.config, "pad_token_id")
+        return model_config_value(self.config, "pad_token_id")
 
     def _run_dir(self, loaded: ckpt.LoadedCheckpoint | None) -> Path:
         cfg = self.training_config
@@ -394,7 +401,7 @@ class Trainer:
         device_type = run.ctx.device.type
         with torch.autocast(device_type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
             output = run.model(batch["input_ids"], **{k: batch[k] for k in run.forward_kwargs if k in batch})
-        logits = _logits(output)
+        logits = extract_logits(output)
         if not run.task_confirmed:
             self._confirm_task(run, logits)
         stats = compute_loss(run.task, logits, target)
@@ -486,7 +493,7 @@ class Trainer:
             batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
             with torch.autocast(ctx.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
                 output = run.model(batch["input_ids"], **{k: batch[k] for k in run.forward_kwargs if k in batch})
-            sums.add(compute_loss(run.task, _logits(output), target), count_targets(run.task, target))
+            sums.add(compute_loss(run.task, extract_logits(output), target), count_targets(run.task, target))
         run.model.train()
         return sums.reduced(ctx).metrics("val", run.task)
 
@@ -514,7 +521,7 @@ class Trainer:
             "rng": rng_plain,
             "training_config": cfg.to_dict(),
             "task_spec": self.task_spec.to_dict() if self.task_spec else TaskSpec(name=run.task).to_dict(),
-            "model_config": _jsonable(self.config),
+            "model_config": model_config_dict(self.config),
             "train_size": len(run.train_ds),
             "world_size": run.ctx.world_size,
         }
@@ -601,44 +608,6 @@ def _as_task_spec(value: Any) -> TaskSpec | None:
     if isinstance(value, Mapping):
         return TaskSpec.from_dict(value)
     raise TypeError(f"task_spec must be a TaskSpec, a task name or None, got {type(value).__name__}")
-
-
-def _config_value(config: Any, name: str) -> Any:
-    if config is None:
-        return None
-    if isinstance(config, Mapping):
-        return config.get(name)
-    return getattr(config, name, None)
-
-
-def _jsonable(config: Any) -> Any:
-    """The model config as plain JSON data where it can be, for checkpoints and W&B."""
-    if config is None:
-        return None
-    if isinstance(config, SimpleNamespace):
-        config = vars(config)
-    elif not isinstance(config, Mapping) and hasattr(config, "to_dict"):
-        config = config.to_dict()
-    elif not isinstance(config, Mapping) and hasattr(config, "__dict__"):
-        config = vars(config)
-    if isinstance(config, Mapping):
-        return {str(k): v for k, v in config.items() if isinstance(v, (str, int, float, bool, type(None), list, tuple))}
-    return None
-
-
-def _logits(output: Any) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    if isinstance(output, Mapping) and "logits" in output:
-        return output["logits"]
-    if hasattr(output, "logits"):
-        return output.logits
-    raise TypeError(
-        f"cannot find logits in the model output ({type(output).__name__}): return a tensor, a tuple whose "
-        "first item is the logits, or an object / dict with .logits / ['logits']"
-    )
 
 
 def _accepted_kwargs(model: nn.Module) -> tuple[str, ...]:

@@ -1,0 +1,215 @@
+"""Export bundle: a trained model packaged for serving, written atomically to `<run>/export`.
+
+    model.pt               state_dict (always)
+    model.onnx             ONNX (torch.export-based exporter), dynamic batch / sequence length
+    model.torchscript.pt   TorchScript (traced)
+    model_config.json  training_config.yaml  task_spec.json
+    inference.py  requirements.txt  README.md  Dockerfile
+    torchserve/config.properties  torchserve/handler.py
+    MANIFEST.json          size and sha256 of every file
+
+The exported graphs take `input_ids` and return logits, whatever the model's own output
+type. Export failures name the format and keep everything else.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainyard.engine.checkpoint import atomic_directory, describe
+from trainyard.engine.config import model_config_dict
+from trainyard.engine.task import extract_logits
+
+
+class _LogitsOnly(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return extract_logits(self.model(input_ids))
+
+
+def export_model(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    out_dir: str | Path,
+    formats: tuple[str, ...] = ("onnx", "torchscript"),
+    *,
+    training_config: dict | None = None,
+    task_spec: dict | None = None,
+    model_config: dict | None = None,
+) -> Path:
+    """Write an export bundle for `model` into `out_dir` (replaced atomically)."""
+    out_dir = Path(out_dir)
+    wrapped = _LogitsOnly(copy.deepcopy(model).cpu().eval())
+    example = example_input.cpu()
+    with atomic_directory(out_dir) as tmp:
+        torch.save(model.state_dict(), tmp / "model.pt")
+        for fmt in formats:
+            try:
+                _EXPORTERS[fmt](wrapped, example, tmp)
+            except Exception as e:  # noqa: BLE001 - report which format failed and why
+                raise RuntimeError(f"export to {fmt} failed ({type(e).__name__}: {e}); drop {fmt!r} from export_formats to skip it") from e
+        _write_metadata(tmp, formats, training_config, task_spec, model_config, example)
+        manifest = {p.relative_to(tmp).as_posix(): describe(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=1))
+    return out_dir
+
+
+def _onnx(model: nn.Module, example: torch.Tensor, out: Path) -> None:
+    from torch.export import Dim
+
+    dims = {0: Dim.AUTO, 1: Dim.AUTO} if example.dim() >= 2 and not example.is_floating_point() else {0: Dim.AUTO}
+    with _quiet():
+        torch.onnx.export(
+            model,
+            (example,),
+            str(out / "model.onnx"),
+            dynamo=True,
+            input_names=["input_ids"],
+            output_names=["logits"],
+            dynamic_shapes={"input_ids": dims},
+            external_data=False,
+            verbose=False,
+        )
+
+
+def _torchscript(model: nn.Module, example: torch.Tensor, out: Path) -> None:
+    with _quiet():
+        traced = torch.jit.trace(model, example, check_trace=False)
+        traced.save(str(out / "model.torchscript.pt"))
+
+
+_EXPORTERS = {"onnx": _onnx, "torchscript": _torchscript}
+
+
+class _quiet:
+    """Silence the exporters' own deprecation notices and info logging during export."""
+
+    def __enter__(self):
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.simplefilter("ignore")
+        self._logger = logging.getLogger("torch.onnx")
+        self._level = self._logger.level
+        self._logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        self._logger.setLevel(self._level)
+        self._warnings.__exit__(*exc)
+
+
+def _write_metadata(out: Path, formats, training_config, task_spec, model_config, example: torch.Tensor) -> None:
+    import yaml
+
+    (out / "model_config.json").write_text(json.dumps(model_config or {}, indent=1))
+    (out / "task_spec.json").write_text(json.dumps(task_spec or {}, indent=1))
+    (out / "training_config.yaml").write_text(yaml.safe_dump(training_config or {}, sort_keys=False))
+    (out / "inference.py").write_text(_INFERENCE)
+    (out / "requirements.txt").write_text("torch\nnumpy\n" + ("onnxruntime\n" if "onnx" in formats else ""))
+    shape = "x".join(["batch", "seq_len"][: example.dim()]) if example.dim() <= 2 else str(tuple(example.shape))
+    (out / "README.md").write_text(_README.format(formats=", ".join(formats) or "state_dict only", shape=shape, dtype=example.dtype))
+    (out / "Dockerfile").write_text(_DOCKERFILE)
+    (out / "torchserve").mkdir()
+    (out / "torchserve" / "config.properties").write_text(_TORCHSERVE_CONFIG)
+    (out / "torchserve" / "handler.py").write_text(_TORCHSERVE_HANDLER)
+
+
+_INFERENCE = '''"""Run the exported model: python inference.py 1 2 3 4  (token ids)."""
+
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+def load():
+    if (HERE / "model.torchscript.pt").exists():
+        model = torch.jit.load(str(HERE / "model.torchscript.pt")).eval()
+        return lambda ids: model(torch.as_tensor(ids))
+    import numpy as np
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(HERE / "model.onnx"))
+    return lambda ids: torch.from_numpy(session.run(None, {"input_ids": np.asarray(ids)})[0])
+
+
+if __name__ == "__main__":
+    predict = load()
+    ids = [[int(t) for t in sys.argv[1:]] or [1]]
+    with torch.no_grad():
+        logits = predict(ids)
+    print("logits shape:", tuple(logits.shape))
+    print("argmax:", logits.argmax(-1).tolist())
+'''
+
+_README = """# Exported model
+
+Produced by trainyard. Formats: {formats}. Input `input_ids` ({shape}, {dtype}); output: logits.
+
+    pip install -r requirements.txt
+    python inference.py 1 2 3        # token ids in, logits out
+
+`model.pt` is the PyTorch state_dict; `model_config.json`, `task_spec.json` and
+`training_config.yaml` describe how it was built and trained. `MANIFEST.json` lists the
+sha256 of every file. Serve with Docker (`docker build -t model . && docker run -p 8080:8080 model`)
+or TorchServe (`torchserve/`).
+"""
+
+_DOCKERFILE = """FROM python:3.11-slim
+WORKDIR /model
+COPY . /model
+RUN pip install --no-cache-dir -r requirements.txt
+CMD ["python", "inference.py"]
+"""
+
+_TORCHSERVE_CONFIG = """inference_address=http://0.0.0.0:8080
+management_address=http://0.0.0.0:8081
+metrics_address=http://0.0.0.0:8082
+default_workers_per_model=1
+"""
+
+_TORCHSERVE_HANDLER = '''"""TorchServe handler: a JSON body {"input_ids": [[...]]} -> logits."""
+
+import json
+
+import torch
+from ts.torch_handler.base_handler import BaseHandler
+
+
+class Handler(BaseHandler):
+    def preprocess(self, data):
+        body = data[0].get("body") or data[0].get("data")
+        if isinstance(body, (bytes, bytearray)):
+            body = json.loads(body)
+        return torch.as_tensor(body["input_ids"])
+
+    def postprocess(self, logits):
+        return [logits.tolist()]
+'''
+
+
+def export_bundle(trainer: Any, run: Any, results: dict) -> Path:
+    """Export the model a run just trained (called by the Trainer when export_bundle=True)."""
+    example = run.collate([run.train_ds[i] for i in range(min(2, len(run.train_ds)))])["input_ids"]
+    spec = trainer.task_spec.to_dict() if trainer.task_spec is not None else {"name": run.task}
+    return export_model(
+        run.raw_model,
+        example,
+        run.run_dir / "export",
+        trainer.training_config.export_formats,
+        training_config=trainer.training_config.to_dict(),
+        task_spec=spec,
+        model_config=model_config_dict(trainer.config),
+    )

@@ -1,0 +1,61 @@
+import json
+
+import pytest
+import torch
+
+from tests.helpers import lm_samples
+from trainyard import Trainer, TrainingConfig
+from trainyard.engine.checkpoint import describe
+from trainyard.models import GPT
+
+
+def _gpt():
+    torch.manual_seed(0)
+    return GPT(vocab_size=23, max_seq_len=16, d_model=16, n_layers=1, n_heads=2)
+
+
+@pytest.mark.slow
+def test_seed_feature_3_export_bundle_serves_the_trained_model(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx.reference import ReferenceEvaluator
+
+    config = {"vocab_size": 23, "max_seq_len": 16}
+    training_config = TrainingConfig(
+        learning_rate=5e-5, epochs=1, export_bundle=True, export_formats=["onnx", "torchscript"], checkpoint_dir=str(tmp_path / "run")
+    )
+    trainer = Trainer(_gpt, config, training_config)
+    results = trainer.train(lm_samples(8))
+    bundle = tmp_path / "run" / "export"
+    assert results["export_path"] == str(bundle)
+    expected = {
+        "model.pt", "model.onnx", "model.torchscript.pt", "model_config.json", "task_spec.json",
+        "training_config.yaml", "inference.py", "requirements.txt", "README.md", "Dockerfile",
+        "torchserve/config.properties", "torchserve/handler.py", "MANIFEST.json",
+    }
+    assert {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()} == expected
+    manifest = json.loads((bundle / "MANIFEST.json").read_text())
+    assert all(describe(bundle / name) == info for name, info in manifest.items())
+
+    model = trainer.model.eval()
+    x = torch.randint(0, 23, (3, 11))  # another batch size and length than the export example
+    with torch.no_grad():
+        reference = model(x)
+    onnx_out = ReferenceEvaluator(onnx.load(str(bundle / "model.onnx"))).run(None, {"input_ids": x.numpy()})[0]
+    assert torch.allclose(torch.from_numpy(onnx_out), reference, atol=1e-5)
+    scripted = torch.jit.load(str(bundle / "model.torchscript.pt"))
+    assert torch.allclose(scripted(x), reference, atol=1e-5)
+    state = torch.load(bundle / "model.pt", weights_only=True)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert json.loads((bundle / "task_spec.json").read_text())["name"] == "language_modeling"
+
+
+def test_torchscript_only_export_unwraps_dict_outputs(tmp_path):
+    from trainyard.engine.export import export_model
+    from trainyard.models import SequenceClassifier
+
+    model = SequenceClassifier(vocab_size=23, d_model=16, n_heads=2, num_labels=3).eval()
+    x = torch.randint(0, 23, (2, 7))
+    out = export_model(model, x, tmp_path / "bundle", ("torchscript",))
+    scripted = torch.jit.load(str(out / "model.torchscript.pt"))
+    assert torch.allclose(scripted(x), model(x)["logits"], atol=1e-5)
+    assert not (out / "model.onnx").exists()
