@@ -381,3 +381,40 @@ def test_the_users_model_object_is_trained_in_place(ckdir):
     before = model.out.weight.detach().clone()
     train(model=model, ckdir=ckdir, epochs=1)
     assert not torch.equal(before, model.out.weight)
+
+
+class _Terminal:
+    """A stderr that says it is a terminal and keeps what is written."""
+
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def write(self, s):
+        self.text += s
+        return len(s)
+
+    def flush(self):
+        pass
+
+
+def test_a_progress_bar_is_shown_only_on_a_terminal(ckdir, monkeypatch, tmp_path):
+    import logging
+
+    # The bar follows the log level (TRAINYARD_LOG_LEVEL=WARNING hides it too).
+    monkeypatch.setattr(logging.getLogger("trainyard"), "level", logging.INFO)
+    terminal = _Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    train(ckdir=ckdir, epochs=2)
+    assert "epoch 1/2:" in terminal.text and "epoch 2/2:" in terminal.text and "/6 [" in terminal.text
+
+    class Pipe(_Terminal):
+        def isatty(self):
+            return False
+
+    pipe = Pipe()
+    monkeypatch.setattr("sys.stderr", pipe)
+    train(ckdir=str(tmp_path / "other"), epochs=2)
+    assert pipe.text == ""  # no bar; the epoch lines go through the logger only
