@@ -103,19 +103,3 @@ def test_a_hook_can_stop_training(tmp_path):
     assert r["stopped_early"] == "enough" and len(r["loss_history"]) == 3
     assert r["checkpoint_path"].endswith("e0001_b0000003")
     assert len(r["metrics_summary"]) == 0 and r["final_loss"] == pytest.approx(sum(r["loss_history"]) / 3, rel=1e-6)
-
-
-def test_seed_feature_2_hooks_example_runs(tmp_path, capsys):
-    class CustomHooks(TrainingHooks):
-        def on_train_begin(self, trainer, train_dataset, val_dataset):
-            print("Training starting!")
-
-        def on_epoch_begin(self, trainer, epoch):
-            print(f"Epoch {epoch} starting")
-
-        def on_batch_end(self, trainer, batch, outputs):
-            pass
-
-    tc = TrainingConfig(epochs=2, checkpoint_dir=str(tmp_path / "r"))
-    Trainer(lm_factory(), CONFIG, tc, hooks=CustomHooks()).train(lm_samples(8), lm_samples(4))
-    assert capsys.readouterr().out.splitlines() == ["Training starting!", "Epoch 1 starting", "Epoch 2 starting"]

@@ -403,11 +403,17 @@ class _Terminal:
 def test_a_progress_bar_is_shown_only_on_a_terminal(ckdir, monkeypatch, tmp_path):
     import logging
 
-    # The bar follows the log level (TRAINYARD_LOG_LEVEL=WARNING hides it too).
-    monkeypatch.setattr(logging.getLogger("trainyard"), "level", logging.INFO)
+    # The bar follows the log level (TRAINYARD_LOG_LEVEL=WARNING hides it too). setLevel,
+    # not assigning .level: loggers cache isEnabledFor answers until setLevel clears them.
+    logger = logging.getLogger("trainyard")
+    previous = logger.level
+    logger.setLevel(logging.INFO)
     terminal = _Terminal()
     monkeypatch.setattr("sys.stderr", terminal)
-    train(ckdir=ckdir, epochs=2)
+    try:
+        train(ckdir=ckdir, epochs=2)
+    finally:
+        logger.setLevel(previous)
     assert "epoch 1/2:" in terminal.text and "epoch 2/2:" in terminal.text and "/6 [" in terminal.text
 
     class Pipe(_Terminal):

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 
 def config_fields(cls: type, config: Any, overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -17,3 +17,10 @@ def config_fields(cls: type, config: Any, overrides: Mapping[str, Any]) -> dict[
     else:
         found = {k: getattr(config, k) for k in names if hasattr(config, k)}
     return {**found, **overrides}
+
+
+def check_positive_ints(config: Any, names: Sequence[str]) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{type(config).__name__}.{name}={value!r} is invalid: must be an integer >= 1")

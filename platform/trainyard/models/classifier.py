@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainyard.models._config import config_fields
+from trainyard.models._config import check_positive_ints, config_fields
 
 
 @dataclass(frozen=True)
@@ -23,10 +23,7 @@ class ClassifierConfig:
     pad_token_id: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "max_seq_len", "d_model", "n_layers", "n_heads", "num_labels"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"ClassifierConfig.{name}={value!r} is invalid: must be an integer >= 1")
+        check_positive_ints(self, ("vocab_size", "max_seq_len", "d_model", "n_layers", "n_heads", "num_labels"))
         if self.d_model % self.n_heads:
             raise ValueError(f"ClassifierConfig.d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
 

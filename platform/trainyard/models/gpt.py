@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainyard.models._config import config_fields
+from trainyard.models._config import check_positive_ints, config_fields
 
 
 @dataclass(frozen=True)
@@ -24,10 +24,7 @@ class GPTConfig:
     pad_token_id: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "max_seq_len", "d_model", "n_layers", "n_heads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"GPTConfig.{name}={value!r} is invalid: must be an integer >= 1")
+        check_positive_ints(self, ("vocab_size", "max_seq_len", "d_model", "n_layers", "n_heads"))
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"GPTConfig.d_model={self.d_model} is not divisible by n_heads={self.n_heads}: choose d_model a multiple of n_heads"
