@@ -1,7 +1,8 @@
 """The `trainyard` logger: one concise line per event, quiet by default.
 
-`TRAINYARD_LOG_LEVEL` (DEBUG, INFO, WARNING, ...) sets its level. If the application has
-configured logging itself (a handler on the root or `trainyard` logger), we add nothing.
+`TRAINYARD_LOG_LEVEL` (DEBUG, INFO, WARNING, ...) sets its level. The logger gets its own
+stderr handler (so Ray workers, whose root logger Ray configures, print it too) unless the
+application has put a handler on the `trainyard` logger itself.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ ROOT = "trainyard"
 
 def get_logger(name: str = ROOT) -> logging.Logger:
     root = logging.getLogger(ROOT)
-    if not root.handlers and not logging.getLogger().handlers:
+    if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("[trainyard] %(message)s"))
         root.addHandler(handler)

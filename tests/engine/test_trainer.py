@@ -339,9 +339,13 @@ def test_compile_default_really_compiles_on_cpu(tmp_path):
     assert compiled["loss_history"] == pytest.approx(eager["loss_history"], rel=1e-4)
 
 
-def test_distributed_arguments_are_not_available_yet():
-    with pytest.raises(NotImplementedError, match="scaling=None"):
-        Trainer(TinyLM(), CONFIG, TrainingConfig(), scaling=2)
+def test_distributed_arguments_are_checked_before_anything_starts():
+    with pytest.raises(TypeError, match="number of workers, or a ray.train.ScalingConfig"):
+        Trainer(TinyLM(), CONFIG, TrainingConfig(), scaling="two")
+    with pytest.raises(TypeError, match="ScalingConfig"):
+        Trainer(TinyLM(), CONFIG, TrainingConfig(), scaling=0)
+    with pytest.raises(ValueError, match="pass scaling=N"):
+        Trainer(TinyLM(), CONFIG, TrainingConfig(), run_config=object())
 
 
 @pytest.mark.parametrize(

@@ -175,6 +175,17 @@ def resolve(path: str | os.PathLike, warn=None) -> Path:
     return found
 
 
+def local_path(source: Any) -> Path:
+    """A local directory for a path or a `ray.train.Checkpoint` (downloaded if remote)."""
+    if isinstance(source, (str, os.PathLike)):
+        return Path(source)
+    if hasattr(source, "to_directory") and hasattr(source, "filesystem"):
+        if type(source.filesystem).__name__ == "LocalFileSystem":
+            return Path(source.path)
+        return Path(source.to_directory())
+    raise TypeError(f"resume_from must be a path or a ray.train.Checkpoint, got {type(source).__name__}")
+
+
 def prune(run_dir: Path, keep: int | None, protect: Path | None = None) -> None:
     """Delete all but the `keep` most recently saved checkpoints, and stale temporaries."""
     for p in run_dir.iterdir() if run_dir.is_dir() else ():

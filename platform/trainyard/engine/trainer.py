@@ -136,11 +136,17 @@ class Trainer:
             raise TypeError(
                 f"model must be a torch.nn.Module or a zero-argument function returning one, got {type(model).__name__}"
             )
-        if scaling is not None or run_config is not None:
-            raise NotImplementedError(
-                "scaling/run_config (running the loop in Ray Train workers) is not available in this "
-                "version of trainyard; pass scaling=None and run_config=None to train in this process"
+        if scaling is not None and not (_is_positive_int(scaling) or hasattr(scaling, "num_workers")):
+            raise TypeError(
+                f"scaling must be None (this process), a number of workers, or a ray.train.ScalingConfig; got {scaling!r}"
             )
+        if run_config is not None and scaling is None:
+            raise ValueError(
+                "run_config configures a Ray Train run: pass scaling=N (or a ray.train.ScalingConfig) with it, "
+                "or drop run_config to train in this process"
+            )
+        self.scaling = scaling
+        self.run_config = run_config
         self.model_or_factory = model
         self.config = config
         self.training_config = _as_training_config(training_config)
@@ -169,9 +175,14 @@ class Trainer:
         Keys (always present): loss_history (per optimizer step), final_loss,
         final_perplexity, training_time, metrics_summary (DataFrame, a row per epoch),
         best_epoch, grad_norm_history (pre-clip norms), amp_enabled, checkpoint_path.
-        `resume_from` is a checkpoint directory or a run directory (its newest valid
-        checkpoint is used).
+        `resume_from` is a checkpoint directory, a run directory (its newest valid
+        checkpoint is used) or a `ray.train.Checkpoint`. With `scaling`, the same loop runs
+        in Ray Train workers and rank 0's results come back here.
         """
+        if self.scaling is not None:
+            from trainyard.execution.ray_train import fit  # the engine's only way to Ray
+
+            return fit(self, train_data, val_data, resume_from)
         return self.run(LocalContext(self.training_config.device), train_data, val_data, resume_from)
 
     def run(self, ctx: RunContext, train_data: Any, val_data: Any = None, resume_from: Any = None) -> dict[str, Any]:
@@ -204,7 +215,10 @@ class Trainer:
         if val_ds is not None and len(val_ds) == 0:
             raise ValueError("val_data is empty: pass None to train without validation")
 
-        resume_path = ckpt.resolve(resume_from, warn=log.warning) if resume_from is not None else ctx.checkpoint_to_resume()
+        # The environment's checkpoint wins: after a restart it is newer than resume_from.
+        resume_path = ctx.checkpoint_to_resume()
+        if resume_path is None and resume_from is not None:
+            resume_path = ckpt.resolve(ckpt.local_path(resume_from), warn=log.warning)
         loaded = ckpt.load(resume_path) if resume_path is not None else None
         if loaded is None:
             rng.seed_everything(cfg.random_seed)  # before the factory: model init is seeded too
@@ -432,7 +446,8 @@ class Trainer:
         run.task, run.task_reason = confirm_task(run.task, logits, run.task_reason, explicit)
         run.task_confirmed = True
         if not explicit:
-            log.info("task_spec=None: training as %r (%s)", run.task, run.task_reason)
+            if run.ctx.is_main:
+                log.info("task_spec=None: training as %r (%s)", run.task, run.task_reason)
             self.task_spec = TaskSpec(name=run.task)
 
     def _optimizer_step(self, run: _Run, loss: float) -> None:
@@ -588,6 +603,10 @@ class Trainer:
 
 
 # -- helpers -------------------------------------------------------------------------------
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _as_training_config(value: Any) -> TrainingConfig:
