@@ -175,14 +175,19 @@ def resolve(path: str | os.PathLike, warn=None) -> Path:
     return found
 
 
+def is_ray_checkpoint(source: Any) -> bool:
+    return hasattr(source, "to_directory") and hasattr(source, "filesystem")
+
+
 def local_path(source: Any) -> Path:
     """A local directory for a path or a `ray.train.Checkpoint` (downloaded if remote)."""
-    if isinstance(source, (str, os.PathLike)):
-        return Path(source)
-    if hasattr(source, "to_directory") and hasattr(source, "filesystem"):
+    # A Ray Checkpoint first: it defines __fspath__ (to raise), so it passes as PathLike.
+    if is_ray_checkpoint(source):
         if type(source.filesystem).__name__ == "LocalFileSystem":
             return Path(source.path)
         return Path(source.to_directory())
+    if isinstance(source, (str, os.PathLike)):
+        return Path(source)
     raise TypeError(f"resume_from must be a path or a ray.train.Checkpoint, got {type(source).__name__}")
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from trainyard._logging import get_logger
+from trainyard.engine.checkpoint import is_ray_checkpoint
 from trainyard.execution.ray_env import ensure_ray, verbose
 
 log = get_logger("trainyard.execution")
@@ -151,6 +152,8 @@ def _quiet_worker_logs() -> None:
 
 
 def _absolute(value: Any) -> Any:
+    if is_ray_checkpoint(value):
+        return value
     if isinstance(value, (str, os.PathLike)) and "://" not in str(value):
         return str(Path(value).expanduser().resolve())
     return value

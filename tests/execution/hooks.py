@@ -1,0 +1,33 @@
+"""Hooks used inside Ray Train workers by the tests (module level, so they pickle)."""
+
+import os
+from pathlib import Path
+
+from trainyard import TrainingHooks
+
+
+class FailOnce(TrainingHooks):
+    """Kills (os._exit) or raises in one rank at one step, the first time only."""
+
+    def __init__(self, marker: str, rank: int, epoch: int, step: int, how: str = "exit"):
+        self.marker, self.rank, self.epoch, self.step, self.how = marker, rank, epoch, step, how
+
+    def on_batch_end(self, trainer, batch, outputs):
+        import ray.train
+
+        s = trainer.state
+        if ray.train.get_context().get_world_rank() != self.rank or (s.epoch, s.global_step) != (self.epoch, self.step):
+            return
+        if Path(self.marker).exists():
+            return
+        Path(self.marker).write_text("failed once")
+        if self.how == "exit":
+            os._exit(1)
+        raise RuntimeError(f"boom from rank {self.rank} at step {self.step}")
+
+
+class Unpicklable(TrainingHooks):
+    def __init__(self):
+        import threading
+
+        self.lock = threading.Lock()  # locks do not pickle, even with cloudpickle

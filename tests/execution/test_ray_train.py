@@ -1,0 +1,108 @@
+"""The engine loop in Ray Train workers: same results, Ray checkpoints, fault tolerance."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from tests.execution.hooks import FailOnce, Unpicklable
+from tests.helpers import VOCAB, lm_factory, lm_samples
+from trainyard import Trainer, TrainingConfig
+
+pytestmark = pytest.mark.slow
+
+CONFIG = SimpleNamespace(vocab_size=VOCAB)
+DATA, VAL = lm_samples(32), lm_samples(8, seed=4)
+
+
+def settings(**overrides):
+    base = dict(learning_rate=1e-2, batch_size=4, epochs=3, random_seed=3)
+    base.update(overrides)
+    return TrainingConfig(**base)
+
+
+def epoch_losses(results):
+    return results["metrics_summary"][["train/loss", "val/loss"]].values.ravel().tolist()
+
+
+def run_config(tmp_path, name=None, max_failures=0, num_to_keep=None):
+    import ray.train
+
+    return ray.train.RunConfig(
+        name=name,
+        storage_path=str(tmp_path / "storage"),
+        failure_config=ray.train.FailureConfig(max_failures=max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=num_to_keep),
+    )
+
+
+@pytest.fixture(scope="module")
+def in_process_batch_8(tmp_path_factory):
+    ck = tmp_path_factory.mktemp("local")
+    return Trainer(lm_factory(dropout=0.0), CONFIG, settings(batch_size=8, checkpoint_dir=str(ck))).train(DATA, VAL)
+
+
+def test_two_workers_equal_one_process_with_the_global_batch(ray_session, in_process_batch_8, tmp_path):
+    import ray.train
+
+    results = Trainer(
+        lm_factory(dropout=0.0), CONFIG, settings(batch_size=4), scaling=ray.train.ScalingConfig(num_workers=2),
+        run_config=run_config(tmp_path, num_to_keep=2),
+    ).train(DATA, VAL)
+    assert set(in_process_batch_8) <= set(results)
+    assert epoch_losses(results) == pytest.approx(epoch_losses(in_process_batch_8), abs=1e-6)
+    assert results["loss_history"] == pytest.approx(in_process_batch_8["loss_history"], abs=1e-6)
+    # Checkpoints live in storage_path under the run, pruned to num_to_keep by Ray.
+    run_dir = tmp_path / "storage" / results["run_dir"].rsplit("/", 1)[-1]
+    assert results["checkpoint_path"].startswith(str(run_dir))
+    assert sorted(p.name for p in run_dir.glob("checkpoint_e*")) == ["checkpoint_e0002_b0000004", "checkpoint_e0003_b0000004"]
+
+
+def test_worker_killed_mid_epoch_restarts_from_the_last_checkpoint(ray_session, in_process_batch_8, tmp_path):
+    hook = FailOnce(str(tmp_path / "marker"), rank=1, epoch=2, step=7)  # step 7 = 3rd of epoch 2
+    results = Trainer(
+        lm_factory(dropout=0.0), CONFIG, settings(checkpoint_every_n_steps=2), hooks=hook, scaling=2,
+        run_config=run_config(tmp_path, max_failures=1),
+    ).train(DATA, VAL)
+    assert (tmp_path / "marker").exists(), "the failure happened"
+    assert epoch_losses(results) == pytest.approx(epoch_losses(in_process_batch_8), abs=1e-6)
+    assert len(results["loss_history"]) == 12
+
+
+def test_exhausted_failure_budget_raises_with_the_worker_traceback(ray_session, tmp_path):
+    hook = FailOnce(str(tmp_path / "marker"), rank=1, epoch=1, step=2, how="raise")
+    with pytest.raises(Exception) as info:
+        Trainer(lm_factory(), CONFIG, settings(), hooks=hook, scaling=2, run_config=run_config(tmp_path)).train(DATA)
+    text = str(info.value)
+    assert "boom from rank 1 at step 2" in text and "Traceback" in text and "on_batch_end" in text
+
+
+def test_rerunning_a_named_run_resumes_from_its_latest_checkpoint(ray_session, in_process_batch_8, tmp_path):
+    hook = FailOnce(str(tmp_path / "marker"), rank=0, epoch=3, step=9, how="raise")
+    with pytest.raises(Exception, match="boom"):
+        Trainer(lm_factory(dropout=0.0), CONFIG, settings(), hooks=hook, scaling=2, run_config=run_config(tmp_path, name="rerun")).train(DATA, VAL)
+    # A new driver, same RunConfig(name, storage_path): Ray hands back the epoch-2 checkpoint.
+    results = Trainer(lm_factory(dropout=0.0), CONFIG, settings(), hooks=hook, scaling=2, run_config=run_config(tmp_path, name="rerun")).train(DATA, VAL)
+    assert epoch_losses(results) == pytest.approx(epoch_losses(in_process_batch_8), abs=1e-6)
+    assert results["run_dir"].endswith("rerun")
+
+
+def test_resume_from_a_ray_checkpoint_and_weights_come_back_to_the_driver(ray_session, in_process_batch_8, tmp_path):
+    import ray.train
+    import torch
+
+    hook = FailOnce(str(tmp_path / "marker"), rank=0, epoch=3, step=9, how="raise")
+    with pytest.raises(Exception, match="boom"):
+        Trainer(lm_factory(dropout=0.0), CONFIG, settings(), hooks=hook, scaling=2, run_config=run_config(tmp_path, name="first")).train(DATA, VAL)
+    latest = sorted((tmp_path / "storage" / "first").glob("checkpoint_e*"))[-1]
+    assert latest.name == "checkpoint_e0002_b0000004"
+    # A different run (new name), told explicitly where to start.
+    trainer = Trainer(lm_factory(dropout=0.0), CONFIG, settings(), scaling=2, run_config=run_config(tmp_path))
+    results = trainer.train(DATA, VAL, resume_from=ray.train.Checkpoint.from_directory(str(latest)))
+    assert epoch_losses(results) == pytest.approx(epoch_losses(in_process_batch_8), abs=1e-6)
+    saved = torch.load(f"{results['checkpoint_path']}/model.pt", weights_only=True)
+    assert all(torch.equal(saved[k], v) for k, v in trainer.model.state_dict().items())
+
+
+def test_unpicklable_hooks_are_refused_before_ray_starts_work(ray_session):
+    with pytest.raises(TypeError, match="hooks \\(Unpicklable\\) must be picklable to run inside Ray Train workers"):
+        Trainer(lm_factory(), CONFIG, settings(), hooks=Unpicklable(), scaling=2).train(DATA)
