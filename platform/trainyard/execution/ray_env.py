@@ -24,9 +24,11 @@ def verbose() -> bool:
     return os.environ.get("TRAINYARD_LOG_LEVEL", "INFO").upper() == "DEBUG"
 
 
-def ensure_ray(num_cpus: int | None = None) -> None:
+def ensure_ray(num_cpus: int | None = None, py_modules: list[str] | None = None) -> None:
     """Use the Ray this process is connected to; else RAY_ADDRESS or a running cluster;
     else start a local instance (address="local", never joining a stray head by accident).
+    `py_modules` ships local packages to every worker (trainyard itself, when the
+    cluster does not have it installed).
     """
     import ray
 
@@ -39,6 +41,8 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         "log_to_driver": True,  # worker tracebacks and rank 0's epoch lines must reach the user
         "runtime_env": {"env_vars": {k: os.environ[k] for k in _QUIET_ENV}},
     }
+    if py_modules:
+        options["runtime_env"]["py_modules"] = py_modules
     if not verbose():
         logging.getLogger("ray").setLevel(logging.ERROR)
     address = os.environ.get("RAY_ADDRESS") or (_running_cluster() and "auto")

@@ -1,0 +1,39 @@
+"""Experiment runs on Ray, shared by `jobs/train.py` and `trainyard train --workers N`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+
+def run_experiment(
+    config_path: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    workers: int = 1,
+    gpu: bool = False,
+    name: str | None = None,
+    storage_path: str | None = None,
+    ship_source: Path | None = None,
+    resume_from: Any = None,
+) -> dict[str, Any]:
+    """Build the experiment and train it: in this process (workers=0) or on Ray."""
+    from trainyard.engine import Trainer
+    from trainyard.experiment import build, load_spec
+
+    exp = build(load_spec(config_path, overrides))
+    scaling = run_config = None
+    if workers:
+        import ray.train
+
+        from trainyard.execution.ray_env import ensure_ray
+
+        ensure_ray(py_modules=[str(ship_source)] if ship_source else None)
+        scaling = ray.train.ScalingConfig(num_workers=workers, use_gpu=gpu)
+        run_config = ray.train.RunConfig(
+            name=name,
+            storage_path=storage_path or str(Path("runs").resolve()),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=exp.training_config.keep_last_n_checkpoints),
+        )
+    trainer = Trainer(exp.model_factory, exp.model_config, exp.training_config, exp.task_spec, scaling=scaling, run_config=run_config)
+    return trainer.train(exp.train_data, exp.val_data, resume_from=resume_from)

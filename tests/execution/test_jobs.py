@@ -1,0 +1,96 @@
+"""`ray job submit --working-dir .` against a real local head, as on a cluster.
+
+The head runs from a bare environment that has torch and Ray but not trainyard, so the
+job proves the source is shipped to every worker from the working dir. The head is started
+with `--block` and terminated at the end: `ray stop` would also stop other Ray instances.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["data.train_size=64", "data.val_size=16", "model.d_model=16", "model.n_heads=2", "model.n_layers=1", "batch_size=16", "epochs=2"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def bare_head(tmp_path_factory):
+    pytest.importorskip("ray.dashboard")
+    tmp = tmp_path_factory.mktemp("head")
+    venv = tmp / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    # A plain path entry: the main environment's packages, without its .pth hooks, so the
+    # editable install of trainyard is not visible here.
+    main_site = next(p for p in sys.path if p.endswith("site-packages") and Path(p, "ray").is_dir())
+    (site / "main.pth").write_text(main_site + "\n")
+    python = str(venv / "bin" / "python")
+    env = {**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
+    env.pop("PYTHONPATH", None)
+    env.pop("RAY_ADDRESS", None)
+    check = subprocess.run([python, "-c", "import trainyard"], env=env, capture_output=True)
+    assert check.returncode != 0, "the bare environment must not see trainyard"
+    dashboard = _free_port()
+    head = subprocess.Popen(
+        [python, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={_free_port()}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=3",
+         "--include-dashboard=true", "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{address}/api/version", timeout=2)
+            break
+        except urllib.error.HTTPError:  # it answers (401 with token auth): it is up
+            break
+        except OSError:  # not listening yet
+            time.sleep(1)
+    else:
+        head.terminate()
+        pytest.fail("the Ray head did not start within 60 s")
+    yield python, {**env, "RAY_ADDRESS": address}
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait(timeout=30)
+
+
+def submit(python, env, *entrypoint, timeout=300):
+    cmd = [python, "-m", "ray.scripts.scripts", "job", "submit", "--working-dir", ".", "--", *entrypoint]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_the_working_dir_does_not_shadow_the_stdlib(bare_head):
+    python, env = bare_head
+    job = submit(python, env, "python", "-c", "import platform; print('stdlib platform', platform.python_version())")
+    assert job.returncode == 0, job.stdout + job.stderr
+    assert "stdlib platform 3." in job.stdout
+
+
+def test_jobs_train_runs_on_a_cluster_without_trainyard_installed(bare_head, tmp_path):
+    python, env = bare_head
+    job = submit(python, env, "python", "jobs/train.py", "--config", "jobs/configs/addition.yaml", *TINY,
+                 "--workers", "2", "--storage-path", str(tmp_path / "storage"))
+    logs = job.stdout + job.stderr
+    assert job.returncode == 0 and "succeeded" in logs, logs
+    assert "[trainyard] epoch 2/2" in logs and "final_loss" in logs
+    assert list((tmp_path / "storage").glob("trainyard-*/checkpoint_e0002_*/COMPLETE"))
