@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -45,9 +46,9 @@ def bare_head(tmp_path_factory):
     env.pop("RAY_ADDRESS", None)
     check = subprocess.run([python, "-c", "import trainyard"], env=env, capture_output=True)
     assert check.returncode != 0, "the bare environment must not see trainyard"
-    dashboard = _free_port()
+    dashboard, gcs_port = _free_port(), _free_port()
     head = subprocess.Popen(
-        [python, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={_free_port()}",
+        [python, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={gcs_port}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=3",
          "--include-dashboard=true", "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
@@ -72,6 +73,11 @@ def bare_head(tmp_path_factory):
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
         head.wait(timeout=30)
+    # `ray stop` would delete the head's address file; we did not call it, so do its part:
+    # a stale file sends later state-API clients to a dead address (40 s time-outs).
+    current = Path(tempfile.gettempdir(), "ray", "ray_current_cluster")
+    if current.exists() and current.read_text().strip().endswith(f":{gcs_port}"):
+        current.unlink()
 
 
 def submit(python, env, *entrypoint, timeout=300):

@@ -50,7 +50,9 @@ def ensure_ray(num_cpus: int | None = None, py_modules: list[str] | None = None)
         log.info("connecting to the Ray cluster at %s", address)
         ray.init(address=address, **options)
     else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **options)
+        # The dashboard serves the state API that Ray Train polls while shutting a run down;
+        # without it every fit() waits out a 10 s timeout and logs a traceback.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, **options)
 
 
 def _running_cluster() -> bool:
