@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 train: $(STAMP)
-	$(BIN)/trainyard train jobs/configs/addition.yaml
+	$(BIN)/trainyard train jobs/configs/addition.yaml --workers 2
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -27,6 +27,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/engine_overhead.py
+	$(BIN)/python benchmarks/ray_train_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache checkpoints runs

@@ -47,10 +47,15 @@ def bare_head(tmp_path_factory):
     check = subprocess.run([python, "-c", "import trainyard"], env=env, capture_output=True)
     assert check.returncode != 0, "the bare environment must not see trainyard"
     dashboard, gcs_port = _free_port(), _free_port()
+    # Every port of its own: the test session's local Ray may hold the default ones.
+    ports = [f"--{name}={_free_port()}" for name in (
+        "node-manager-port", "object-manager-port", "ray-client-server-port", "metrics-export-port",
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+    )]
     head = subprocess.Popen(
         [python, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={gcs_port}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=3",
-         "--include-dashboard=true", "--disable-usage-stats"],
+         "--include-dashboard=true", "--disable-usage-stats", *ports],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     address = f"http://127.0.0.1:{dashboard}"
@@ -82,7 +87,12 @@ def bare_head(tmp_path_factory):
 
 def submit(python, env, *entrypoint, timeout=300):
     cmd = [python, "-m", "ray.scripts.scripts", "job", "submit", "--working-dir", ".", "--", *entrypoint]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    for _ in range(20):  # the head's job agent comes up a few seconds after its dashboard
+        job = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        if "No available agent to submit job" not in job.stderr:
+            return job
+        time.sleep(2)
+    return job
 
 
 def test_the_working_dir_does_not_shadow_the_stdlib(bare_head):

@@ -18,7 +18,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     train.add_argument("config", help="experiment YAML, e.g. jobs/configs/addition.yaml")
     train.add_argument("overrides", nargs="*", help="key=value, e.g. epochs=3 model.d_model=64")
     train.add_argument("--resume", default=None, help="checkpoint or run directory to resume from")
+    train.add_argument("--workers", type=int, default=0, help="Ray Train workers (DDP, local Ray unless RAY_ADDRESS); 0: this process")
+    train.add_argument("--gpu", action="store_true", help="with --workers: one GPU per worker")
+    train.add_argument("--name", default=None, help="with --workers: run name (the same name resumes)")
+    train.add_argument("--storage-path", default=None, help="with --workers: where checkpoints persist")
     train.add_argument("--results", default=None, help="write the results (JSON) here")
+    train.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show debug logs and Ray's own logs")
     args = parser.parse_args(argv)
     if args.verbose:
         os.environ["TRAINYARD_LOG_LEVEL"] = "DEBUG"
@@ -33,14 +38,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from trainyard._logging import get_logger
-    from trainyard.engine import Trainer
-    from trainyard.experiment import build, load_spec
+    from trainyard.execution.jobs import run_experiment
 
+    if args.workers < 0:
+        raise ValueError(f"--workers {args.workers}: give 0 (this process) or a number of Ray Train workers")
     log = get_logger("trainyard.cli")
-    spec = load_spec(args.config, args.overrides)
-    exp = build(spec)
-    trainer = Trainer(exp.model_factory, exp.model_config, exp.training_config, exp.task_spec)
-    results = trainer.train(exp.train_data, exp.val_data, resume_from=args.resume)
+    results = run_experiment(
+        args.config,
+        args.overrides,
+        workers=args.workers,
+        gpu=args.gpu,
+        name=args.name,
+        storage_path=args.storage_path,
+        resume_from=args.resume,
+    )
     summary = results["metrics_summary"]
     last = summary.iloc[-1].to_dict() if len(summary) else {}
     log.info("done in %.1fs: final_loss %.4f, best epoch %d; checkpoint %s", results["training_time"], results["final_loss"], results["best_epoch"], results["checkpoint_path"])
