@@ -38,3 +38,16 @@ def test_platform_is_a_source_root_not_a_package():
     import platform
 
     assert hasattr(platform, "python_version")  # the stdlib module, not our folder
+
+
+def test_training_in_process_never_imports_ray(tmp_path):
+    code = (
+        "import sys, torch\n"
+        "from trainyard import Trainer, TrainingConfig\n"
+        "data = [torch.randint(0, 10, (6,)) for _ in range(8)]\n"
+        f"Trainer(lambda: torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10)), {{'vocab_size': 10}},"
+        f" TrainingConfig(epochs=1, checkpoint_dir={str(tmp_path / 'ck')!r})).train(data)\n"
+        "print(sorted(m for m in ('ray', 'optuna') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
