@@ -104,5 +104,5 @@ def test_resume_from_a_ray_checkpoint_and_weights_come_back_to_the_driver(ray_se
 
 
 def test_unpicklable_hooks_are_refused_before_ray_starts_work(ray_session):
-    with pytest.raises(TypeError, match="hooks \\(Unpicklable\\) must be picklable to run inside Ray Train workers"):
+    with pytest.raises(TypeError, match="hooks \\(Unpicklable\\) must be picklable to run inside Ray workers"):
         Trainer(lm_factory(), CONFIG, settings(), hooks=Unpicklable(), scaling=2).train(DATA)

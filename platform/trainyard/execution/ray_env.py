@@ -45,7 +45,7 @@ def ensure_ray(num_cpus: int | None = None, py_modules: list[str] | None = None)
         options["runtime_env"]["py_modules"] = py_modules
     if not verbose():
         logging.getLogger("ray").setLevel(logging.ERROR)
-    address = os.environ.get("RAY_ADDRESS") or (_running_cluster() and "auto")
+    address = os.environ.get("RAY_ADDRESS") or _running_cluster()
     if address:
         log.info("connecting to the Ray cluster at %s", address)
         ray.init(address=address, **options)
@@ -55,11 +55,22 @@ def ensure_ray(num_cpus: int | None = None, py_modules: list[str] | None = None)
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, **options)
 
 
-def _running_cluster() -> bool:
-    """Whether `ray start` left a head on this machine that is still alive."""
-    try:
-        from ray._private.services import find_gcs_addresses
+def _running_cluster() -> str | None:
+    """The address of a cluster `ray start` left running on this machine, if it is alive.
 
-        return bool(find_gcs_addresses())
-    except Exception:  # noqa: BLE001 - a private API: no answer means no cluster
-        return False
+    Only `ray start` writes ray_current_cluster; another program's in-process Ray does
+    not, so it is never joined by accident. A stale file (a head stopped without
+    `ray stop`) points at a dead port and is ignored.
+    """
+    import socket
+    import tempfile
+    from pathlib import Path
+
+    current = Path(os.environ.get("RAY_TMPDIR", tempfile.gettempdir()), "ray", "ray_current_cluster")
+    try:
+        address = current.read_text().strip()
+        host, port = address.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=0.5):
+            return address
+    except (OSError, ValueError):
+        return None

@@ -166,19 +166,24 @@ def _absolute_checkpoint_dir(training_config: Any) -> Any:
 
 
 def _check_picklable(payload: _Payload) -> None:
-    from ray import cloudpickle
-
     parts = {"hooks": payload.hooks, "model": payload.model, "config": payload.config, "train_data": payload.train_data, "val_data": payload.val_data}
     for name, value in parts.items():
-        try:
-            cloudpickle.dumps(value)
-        except Exception as e:  # noqa: BLE001 - any pickling failure
-            what = ", ".join(type(h).__name__ for h in value) if name == "hooks" else type(value).__name__
-            raise TypeError(
-                f"{name} ({what}) must be picklable to run inside Ray Train workers, and is not: "
-                f"{type(e).__name__}: {e}. Define it at module level and keep no open files, "
-                "locks or connections in it (open them in on_train_begin instead)"
-            ) from e
+        _check_picklable_value(name, value)
+
+
+def _check_picklable_value(name: str, value: Any) -> None:
+    """Objects sent to Ray's processes must pickle; say which one does not, and why."""
+    from ray import cloudpickle
+
+    try:
+        cloudpickle.dumps(value)
+    except Exception as e:  # noqa: BLE001 - any pickling failure
+        what = ", ".join(type(h).__name__ for h in value) if name == "hooks" else type(value).__name__
+        raise TypeError(
+            f"{name} ({what}) must be picklable to run inside Ray workers, and is not: "
+            f"{type(e).__name__}: {e}. Define it at module level and keep no open files, "
+            "locks or connections in it (open them in on_train_begin instead)"
+        ) from e
 
 
 def _load_final_weights(trainer: Any, checkpoint: Any) -> None:

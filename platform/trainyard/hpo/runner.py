@@ -1,0 +1,358 @@
+"""`sweep(...)`: Ray Tune trials driven by a seeded Optuna TPE searcher.
+
+Each trial runs the engine loop in the trial's own process (a `TuneTrialContext`), or,
+with `workers_per_trial > 1`, a nested Ray Train run whose rank-0 metrics Tune receives
+through `TuneReportCallback`. One report per epoch feeds the scheduler (ASHA by default);
+every report carries the engine checkpoint, so a paused or restarted trial resumes. A
+named sweep that already exists under `storage_path` is restored, finished trials kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import logging
+import math
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable, Mapping
+
+from trainyard._logging import get_logger
+from trainyard.engine.config import TrainingConfig
+from trainyard.hpo.space import SearchSpace, load_search_space
+
+log = get_logger("trainyard.hpo")
+SCHEDULERS = ("asha", "median", "none")
+
+
+@dataclass
+class SweepResult:
+    best_config: TrainingConfig  # the base TrainingConfig with the winning parameters
+    best_params: dict[str, Any]  # the winning sampled point (model.* keys included)
+    best_metrics: dict[str, Any]  # the best trial's last reported metrics
+    best_checkpoint: str | None  # directory of the best trial's latest checkpoint
+    dataframe: Any  # pandas: one row per trial, params and last metrics
+    study: Any  # optuna.Study: every trial, COMPLETE / PRUNED / FAIL
+    path: str  # the sweep directory (results, best_config.yaml, plots)
+    metric: str = "val/loss"
+    mode: str = "min"
+    plots: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Payload:
+    model_factory: Callable
+    config: Any
+    train_data: Any
+    val_data: Any
+    base: TrainingConfig
+    task_spec: Any
+    space: SearchSpace
+    workers_per_trial: int
+    use_gpu: bool
+
+
+def sweep(
+    model_factory: Callable,
+    config: Any,
+    train_data: Any,
+    val_data: Any = None,
+    *,
+    space: str | Path | Mapping[str, Any] | SearchSpace,
+    training_config: TrainingConfig | None = None,
+    task_spec: Any = None,
+    num_samples: int = 10,
+    max_concurrent: int | None = None,
+    scheduler: str = "asha",
+    resources_per_trial: Mapping[str, float] | None = None,
+    workers_per_trial: int = 1,
+    storage_path: str | Path | None = None,
+    name: str | None = None,
+    seed: int = 0,
+) -> SweepResult:
+    """Search `space` with `num_samples` trials; see the module docstring."""
+    space = space if isinstance(space, SearchSpace) else load_search_space(space)
+    base = training_config or TrainingConfig()
+    _validate(space, base, model_factory, config, val_data, num_samples, scheduler, workers_per_trial, max_concurrent)
+
+    import ray
+    from ray import tune
+
+    from trainyard.execution.ray_env import ensure_ray
+    from trainyard.execution.ray_train import _absolute, _check_picklable_value
+
+    ensure_ray()
+    _quiet_optuna()
+    storage = str(Path(storage_path or "runs").expanduser().resolve()) if "://" not in str(storage_path or "") else str(storage_path)
+    name = name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    resources = dict(resources_per_trial or ({"cpu": 0} if workers_per_trial > 1 else {"cpu": 1}))
+    payload = _Payload(
+        model_factory, config, _absolute(train_data), _absolute(val_data), base.replace(checkpoint_every_n_steps=None),
+        task_spec, space, workers_per_trial, bool(resources.get("gpu")),
+    )
+    _check_picklable_value("model_factory", model_factory)
+    trainable = tune.with_resources(tune.with_parameters(_trial, payload=payload), resources)
+    sweep_dir = f"{storage.rstrip('/')}/{name}"
+    table = _LiveTable(space)
+    if tune.Tuner.can_restore(sweep_dir):
+        log.info("resuming sweep %s (finished trials are kept)", sweep_dir)
+        tuner = tune.Tuner.restore(sweep_dir, trainable=trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=_searcher(space, seed, max_concurrent or _default_concurrency(resources)),
+                scheduler=_scheduler(scheduler, base.epochs),
+                num_samples=num_samples,
+                metric=space.metric,
+                mode=space.mode,
+                reuse_actors=workers_per_trial == 1,  # a fresh actor per trial costs ~2 s
+            ),
+            run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[table], verbose=0),
+        )
+    grid = tuner.fit()
+    result = _collect(grid, space, base, sweep_dir)
+    from trainyard.hpo.report import write_outputs
+
+    write_outputs(result)
+    table.summary(result)
+    return result
+
+
+def _validate(space, base, model_factory, config, val_data, num_samples, scheduler, workers_per_trial, max_concurrent) -> None:
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"scheduler={scheduler!r}: choose one of {list(SCHEDULERS)}")
+    for label, value in (("num_samples", num_samples), ("workers_per_trial", workers_per_trial)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{label}={value!r} must be an integer >= 1")
+    if max_concurrent is not None and (not isinstance(max_concurrent, int) or max_concurrent < 1):
+        raise ValueError(f"max_concurrent={max_concurrent!r} must be an integer >= 1, or None")
+    if space.metric.startswith("val/") and val_data is None:
+        raise ValueError(f"the sweep optimises {space.metric!r} but val_data is None: pass val_data, or use metric: train/loss")
+    space.check_model_keys(config if isinstance(config, Mapping) else vars(config) if isinstance(config, SimpleNamespace) else None)
+    if any(p.is_model for p in space.params) and not _takes_config(model_factory):
+        raise ValueError(
+            "the space searches model.* parameters, but model_factory takes no argument, so they would be "
+            "ignored: write it as `lambda model_config: MyModel(model_config)`"
+        )
+    for p in space.params:  # every edge value must also fit the base config's cross-field rules
+        if not p.is_model:
+            for value in p.sample_values():
+                try:
+                    base.replace(**{p.name: value})
+                except (ValueError, TypeError) as e:
+                    raise ValueError(f"{space.source}: parameter {p.name!r} = {value!r} does not fit the base training_config: {e}") from None
+
+
+def _takes_config(factory: Callable) -> bool:
+    try:
+        params = [p for p in inspect.signature(factory).parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+    except (TypeError, ValueError):
+        return False
+    return bool(params)
+
+
+def _with_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
+    if not overrides:
+        return config
+    if isinstance(config, Mapping):
+        return {**config, **overrides}
+    if config is None:
+        return dict(overrides)
+    out = copy.copy(config)
+    for k, v in overrides.items():
+        setattr(out, k, v)
+    return out
+
+
+def _trial(params: dict[str, Any], payload: _Payload) -> None:
+    """One Tune trial: the engine loop with the sampled parameters."""
+    from trainyard.engine.trainer import Trainer
+    from trainyard.execution.ray_env import verbose
+
+    if not verbose():
+        logging.getLogger("trainyard").setLevel(logging.WARNING)  # the driver's table speaks for trials
+    training, model_overrides = payload.space.split({p.name: params[p.name] for p in payload.space.params})
+    training_config = payload.base.replace(**training)
+    model_config = _with_overrides(payload.config, model_overrides)
+    factory = functools.partial(payload.model_factory, model_config) if _takes_config(payload.model_factory) else payload.model_factory
+    if payload.workers_per_trial > 1:
+        _nested_train_run(factory, model_config, training_config, payload)
+        return
+    from trainyard.hpo.tune_context import TuneTrialContext
+
+    staging = tempfile.mkdtemp(prefix="trainyard-trial-")
+    try:
+        trainer = Trainer(factory, model_config, training_config.replace(checkpoint_dir=f"{staging}/run"), payload.task_spec)
+        trainer.run(TuneTrialContext(), payload.train_data, payload.val_data)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _nested_train_run(factory, model_config, training_config, payload: _Payload) -> None:
+    """A multi-worker trial: a Ray Train run inside the trial (the Train V2 way)."""
+    import ray.train
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from trainyard.engine.trainer import Trainer
+
+    context = ray.tune.get_context()
+    run_config = ray.train.RunConfig(
+        # Deterministic per trial: a restarted trial's Train run resumes its own checkpoints.
+        name=f"train-{context.get_trial_id()}",
+        storage_path=f"{context.get_trial_dir()}/train",
+        callbacks=[TuneReportCallback()],
+    )
+    scaling = ray.train.ScalingConfig(num_workers=payload.workers_per_trial, use_gpu=payload.use_gpu)
+    Trainer(factory, model_config, training_config, payload.task_spec, scaling=scaling, run_config=run_config).train(
+        payload.train_data, payload.val_data
+    )
+
+
+def _searcher(space: SearchSpace, seed: int, max_concurrent: int):
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    sampler = optuna.samplers.TPESampler(seed=seed)
+    return ConcurrencyLimiter(OptunaSearch(space=space.optuna_space(), metric=space.metric, mode=space.mode, sampler=sampler), max_concurrent=max_concurrent)
+
+
+def _scheduler(kind: str, epochs: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+
+    if kind == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=1, reduction_factor=2)
+    if kind == "median":
+        return MedianStoppingRule(time_attr="training_iteration", grace_period=1, min_samples_required=2)
+    return FIFOScheduler()
+
+
+def _default_concurrency(resources: Mapping[str, float]) -> int:
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 1)
+    per_trial = resources.get("cpu", 1) or 1
+    return max(1, int(cpus // per_trial))
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+# -- results ---------------------------------------------------------------------------
+
+
+def _collect(grid, space: SearchSpace, base: TrainingConfig, sweep_dir: str) -> SweepResult:
+    import optuna
+    import pandas as pd
+
+    names = [p.name for p in space.params]
+    distributions = space.optuna_space()
+    study = optuna.create_study(direction="minimize" if space.mode == "min" else "maximize", study_name=Path(sweep_dir).name)
+    rows, candidates = [], []
+    for result in grid:
+        metrics = dict(result.metrics or {})
+        params = {k: result.config[k] for k in names}
+        value = metrics.get(space.metric)
+        epochs = int(metrics.get("training_iteration", 0) or 0)
+        history = _history(result, space.metric)
+        if result.error is not None or value is None or not math.isfinite(value):
+            state = optuna.trial.TrialState.FAIL
+        elif epochs < base.epochs:
+            state = optuna.trial.TrialState.PRUNED  # stopped early by the scheduler
+        else:
+            state = optuna.trial.TrialState.COMPLETE
+        complete = state == optuna.trial.TrialState.COMPLETE
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params, distributions=distributions, value=value if complete else None,
+                state=state, intermediate_values=history,
+            )
+        )
+        trial = metrics.get("trial_id") or Path(result.path).name
+        row = {"trial": trial, "state": state.name, **params, "epochs": epochs}
+        row.update({k: v for k, v in metrics.items() if "/" in k})
+        if result.error is not None:
+            row["error"] = str(result.error).strip().splitlines()[-1][:200]
+        rows.append(row)
+        if state != optuna.trial.TrialState.FAIL:
+            candidates.append((value, result, params, row))
+    frame = pd.DataFrame(rows)
+    if not candidates:
+        raise RuntimeError(f"every trial of the sweep failed; see the 'error' column: {frame.get('error', pd.Series()).tolist()}")
+    pick = min if space.mode == "min" else max
+    value, best, params, _ = pick(candidates, key=lambda c: c[0])
+    training, _model = space.split(params)
+    checkpoint = best.checkpoint.path if best.checkpoint is not None else None
+    best_metrics = {k: v for k, v in (best.metrics or {}).items() if "/" in k or k in ("training_iteration",)}
+    return SweepResult(
+        best_config=base.replace(**training),
+        best_params=params,
+        best_metrics=best_metrics,
+        best_checkpoint=checkpoint,
+        dataframe=frame,
+        study=study,
+        path=sweep_dir,
+        metric=space.metric,
+        mode=space.mode,
+    )
+
+
+def _history(result, metric: str) -> dict[int, float]:
+    frame = getattr(result, "metrics_dataframe", None)
+    if frame is None or metric not in getattr(frame, "columns", ()):
+        return {}
+    out = {}
+    for step, value in zip(frame["training_iteration"], frame[metric]):
+        if value is not None and math.isfinite(value):
+            out[int(step)] = float(value)
+    return out
+
+
+class _LiveTable:
+    """A Tune callback printing one compact line per trial event instead of Tune's wall."""
+
+    def __new__(cls, space: SearchSpace):
+        from ray.tune import Callback
+
+        class Table(Callback):
+            def __init__(self):
+                self.space = space
+                self.numbers: dict[str, int] = {}
+
+            def _label(self, trial) -> str:
+                number = self.numbers.setdefault(trial.trial_id, len(self.numbers) + 1)
+                shown = " ".join(f"{p.name}={_fmt(trial.config.get(p.name))}" for p in self.space.params)
+                return f"trial {number:>3} | {shown}"
+
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                value = result.get(self.space.metric)
+                log.info("%s | epoch %s %s %s", self._label(trial), result.get("training_iteration"), self.space.metric, _fmt(value))
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                log.info("%s | done", self._label(trial))
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                log.info("%s | FAILED (the sweep goes on)", self._label(trial))
+
+            def summary(self, result: SweepResult) -> None:
+                counts = result.dataframe["state"].value_counts().to_dict()
+                log.info("sweep done: %s; best %s %s with %s", counts, result.metric, _fmt(result.best_metrics.get(result.metric)), result.best_params)
+
+        return Table()
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
