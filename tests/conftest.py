@@ -1,8 +1,9 @@
-"""Test-wide settings and fixtures; the tiny models live in tests/helpers.py."""
+"""Test-wide settings and fixtures (one Ray instance per session); tiny models live in tests/helpers.py."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -20,3 +21,21 @@ def samples():
 @pytest.fixture
 def ckdir(tmp_path):
     return str(tmp_path / "run")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    ray = pytest.importorskip("ray")
+    # Ray's workers and Train controller unpickle objects defined in tests/: put the repo
+    # on their path (they inherit this process's environment).
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    from trainyard.execution.ray_env import ensure_ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ensure_ray(num_cpus=4)
+    yield ray
+    ray.shutdown()

@@ -28,6 +28,7 @@ class Experiment:
     spec: dict[str, Any]  # the merged YAML
     model_config: dict[str, Any]
     model_factory: Callable[[], Any]
+    model_builder: Callable[[Any], Any]  # model config -> model (sweeps override the config)
     train_data: Any
     val_data: Any
     training_config: TrainingConfig
@@ -75,12 +76,13 @@ def build(spec: Mapping[str, Any], base_dir: Path | None = None) -> Experiment:
     data_section = dict(spec.get("data") or {})
     train_data, val_data, data_model_config = _build_data(data_section, base_dir)
     model_config = {**data_model_config, **{k: v for k, v in model_section.items() if k not in ("name", "factory")}}
-    factory = _model_factory(model_section, model_config)
+    builder = _model_builder(model_section)
     task = spec.get("task")
     return Experiment(
         spec=dict(spec),
         model_config=model_config,
-        model_factory=factory,
+        model_factory=functools.partial(builder, model_config),
+        model_builder=builder,
         train_data=train_data,
         val_data=val_data,
         training_config=TrainingConfig.from_dict(spec.get("training") or {}),
@@ -106,14 +108,13 @@ def _build_data(section: dict[str, Any], base_dir: Path) -> tuple[Any, Any, dict
     raise ValueError("the data section needs either name: <built-in dataset> or train: <path to Parquet>")
 
 
-def _model_factory(section: dict[str, Any], model_config: dict[str, Any]) -> Callable[[], Any]:
+def _model_builder(section: dict[str, Any]) -> Callable[[Any], Any]:
     if "factory" in section:
         module_name, _, attr = str(section["factory"]).partition(":")
-        fn = getattr(importlib.import_module(module_name), attr)
-        return functools.partial(fn, model_config)
+        return getattr(importlib.import_module(module_name), attr)
     from trainyard.models import MODELS, build_model
 
     name = section.get("name", "gpt")
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}: built-in models are {sorted(MODELS)}, or give factory: 'module:function'")
-    return functools.partial(build_model, name, model_config)
+    return functools.partial(build_model, name)

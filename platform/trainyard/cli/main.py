@@ -12,7 +12,7 @@ from typing import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trainyard", description="Train and tune PyTorch models, locally or on Ray.")
-    parser.add_argument("--verbose", action="store_true", help="show debug logs (and, on Ray, Ray's own logs)")
+    parser.add_argument("--verbose", action="store_true", default=False, help="show debug logs (and, on Ray, Ray's own logs)")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a model from an experiment config")
     train.add_argument("config", help="experiment YAML, e.g. jobs/configs/addition.yaml")
@@ -24,12 +24,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     train.add_argument("--storage-path", default=None, help="with --workers: where checkpoints persist")
     train.add_argument("--results", default=None, help="write the results (JSON) here")
     train.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show debug logs and Ray's own logs")
-    args = parser.parse_args(argv)
-    if args.verbose:
+    tune = sub.add_parser("tune", help="sweep a search space with Ray Tune + Optuna")
+    tune.add_argument("space", help="search space YAML, e.g. tune_spaces/addition_small.yaml")
+    tune.add_argument("--config", required=True, help="experiment YAML the trials start from")
+    tune.add_argument("overrides", nargs="*", help="key=value overrides of the experiment config")
+    tune.add_argument("--samples", type=int, default=10, help="number of trials")
+    tune.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as CPUs allow)")
+    tune.add_argument("--scheduler", default="asha", choices=["asha", "median", "none"])
+    tune.add_argument("--workers-per-trial", type=int, default=1, help="> 1: each trial is a Ray Train run")
+    tune.add_argument("--gpus-per-trial", type=float, default=0, help="e.g. 0.5 packs two trials per GPU")
+    tune.add_argument("--name", default=None, help="sweep name: the same name resumes an interrupted sweep")
+    tune.add_argument("--storage-path", default=None, help="where the sweep directory goes (default runs/)")
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show Ray's own logs")
+    # key=value overrides may come after options (`tune SPACE --config C epochs=3`),
+    # which argparse's positional collection does not allow: gather them here.
+    args, extra = parser.parse_known_args(argv)
+    stray = [e for e in extra if "=" not in e or e.startswith("-")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*getattr(args, "overrides", []), *extra]
+    if getattr(args, "verbose", False):
         os.environ["TRAINYARD_LOG_LEVEL"] = "DEBUG"
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "tune":
+            return _tune(args)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"trainyard: error: {e}", file=sys.stderr)
         return 2
@@ -61,6 +83,29 @@ def _train(args: argparse.Namespace) -> int:
         out = {k: v for k, v in results.items() if k != "metrics_summary"}
         out["metrics_summary"] = summary.to_dict(orient="records")
         Path(args.results).write_text(json.dumps(out, indent=1, default=str))
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from trainyard.execution.jobs import run_sweep
+
+    result = run_sweep(
+        args.space,
+        args.config,
+        args.overrides,
+        num_samples=args.samples,
+        max_concurrent=args.max_concurrent,
+        scheduler=args.scheduler,
+        workers_per_trial=args.workers_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        name=args.name,
+        storage_path=args.storage_path,
+        seed=args.seed,
+    )
+    print(f"# best {result.metric} = {result.best_metrics.get(result.metric)!r} ({result.mode}); sweep in {result.path}")
+    print(result.best_config.to_yaml(), end="")
+    if result.best_params_model():
+        print(f"# model: {result.best_params_model()}")
     return 0
 
 

@@ -37,3 +37,48 @@ def run_experiment(
         )
     trainer = Trainer(exp.model_factory, exp.model_config, exp.training_config, exp.task_spec, scaling=scaling, run_config=run_config)
     return trainer.train(exp.train_data, exp.val_data, resume_from=resume_from)
+
+
+def run_sweep(
+    space_path: str | Path,
+    config_path: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    num_samples: int = 10,
+    max_concurrent: int | None = None,
+    scheduler: str = "asha",
+    workers_per_trial: int = 1,
+    gpus_per_trial: float = 0,
+    name: str | None = None,
+    storage_path: str | None = None,
+    seed: int = 0,
+    ship_source: Path | None = None,
+):
+    """A Tune sweep over `space_path`, trials built from the experiment config."""
+    from trainyard.experiment import build, load_spec
+    from trainyard.hpo import load_search_space, sweep
+
+    space = load_search_space(space_path)  # validated before Ray starts
+    exp = build(load_spec(config_path, overrides))
+    if ship_source:
+        from trainyard.execution.ray_env import ensure_ray
+
+        ensure_ray(py_modules=[str(ship_source)])
+    resources = {"cpu": 1, "gpu": gpus_per_trial} if gpus_per_trial else None
+    return sweep(
+        exp.model_builder,
+        exp.model_config,
+        exp.train_data,
+        exp.val_data,
+        space=space,
+        training_config=exp.training_config,
+        task_spec=exp.task_spec,
+        num_samples=num_samples,
+        max_concurrent=max_concurrent,
+        scheduler=scheduler,
+        resources_per_trial=resources,
+        workers_per_trial=workers_per_trial,
+        storage_path=storage_path,
+        name=name,
+        seed=seed,
+    )

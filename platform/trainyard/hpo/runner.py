@@ -44,6 +44,10 @@ class SweepResult:
     mode: str = "min"
     plots: list[str] = field(default_factory=list)
 
+    def best_params_model(self) -> dict[str, Any]:
+        """The winning model.* parameters, as model config keys."""
+        return {k[len("model.") :]: v for k, v in self.best_params.items() if k.startswith("model.")}
+
 
 @dataclass
 class _Payload:
@@ -91,7 +95,7 @@ def sweep(
     _quiet_optuna()
     storage = str(Path(storage_path or "runs").expanduser().resolve()) if "://" not in str(storage_path or "") else str(storage_path)
     name = name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    resources = dict(resources_per_trial or ({"cpu": 0} if workers_per_trial > 1 else {"cpu": 1}))
+    resources = dict(resources_per_trial or {"cpu": 1})
     payload = _Payload(
         model_factory, config, _absolute(train_data), _absolute(val_data), base.replace(checkpoint_every_n_steps=None),
         task_spec, space, workers_per_trial, bool(resources.get("gpu")),
@@ -107,7 +111,7 @@ def sweep(
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=_searcher(space, seed, max_concurrent or _default_concurrency(resources)),
+                search_alg=_searcher(space, seed, max_concurrent or _default_concurrency(resources, workers_per_trial)),
                 scheduler=_scheduler(scheduler, base.epochs),
                 num_samples=num_samples,
                 metric=space.metric,
@@ -235,11 +239,12 @@ def _scheduler(kind: str, epochs: int):
     return FIFOScheduler()
 
 
-def _default_concurrency(resources: Mapping[str, float]) -> int:
+def _default_concurrency(resources: Mapping[str, float], workers_per_trial: int) -> int:
+    """As many trials as the cluster's CPUs hold (a nested Train run's workers count too)."""
     import ray
 
     cpus = ray.cluster_resources().get("CPU", 1)
-    per_trial = resources.get("cpu", 1) or 1
+    per_trial = (resources.get("cpu", 1) or 1) + (workers_per_trial if workers_per_trial > 1 else 0)
     return max(1, int(cpus // per_trial))
 
 

@@ -1,0 +1,117 @@
+"""Sweeps on the built-in task: result consistency, failing trials, resume, Train-in-Tune."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.hpo.models import gpt_or_nan, tiny_gpt
+from trainyard import TrainingConfig
+from trainyard.data import load_builtin
+from trainyard.data.addition import model_config
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+TRAIN, VAL = load_builtin("addition", train_size=128, val_size=32, digits=2)
+CONFIG = model_config(2, d_model=16, n_layers=1, n_heads=2)
+SPACE = {
+    "metric": "val/loss",
+    "mode": "min",
+    "params": {"learning_rate": {"loguniform": [1e-4, 1e-2]}, "batch_size": {"choice": [16, 32]}, "model.d_model": {"choice": [16, 32]}},
+}
+
+
+def test_a_four_trial_sweep_returns_consistent_results(ray_session, tmp_path):
+    from trainyard.hpo import sweep
+
+    result = sweep(tiny_gpt, CONFIG, TRAIN, VAL, space=SPACE, training_config=TrainingConfig(epochs=2),
+                   num_samples=4, storage_path=tmp_path, name="four", seed=1)
+    df = result.dataframe
+    assert len(df) == 4 and set(df["state"]) <= {"COMPLETE", "PRUNED"}
+    best_row = df.loc[df["val/loss"].idxmin()]
+    assert result.best_metrics["val/loss"] == pytest.approx(best_row["val/loss"])
+    assert result.best_params == {k: best_row[k] for k in ("learning_rate", "batch_size", "model.d_model")}
+    assert result.best_config.learning_rate == result.best_params["learning_rate"]
+    assert result.best_config.batch_size == result.best_params["batch_size"] and result.best_config.epochs == 2
+    assert Path(result.best_checkpoint, "COMPLETE").exists()  # an engine checkpoint, verified format
+    assert len(result.study.trials) == 4
+    assert result.study.best_value == pytest.approx(df.loc[df["state"] == "COMPLETE", "val/loss"].min())
+    states = {t.state.name for t in result.study.trials}
+    assert states == set(df["state"])
+    sweep_dir = tmp_path / "four"
+    assert (sweep_dir / "best_config.yaml").exists() and (sweep_dir / "trials.csv").exists()
+    assert (sweep_dir / "optimization_history.png").exists()
+    assert TrainingConfig.from_yaml(sweep_dir / "best_config.yaml") == result.best_config
+
+
+def test_a_failing_trial_is_recorded_as_fail_and_the_sweep_goes_on(ray_session, tmp_path):
+    from trainyard.hpo import sweep
+
+    space = {"params": {"learning_rate": {"loguniform": [1e-4, 1e-2]}, "model.explode": {"choice": [0, 1]}}}
+    result = sweep(gpt_or_nan, {**CONFIG, "explode": 0}, TRAIN, VAL, space=space, training_config=TrainingConfig(epochs=1),
+                   num_samples=6, storage_path=tmp_path, name="fails", scheduler="none", seed=0)
+    df = result.dataframe
+    failed = df[df["state"] == "FAIL"]
+    assert len(failed) >= 1 and (failed["model.explode"] == 1).all()
+    assert "loss is nan" in failed["error"].iloc[0]
+    assert result.best_params["model.explode"] == 0
+    assert sum(t.state.name == "FAIL" for t in result.study.trials) == len(failed)
+
+
+def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_session, tmp_path):
+    code = f"""
+import functools, sys
+sys.path.insert(0, {str(ROOT)!r})
+from tests.hpo.test_sweep import TRAIN, VAL, CONFIG, SPACE
+from tests.hpo.models import tiny_gpt
+from trainyard import TrainingConfig
+from trainyard.hpo import sweep
+sweep(tiny_gpt, CONFIG, TRAIN, VAL, space=SPACE, training_config=TrainingConfig(epochs=3), num_samples=6,
+      max_concurrent=1, scheduler="none", storage_path={str(tmp_path)!r}, name="resumable", seed=3)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    driver = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sweep_dir = tmp_path / "resumable"
+    deadline = time.time() + 240
+    while time.time() < deadline and len(_finished(sweep_dir)) < 2:
+        time.sleep(0.5)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver (and its local Ray) dies mid-sweep
+    driver.wait()
+    finished = _finished(sweep_dir)
+    assert len(finished) >= 2, "two trials finished before the driver was killed"
+
+    from trainyard.hpo import sweep
+
+    result = sweep(tiny_gpt, CONFIG, TRAIN, VAL, space=SPACE, training_config=TrainingConfig(epochs=3), num_samples=6,
+                   max_concurrent=1, scheduler="none", storage_path=tmp_path, name="resumable", seed=3)
+    df = result.dataframe.set_index("trial")
+    assert len(df) == 6 and len(result.study.trials) == 6
+    for trial_id, val_loss in finished.items():  # kept, not re-run: same result
+        assert df.loc[trial_id, "val/loss"] == pytest.approx(val_loss, abs=0)
+
+
+def _finished(sweep_dir: Path) -> dict[str, float]:
+    """trial_id -> last val/loss of trials whose result.json has a done (last epoch) row."""
+    import json
+
+    out = {}
+    for result_file in sweep_dir.glob("*/result.json"):
+        rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+        if rows and rows[-1].get("training_iteration") == 3:
+            out[rows[-1]["trial_id"]] = rows[-1]["val/loss"]
+    return out
+
+
+def test_multi_worker_trials_run_a_ray_train_run_inside_tune(ray_session, tmp_path):
+    from trainyard.hpo import sweep
+
+    space = {"params": {"learning_rate": {"choice": [3e-3]}}}
+    result = sweep(tiny_gpt, CONFIG, TRAIN, VAL, space=space, training_config=TrainingConfig(epochs=2, batch_size=16),
+                   num_samples=1, workers_per_trial=2, storage_path=tmp_path, name="nested", scheduler="none")
+    assert result.dataframe["state"].tolist() == ["COMPLETE"]
+    assert result.best_metrics["training_iteration"] == 2 and result.best_metrics["val/loss"] > 0
