@@ -28,6 +28,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/engine_overhead.py
 	$(BIN)/python benchmarks/ray_train_overhead.py
+	$(BIN)/python benchmarks/tune_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache checkpoints runs

@@ -110,3 +110,13 @@ def test_jobs_train_runs_on_a_cluster_without_trainyard_installed(bare_head, tmp
     assert job.returncode == 0 and "succeeded" in logs, logs
     assert "[trainyard] epoch 2/2" in logs and "final_loss" in logs
     assert list((tmp_path / "storage").glob("trainyard-*/checkpoint_e0002_*/COMPLETE"))
+
+
+def test_jobs_tune_sweeps_on_the_cluster(bare_head, tmp_path):
+    python, env = bare_head
+    job = submit(python, env, "python", "jobs/tune.py", "tune_spaces/addition_small.yaml", "--config", "jobs/configs/addition.yaml",
+                 *TINY, "data.digits=2", "--samples", "2", "--storage-path", str(tmp_path), "--name", "job-sweep")
+    logs = job.stdout + job.stderr
+    assert job.returncode == 0 and "succeeded" in logs, logs
+    assert "sweep done" in logs and "learning_rate:" in logs
+    assert (tmp_path / "job-sweep" / "best_config.yaml").exists()

@@ -286,7 +286,7 @@ def _collect(grid, space: SearchSpace, base: TrainingConfig, sweep_dir: str) -> 
         )
         trial = metrics.get("trial_id") or Path(result.path).name
         row = {"trial": trial, "state": state.name, **params, "epochs": epochs}
-        row.update({k: v for k, v in metrics.items() if "/" in k})
+        row.update({k: v for k, v in metrics.items() if "/" in k or k == "time_total_s"})
         if result.error is not None:
             row["error"] = str(result.error).strip().splitlines()[-1][:200]
         rows.append(row)

@@ -1,0 +1,28 @@
+from pathlib import Path
+
+import pytest
+
+from trainyard import TrainingConfig
+from trainyard.cli.main import main
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["data.train_size=128", "data.val_size=32", "data.digits=2", "model.n_layers=1", "epochs=2"]
+
+
+def test_trainyard_tune_prints_the_best_config_as_yaml(ray_session, tmp_path, capsys):
+    code = main(["tune", str(ROOT / "tune_spaces" / "addition_small.yaml"), "--config", str(ROOT / "jobs" / "configs" / "addition.yaml"),
+                 *TINY, "--samples", "3", "--storage-path", str(tmp_path), "--name", "cli"])
+    assert code == 0
+    out = capsys.readouterr().out
+    yaml_text = "\n".join(line for line in out.splitlines() if not line.startswith("#"))
+    best = TrainingConfig.from_yaml(yaml_text)
+    assert best == TrainingConfig.from_yaml(tmp_path / "cli" / "best_config.yaml")
+    assert best.epochs == 2 and "# model: {'d_model':" in out
+
+
+def test_a_bad_space_fails_before_ray_work_with_a_one_line_error(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("params:\n  learnig_rate: {uniform: [0.1, 0.2]}\n")
+    assert main(["tune", str(bad), "--config", str(ROOT / "jobs" / "configs" / "addition.yaml")]) == 2
+    assert "did you mean 'learning_rate'" in capsys.readouterr().err
