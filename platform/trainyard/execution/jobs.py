@@ -52,7 +52,6 @@ def run_sweep(
     name: str | None = None,
     storage_path: str | None = None,
     seed: int = 0,
-    ship_source: Path | None = None,
 ):
     """A Tune sweep over `space_path`, trials built from the experiment config."""
     from trainyard.experiment import build, load_spec
@@ -60,10 +59,6 @@ def run_sweep(
 
     space = load_search_space(space_path)  # validated before Ray starts
     exp = build(load_spec(config_path, overrides))
-    if ship_source:
-        from trainyard.execution.ray_env import ensure_ray
-
-        ensure_ray(py_modules=[str(ship_source)])
     resources = {"cpu": 1, "gpu": gpus_per_trial} if gpus_per_trial else None
     return sweep(
         exp.model_builder,

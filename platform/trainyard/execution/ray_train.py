@@ -43,7 +43,6 @@ class _Payload:
 
 
 def fit(trainer: Any, train_data: Any, val_data: Any = None, resume_from: Any = None) -> dict[str, Any]:
-    import ray.train
     from ray.train.torch import TorchTrainer
 
     ensure_ray()

@@ -85,7 +85,6 @@ def sweep(
     base = training_config or TrainingConfig()
     _validate(space, base, model_factory, config, val_data, num_samples, scheduler, workers_per_trial, max_concurrent)
 
-    import ray
     from ray import tune
 
     from trainyard.execution.ray_env import ensure_ray
