@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.machinery
-import os
 import sys
 import types
 import warnings
@@ -27,7 +26,6 @@ LEGACY_MODULES: dict[str, tuple[tuple[str, ...], str | None]] = {
     "utils.training.training_config": (("trainyard.engine.config",), None),
     "utils.training.task_spec": (("trainyard.engine.task",), None),
 }
-ENV_VAR = "TRAINYARD_LEGACY_IMPORTS"
 
 
 class LegacyFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -74,7 +72,3 @@ def disable_legacy_imports() -> None:
         if name in LEGACY_MODULES and isinstance(getattr(sys.modules[name], "__spec__", None), importlib.machinery.ModuleSpec):
             if isinstance(sys.modules[name].__spec__.loader, LegacyFinder):
                 del sys.modules[name]
-
-
-def enabled_by_environment() -> bool:
-    return os.environ.get(ENV_VAR, "").lower() in ("1", "true", "yes", "on")
