@@ -159,3 +159,18 @@ def test_without_enabling_the_legacy_paths_do_not_exist():
     disable_legacy_imports()
     with pytest.raises(ModuleNotFoundError):
         import utils.tier3_training_utilities  # noqa: F401
+
+
+def test_seed_004_data_paths_resolve_and_deprecated_ones_name_the_new_path():
+    from data.loaders import load_dataset
+    from training.core.cv_utils import create_kfold_splits
+
+    assert callable(load_dataset) and callable(create_kfold_splits)
+    for old, new in (("training.cv_utils", "training.core.cv_utils"), ("training.data", "data.loaders")):
+        sys.modules.pop(old, None)
+        with pytest.warns(DeprecationWarning, match=f"Importing from '{old}' is deprecated. Please use '{new}' instead"):
+            __import__(old)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the new paths do not warn
+        sys.modules.pop("data.loaders", None)
+        __import__("data.loaders")

@@ -25,6 +25,14 @@ LEGACY_MODULES: dict[str, tuple[tuple[str, ...], str | None]] = {
     "utils.training.engine.trainer": (("trainyard.engine.trainer", "trainyard.engine.hooks"), None),
     "utils.training.training_config": (("trainyard.engine.config",), None),
     "utils.training.task_spec": (("trainyard.engine.task",), None),
+    # seeds/004_4c30e7897144f129.txt (so far: the data and cross-validation paths)
+    "training": ((), None),
+    "training.core": ((), None),
+    "training.core.cv_utils": (("trainyard.data.splits",), None),
+    "data": ((), None),
+    "data.loaders": (("trainyard.data.loaders",), None),
+    "training.cv_utils": (("trainyard.data.splits",), "training.core.cv_utils"),
+    "training.data": (("trainyard.data.loaders",), "data.loaders"),
 }
 
 
