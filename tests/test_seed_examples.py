@@ -85,6 +85,7 @@ def test_example_3_wandb(setup, tmp_path, monkeypatch):
     model, config, train_dataset, val_dataset, task_spec = setup
     import wandb
 
+    wandb.teardown()  # fresh process-wide settings, so WANDB_DIR above applies
     wandb.init(project="my-project", name="my-experiment")
     try:
         training_config = TrainingConfig(learning_rate=5e-5, epochs=2, wandb_project="my-project")

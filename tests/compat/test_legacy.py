@@ -71,6 +71,9 @@ def test_example_2_amp_and_accumulation(setup):
 def test_example_3_use_wandb_logs_to_a_project(setup, monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    import wandb
+
+    wandb.teardown()  # wandb keeps its settings (directory included) process-wide
     from trainyard.compat.legacy import LEGACY_WANDB_PROJECT, legacy_training_config
     from utils.tier3_training_utilities import test_fine_tuning
 

@@ -2,6 +2,8 @@
 
 from types import SimpleNamespace
 
+from pathlib import Path
+
 import pytest
 
 from tests.helpers import VOCAB, lm_factory, lm_samples
@@ -15,17 +17,20 @@ def offline(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
-    return tmp_path
+    wandb.teardown()  # wandb keeps settings (its directory too) process-wide: start fresh
+    yield tmp_path
+    wandb.teardown()
 
 
 @pytest.mark.slow
 def test_wandb_logs_metrics_and_config_offline(offline):
     tc = TrainingConfig(epochs=2, wandb_project="trainyard-test", checkpoint_dir=str(offline / "ck"))
-    logged = []
+    logged, runs = [], []
     real_log = wandb.sdk.wandb_run.Run.log
 
     def spy(self, data, *a, **k):
         logged.append(dict(data))
+        runs.append(self)
         return real_log(self, data, *a, **k)
 
     with pytest.MonkeyPatch.context() as mp:
@@ -35,7 +40,9 @@ def test_wandb_logs_metrics_and_config_offline(offline):
     epochs = [d for d in logged if "epoch" in d]
     assert [d["epoch"] for d in epochs] == [1, 2] and all("val/loss" in d for d in epochs)
     assert any("train/step_loss" in d for d in logged)
-    assert list(offline.glob("wandb/offline-run-*")), "an offline run directory is written"
+    settings = runs[0].settings
+    assert settings.mode == "offline" and "offline-run-" in settings.sync_dir
+    assert Path(settings.sync_dir).is_dir(), "the offline run is written to disk, not sent"
 
 
 @pytest.mark.slow

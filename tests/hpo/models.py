@@ -16,3 +16,25 @@ def gpt_or_nan(model_config):
 def tiny_gpt(model_config):
     torch.manual_seed(0)
     return GPT(model_config)
+
+
+def gpt_failing_once(model_config):
+    """Raises once, in epoch 2 (after epoch 1's checkpoint); a marker file makes it once."""
+    from pathlib import Path
+
+    marker = Path(model_config["marker"])
+    model = tiny_gpt(model_config)
+    if marker.exists():
+        return model
+    calls = {"n": 0}
+    forward = model.forward
+
+    def flaky(input_ids):
+        calls["n"] += 1
+        if calls["n"] == 12:  # epoch 1 is 8 train + 1 eval batches: this is in epoch 2
+            marker.write_text("failed once")
+            raise RuntimeError("transient failure in epoch 2")
+        return forward(input_ids)
+
+    model.forward = flaky
+    return model

@@ -1,5 +1,6 @@
 """Sweeps on the built-in task: result consistency, failing trials, resume, Train-in-Tune."""
 
+import functools
 import os
 import signal
 import subprocess
@@ -93,6 +94,29 @@ sweep(tiny_gpt, CONFIG, TRAIN, VAL, space=SPACE, training_config=TrainingConfig(
     assert len(df) == 6 and len(result.study.trials) == 6
     for trial_id, val_loss in finished.items():  # kept, not re-run: same result
         assert df.loc[trial_id, "val/loss"] == pytest.approx(val_loss, abs=0)
+
+
+def test_a_restarted_trial_resumes_from_its_checkpoint(ray_session, tmp_path):
+    """A trial that fails once in epoch 2 is retried (max_failures=1) from its epoch-1
+    checkpoint: epoch 1 is reported once, and it ends as an uninterrupted trial would."""
+    import json
+
+    from tests.hpo.models import gpt_failing_once
+    from trainyard import Trainer
+    from trainyard.hpo import sweep
+
+    config = {**CONFIG, "marker": str(tmp_path / "marker")}
+    space = {"params": {"learning_rate": {"choice": [3e-3]}}}
+    tc = TrainingConfig(epochs=3, batch_size=16)
+    result = sweep(gpt_failing_once, config, TRAIN, VAL, space=space, training_config=tc, num_samples=1,
+                   scheduler="none", storage_path=tmp_path, name="retry", max_failures=1)
+    assert (tmp_path / "marker").exists(), "the trial failed once"
+    assert result.dataframe["state"].tolist() == ["COMPLETE"]
+    (result_file,) = (tmp_path / "retry").glob("*/result.json")
+    reported = [json.loads(line)["epoch"] for line in result_file.read_text().splitlines() if line.strip()]
+    assert reported.count(1) == 1 and reported[-1] == 3, reported
+    uninterrupted = Trainer(functools.partial(gpt_failing_once, config), config, tc.replace(learning_rate=3e-3, checkpoint_dir=str(tmp_path / "ref"))).train(TRAIN, VAL)
+    assert result.best_metrics["val/loss"] == pytest.approx(uninterrupted["final_loss"], abs=1e-6)
 
 
 def _finished(sweep_dir: Path) -> dict[str, float]:

@@ -79,8 +79,13 @@ def sweep(
     storage_path: str | Path | None = None,
     name: str | None = None,
     seed: int = 0,
+    max_failures: int = 0,
 ) -> SweepResult:
-    """Search `space` with `num_samples` trials; see the module docstring."""
+    """Search `space` with `num_samples` trials; see the module docstring.
+
+    `max_failures` > 0 retries a trial that raised, from its last checkpoint; with the
+    default 0 it is recorded as failed and the sweep goes on.
+    """
     space = space if isinstance(space, SearchSpace) else load_search_space(space)
     base = training_config or TrainingConfig()
     _validate(space, base, model_factory, config, val_data, num_samples, scheduler, workers_per_trial, max_concurrent)
@@ -117,7 +122,10 @@ def sweep(
                 mode=space.mode,
                 reuse_actors=workers_per_trial == 1,  # a fresh actor per trial costs ~2 s
             ),
-            run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[table], verbose=0),
+            run_config=tune.RunConfig(
+                name=name, storage_path=storage, callbacks=[table], verbose=0,
+                failure_config=tune.FailureConfig(max_failures=max_failures),
+            ),
         )
     grid = tuner.fit()
     result = _collect(grid, space, base, sweep_dir)
