@@ -9,22 +9,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import TensorDataset
 
+from tests.compat.models import MyTransformerModel
 from trainyard import TaskSpec, Trainer, TrainingConfig, TrainingHooks
 
 RESULT_KEYS = ["loss_history", "final_loss", "final_perplexity", "training_time", "metrics_summary", "best_epoch", "grad_norm_history", "amp_enabled"]
-
-
-class MyTransformerModel(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.emb = nn.Embedding(config.vocab_size, 16)
-        self.out = nn.Linear(16, config.vocab_size)
-
-    def forward(self, input_ids):
-        return self.out(torch.relu(self.emb(input_ids)))
 
 
 @pytest.fixture(autouse=True)
