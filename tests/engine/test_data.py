@@ -49,3 +49,15 @@ def test_iterable_datasets_are_refused_with_the_reason():
 
     with pytest.raises(TypeError, match="exact resume and sharding"):
         as_dataset(Stream())
+
+
+def test_a_label_column_is_the_labels_not_silently_dropped():
+    columns = as_dataset({"input_ids": [[1, 2], [3, 4]], "label": [0, 1], "text": ["a", "b"]})
+    assert columns[1]["labels"].item() == 1 and "text" not in columns[1]
+    samples = as_dataset([{"input_ids": [1, 2], "label": 1}])
+    assert samples[0]["labels"].item() == 1
+
+
+def test_a_non_numeric_column_error_names_the_column():
+    with pytest.raises(ValueError, match="column 'labels' holds str values"):
+        as_dataset({"input_ids": [[1, 2]], "labels": ["positive"]})

@@ -18,6 +18,8 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler
 
 KNOWN_KEYS = ("input_ids", "attention_mask", "labels")
+# Hugging Face datasets name classification targets `label`; HF's Trainer renames it too.
+ALIASES = {"label": "labels"}
 
 _PAD_VALUES = {"attention_mask": 0, "labels": -100}
 
@@ -44,11 +46,11 @@ class ColumnDataset(SampleDataset):
             raise ValueError(
                 f"{name}: a dict/table of columns needs an 'input_ids' column; got columns {sorted(columns)}"
             )
-        kept = {k: v for k, v in columns.items() if k in KNOWN_KEYS}
+        kept = {ALIASES.get(k, k): v for k, v in columns.items() if ALIASES.get(k, k) in KNOWN_KEYS}
         lengths = {k: len(v) for k, v in kept.items()}
         if len(set(lengths.values())) > 1:
             raise ValueError(f"{name}: columns must have equal lengths, got {lengths}")
-        self.columns = {k: _column_tensor(v) for k, v in kept.items()}
+        self.columns = {k: _column_tensor(v, name, k) for k, v in kept.items()}
         self.length = lengths["input_ids"]
         super().__init__(None, name)
 
@@ -107,6 +109,7 @@ def to_sample(item: Any, name: str = "data") -> dict[str, torch.Tensor]:
     if isinstance(item, Mapping):
         if "input_ids" not in item:
             raise ValueError(f"{name}: dict samples need an 'input_ids' key; got keys {sorted(item)}")
+        item = {ALIASES.get(k, k): v for k, v in item.items()}
         return {k: _to_tensor(item[k], name, k) for k in KNOWN_KEYS if k in item}
     if isinstance(item, (tuple, list)) and item and not _is_scalar(item[0]):
         if len(item) == 1:
@@ -136,10 +139,10 @@ def _to_tensor(value: Any, name: str, key: str) -> torch.Tensor:
     return t.to(torch.int64)
 
 
-def _column_tensor(column: Any) -> torch.Tensor | list[torch.Tensor]:
+def _column_tensor(column: Any, name: str, key: str) -> torch.Tensor | list[torch.Tensor]:
     if isinstance(column, torch.Tensor):
-        return _to_tensor(column, "data", "column")
-    items = [_to_tensor(v, "data", "column") for v in column]
+        return _to_tensor(column, name, key)
+    items = [_to_tensor(v, name, key) for v in column]
     return torch.stack(items) if items and _same_shapes(items) else items
 
 
@@ -221,6 +224,3 @@ def make_loader(dataset: Dataset, batches: list[list[int]], collate: Collator, n
         persistent_workers=False,
     )
 
-
-def peek_sample(dataset: Dataset) -> dict[str, torch.Tensor]:
-    return dataset[0]
