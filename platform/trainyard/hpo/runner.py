@@ -20,11 +20,10 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable, Mapping
 
 from trainyard._logging import get_logger
-from trainyard.engine.config import TrainingConfig
+from trainyard.engine.config import TrainingConfig, model_config_dict
 from trainyard.hpo.space import SearchSpace, load_search_space
 
 log = get_logger("trainyard.hpo")
@@ -97,7 +96,7 @@ def sweep(
 
     ensure_ray()
     _quiet_optuna()
-    storage = str(Path(storage_path or "runs").expanduser().resolve()) if "://" not in str(storage_path or "") else str(storage_path)
+    storage = _absolute(storage_path or "runs")
     name = name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     resources = dict(resources_per_trial or {"cpu": 1})
     payload = _Payload(
@@ -107,7 +106,7 @@ def sweep(
     _check_picklable_value("model_factory", model_factory)
     trainable = tune.with_resources(tune.with_parameters(_trial, payload=payload), resources)
     sweep_dir = f"{storage.rstrip('/')}/{name}"
-    table = _LiveTable(space)
+    table = _live_table(space)
     if tune.Tuner.can_restore(sweep_dir):
         log.info("resuming sweep %s (finished trials are kept)", sweep_dir)
         tuner = tune.Tuner.restore(sweep_dir, trainable=trainable, resume_unfinished=True, resume_errored=False)
@@ -146,7 +145,7 @@ def _validate(space, base, model_factory, config, val_data, num_samples, schedul
         raise ValueError(f"max_concurrent={max_concurrent!r} must be an integer >= 1, or None")
     if space.metric.startswith("val/") and val_data is None:
         raise ValueError(f"the sweep optimises {space.metric!r} but val_data is None: pass val_data, or use metric: train/loss")
-    space.check_model_keys(config if isinstance(config, Mapping) else vars(config) if isinstance(config, SimpleNamespace) else None)
+    space.check_model_keys(model_config_dict(config))
     if any(p.is_model for p in space.params) and not _takes_config(model_factory):
         raise ValueError(
             "the space searches model.* parameters, but model_factory takes no argument, so they would be "
@@ -331,37 +330,36 @@ def _history(result, metric: str) -> dict[int, float]:
     return out
 
 
-class _LiveTable:
-    """A Tune callback printing one compact line per trial event instead of Tune's wall."""
+def _live_table(space: SearchSpace):
+    """A Tune callback printing one compact line per trial event instead of Tune's wall
+    (defined here so that importing this module does not import Ray)."""
+    from ray.tune import Callback
 
-    def __new__(cls, space: SearchSpace):
-        from ray.tune import Callback
+    class Table(Callback):
+        def __init__(self):
+            self.space = space
+            self.numbers: dict[str, int] = {}
 
-        class Table(Callback):
-            def __init__(self):
-                self.space = space
-                self.numbers: dict[str, int] = {}
+        def _label(self, trial) -> str:
+            number = self.numbers.setdefault(trial.trial_id, len(self.numbers) + 1)
+            shown = " ".join(f"{p.name}={_fmt(trial.config.get(p.name))}" for p in self.space.params)
+            return f"trial {number:>3} | {shown}"
 
-            def _label(self, trial) -> str:
-                number = self.numbers.setdefault(trial.trial_id, len(self.numbers) + 1)
-                shown = " ".join(f"{p.name}={_fmt(trial.config.get(p.name))}" for p in self.space.params)
-                return f"trial {number:>3} | {shown}"
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            value = result.get(self.space.metric)
+            log.info("%s | epoch %s %s %s", self._label(trial), result.get("training_iteration"), self.space.metric, _fmt(value))
 
-            def on_trial_result(self, iteration, trials, trial, result, **info):
-                value = result.get(self.space.metric)
-                log.info("%s | epoch %s %s %s", self._label(trial), result.get("training_iteration"), self.space.metric, _fmt(value))
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            log.info("%s | done", self._label(trial))
 
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                log.info("%s | done", self._label(trial))
+        def on_trial_error(self, iteration, trials, trial, **info):
+            log.info("%s | FAILED (the sweep goes on)", self._label(trial))
 
-            def on_trial_error(self, iteration, trials, trial, **info):
-                log.info("%s | FAILED (the sweep goes on)", self._label(trial))
+        def summary(self, result: SweepResult) -> None:
+            counts = result.dataframe["state"].value_counts().to_dict()
+            log.info("sweep done: %s; best %s %s with %s", counts, result.metric, _fmt(result.best_metrics.get(result.metric)), result.best_params)
 
-            def summary(self, result: SweepResult) -> None:
-                counts = result.dataframe["state"].value_counts().to_dict()
-                log.info("sweep done: %s; best %s %s with %s", counts, result.metric, _fmt(result.best_metrics.get(result.metric)), result.best_params)
-
-        return Table()
+    return Table()
 
 
 def _fmt(value: Any) -> str:
