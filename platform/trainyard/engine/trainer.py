@@ -32,6 +32,7 @@ from trainyard.engine.config import TrainingConfig, model_config_dict, model_con
 from trainyard.engine.context import LocalContext, RunContext
 from trainyard.engine.data import Collator, as_dataset, epoch_batches, eval_batches, make_loader
 from trainyard.engine.hooks import Event, HookDispatcher, TrainingHooks
+from trainyard.engine.metrics import MetricSums, evaluation_sums, exp_or_inf
 from trainyard.engine.task import (
     TaskSpec,
     compute_loss,
@@ -60,38 +61,6 @@ class TrainState:
 
 
 @dataclass
-class _Sums:
-    """Running sums over an epoch (or evaluation) that make up its metrics."""
-
-    loss: float = 0.0
-    count: int = 0
-    correct: int = 0
-    seq_correct: int = 0
-    num_seqs: int = 0
-
-    def add(self, stats, count: int) -> None:
-        self.loss += float(stats.loss_sum.detach())
-        self.count += count
-        if stats.correct is not None:
-            self.correct += int(stats.correct)
-        if stats.seq_correct is not None:
-            self.seq_correct += int(stats.seq_correct)
-        self.num_seqs += stats.num_seqs
-
-    def reduced(self, ctx: RunContext) -> "_Sums":
-        return _Sums(*ctx.all_reduce_sum([self.loss, self.count, self.correct, self.seq_correct, self.num_seqs]))
-
-    def metrics(self, prefix: str, task: str) -> dict[str, float]:
-        loss = self.loss / self.count if self.count else float("nan")
-        out = {f"{prefix}/loss": loss, f"{prefix}/perplexity": _exp(loss)}
-        if task != "regression":
-            out[f"{prefix}/accuracy"] = self.correct / self.count if self.count else float("nan")
-        if task == "language_modeling":
-            out[f"{prefix}/exact_match"] = self.seq_correct / self.num_seqs if self.num_seqs else float("nan")
-        return out
-
-
-@dataclass
 class _Run:
     """Everything one call of `train` builds; discarded when it returns."""
 
@@ -112,7 +81,7 @@ class _Run:
     compile_pending: bool = False
     task_confirmed: bool = False
     history: dict[str, list] = field(default_factory=lambda: {"loss": [], "grad_norm": [], "epochs": []})
-    epoch_sums: _Sums = field(default_factory=_Sums)
+    epoch_sums: MetricSums = field(default_factory=MetricSums)
     window: dict[str, Any] | None = None  # partial accumulation restored from a checkpoint
     last_checkpoint: Path | None = None
     wandb: Any = None
@@ -317,7 +286,7 @@ class Trainer:
         if self.state.epoch_complete:
             self.state = TrainState(epoch=self.state.epoch + 1, global_step=self.state.global_step)
         run.history = s["history"]
-        run.epoch_sums = _Sums(**s["epoch_sums"])
+        run.epoch_sums = MetricSums(**s["epoch_sums"])
         if loaded.extra.get("grads") is not None:
             for p, g in zip(run.raw_model.parameters(), loaded.extra["grads"]):
                 p.grad = None if g is None else g.to(p.device)
@@ -334,7 +303,7 @@ class Trainer:
         cfg, state, ctx = self.training_config, self.state, run.ctx
         epoch_start = time.perf_counter()
         if state.batch_in_epoch == 0:
-            run.epoch_sums = _Sums()
+            run.epoch_sums = MetricSums()
             self.hooks.fire(Event.EPOCH_BEGIN, self, state.epoch)
         batches = epoch_batches(len(run.train_ds), cfg.batch_size, state.epoch - 1, cfg.random_seed, ctx.rank, ctx.world_size, True)
         loader = iter(make_loader(run.train_ds, batches[state.batch_in_epoch :], run.collate, cfg.num_workers, ctx.device.type == "cuda"))
@@ -497,19 +466,11 @@ class Trainer:
 
     # -- evaluation ----------------------------------------------------------------------
 
-    @torch.no_grad()
     def _evaluate(self, run: _Run) -> dict[str, float]:
         cfg, ctx = self.training_config, run.ctx
-        run.model.eval()
-        sums = _Sums()
         batches = eval_batches(len(run.val_ds), cfg.batch_size, ctx.rank, ctx.world_size)
-        for batch in make_loader(run.val_ds, batches, run.collate, cfg.num_workers, ctx.device.type == "cuda"):
-            target = prepare_targets(run.task, batch, run.collate.pad_token_id).to(ctx.device)
-            batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
-            with torch.autocast(ctx.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
-                output = run.model(batch["input_ids"], **{k: batch[k] for k in run.forward_kwargs if k in batch})
-            sums.add(compute_loss(run.task, extract_logits(output), target), count_targets(run.task, target))
-        run.model.train()
+        loader = make_loader(run.val_ds, batches, run.collate, cfg.num_workers, ctx.device.type == "cuda")
+        sums = evaluation_sums(run.model, loader, run.task, run.collate.pad_token_id, ctx.device, run.forward_kwargs, run.amp_dtype)
         return sums.reduced(ctx).metrics("val", run.task)
 
     # -- checkpoints ---------------------------------------------------------------------
@@ -565,7 +526,7 @@ class Trainer:
         results = {
             "loss_history": list(run.history["loss"]),
             "final_loss": float(final_loss),
-            "final_perplexity": _exp(final_loss),
+            "final_perplexity": exp_or_inf(final_loss),
             "training_time": elapsed,
             "metrics_summary": summary,
             "best_epoch": int(best_epoch),
@@ -700,9 +661,3 @@ def _summary_columns(rows: list[dict], task: str) -> list[str]:
     base = ["epoch", "train/loss", "val/loss", "train/accuracy", "val/accuracy", "train/perplexity", "val/perplexity", "train/learning_rate"]
     extra = [k for r in rows for k in r if k not in base]
     return base + list(dict.fromkeys(extra))
-
-
-def _exp(x: float) -> float:
-    if math.isnan(x):
-        return float("nan")
-    return math.exp(x) if x < 700 else float("inf")
