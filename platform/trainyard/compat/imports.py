@@ -15,7 +15,18 @@ import types
 import warnings
 from typing import Any
 
-# legacy module -> (trainyard modules whose public names it forwards, replacement if deprecated)
+# Groups of seeds/004 names. A target "module:a,b" forwards those names, loaded on first
+# use (so `import training` pulls in neither torch, Ray nor Optuna); a bare "module" forwards
+# every public name of that module, loaded at import.
+_CORE = ("trainyard.recipes:train_model,create_model_and_tokenizer", "trainyard.engine.metrics:compute_metrics,evaluate_model")
+_HPO = ("trainyard.hpo.study:create_search_space,run_local_hpo_sweep,extract_best_config_from_study",)
+_FINAL = ("trainyard.execution.final:execute_final_training,extract_lineage_from_best_model",)
+_CONTEXT = ("trainyard.execution.run_context:create_run_context",)
+_CONFIG = ("trainyard.experiment:build_training_config",)
+_CV = ("trainyard.data.splits:create_kfold_splits",)
+_LOADERS = ("trainyard.data.loaders:load_dataset",)
+
+# legacy module -> (targets it forwards, the path to use instead if it is deprecated)
 LEGACY_MODULES: dict[str, tuple[tuple[str, ...], str | None]] = {
     # seeds/000_58747ee384e977e5.txt
     "utils": ((), None),
@@ -25,14 +36,31 @@ LEGACY_MODULES: dict[str, tuple[tuple[str, ...], str | None]] = {
     "utils.training.engine.trainer": (("trainyard.engine.trainer", "trainyard.engine.hooks"), None),
     "utils.training.training_config": (("trainyard.engine.config",), None),
     "utils.training.task_spec": (("trainyard.engine.task",), None),
-    # seeds/004_4c30e7897144f129.txt (so far: the data and cross-validation paths)
-    "training": ((), None),
-    "training.core": ((), None),
-    "training.core.cv_utils": (("trainyard.data.splits",), None),
+    "utils.training.job_queue": (("trainyard.execution.job_queue:JobQueue,JobConfig,JobRecord,JOB_STATES",), None),
+    # seeds/004_4c30e7897144f129.txt: the new layout ...
+    "training": (_CORE + _HPO + _FINAL + _CONTEXT + _CONFIG, None),
+    "training.core": (_CORE + _CV, None),
+    "training.core.trainer": (("trainyard.recipes:train_model",), None),
+    "training.core.model": (("trainyard.recipes:create_model_and_tokenizer",), None),
+    "training.core.metrics": (("trainyard.engine.metrics:compute_metrics",), None),
+    "training.core.evaluator": (("trainyard.engine.metrics:evaluate_model",), None),
+    "training.core.cv_utils": (_CV, None),
+    "training.hpo": (_HPO, None),
+    "training.execution": (_FINAL + _CONTEXT, None),
+    "training.cli": (("trainyard.cli.main:main",), None),
+    "training.config": (_CONFIG, None),
     "data": ((), None),
-    "data.loaders": (("trainyard.data.loaders",), None),
-    "training.cv_utils": (("trainyard.data.splits",), "training.core.cv_utils"),
-    "training.data": (("trainyard.data.loaders",), "data.loaders"),
+    "data.loaders": (_LOADERS, None),
+    # ... and its deprecated paths, each naming the path to use
+    "training.trainer": (("trainyard.recipes:train_model",), "training.core.trainer"),
+    "training.model": (("trainyard.recipes:create_model_and_tokenizer",), "training.core.model"),
+    "training.metrics": (("trainyard.engine.metrics:compute_metrics",), "training.core.metrics"),
+    "training.evaluator": (("trainyard.engine.metrics:evaluate_model",), "training.core.evaluator"),
+    "hpo": (_HPO, "training.hpo"),
+    "training_exec": (_FINAL, "training.execution"),
+    "training.distributed": (_CONTEXT, "training.execution"),
+    "training.cv_utils": (_CV, "training.core.cv_utils"),
+    "training.data": (_LOADERS, "data.loaders"),
 }
 
 
@@ -57,15 +85,35 @@ class LegacyFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             )
         if module.__spec__.submodule_search_locations is not None:
             module.__path__ = []
+        lazy: dict[str, str] = {}  # name -> the trainyard module holding it
         names: list[str] = []
         for target in targets:
-            source = importlib.import_module(target)
+            source_name, _, listed = target.partition(":")
+            if listed:
+                for name in listed.split(","):
+                    lazy[name] = source_name
+                    names.append(name)
+                continue
+            source = importlib.import_module(source_name)
             public = getattr(source, "__all__", None) or [n for n in vars(source) if not n.startswith("_")]
             for name in public:
                 setattr(module, name, getattr(source, name))
                 names.append(name)
         module.__all__ = names
-        module.__doc__ = f"Legacy path, forwarded to {', '.join(targets) or 'trainyard'} by trainyard.compat."
+        module.__doc__ = f"Legacy path, forwarded to {', '.join(t.partition(':')[0] for t in targets) or 'trainyard'} by trainyard.compat."
+        if lazy:
+            module.__getattr__ = _lazy_getattr(module.__name__, lazy)
+
+
+def _lazy_getattr(module_name: str, lazy: dict[str, str]):
+    def __getattr__(name: str) -> Any:
+        if name not in lazy:
+            raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(lazy[name]), name)
+        setattr(sys.modules[module_name], name, value)  # found directly next time
+        return value
+
+    return __getattr__
 
 
 def enable_legacy_imports() -> None:

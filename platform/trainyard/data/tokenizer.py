@@ -14,11 +14,19 @@ class CharTokenizer:
             raise ValueError("CharTokenizer alphabet must be single characters")
         self.itos = [PAD, BOS, EOS, *chars]
         self.stoi = {s: i for i, s in enumerate(self.itos)}
+        self.byte_level = False
+
+    def __call__(self, text: str, max_length: int | None = None) -> dict[str, list[int]]:
+        """`{"input_ids": [...]}` of one text with <bos>/<eos>, cut at `max_length` (the HF call shape)."""
+        ids = self.encode(text, add_bos=True, add_eos=True)
+        return {"input_ids": ids[:max_length] if max_length else ids}
 
     @classmethod
     def bytes(cls) -> "CharTokenizer":
-        """Every byte value: encodes any text as UTF-8."""
-        return cls(chr(i) for i in range(256))
+        """Every byte value: encodes any text as its UTF-8 bytes."""
+        tokenizer = cls(chr(i) for i in range(256))
+        tokenizer.byte_level = True
+        return tokenizer
 
     @property
     def vocab_size(self) -> int:
@@ -37,6 +45,8 @@ class CharTokenizer:
         return 2
 
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+        if self.byte_level:
+            text = text.encode("utf-8").decode("latin-1")  # one character per byte
         try:
             ids = [self.stoi[c] for c in text]
         except KeyError as e:
@@ -50,4 +60,5 @@ class CharTokenizer:
             if skip_special and i < 3:
                 continue
             out.append(self.itos[i])
-        return "".join(out)
+        text = "".join(out)
+        return text.encode("latin-1").decode("utf-8", errors="replace") if self.byte_level else text

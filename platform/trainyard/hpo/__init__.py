@@ -11,8 +11,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from trainyard.hpo.space import SearchSpace, load_search_space
+from trainyard.hpo.study import create_search_space, extract_best_config_from_study, run_local_hpo_sweep
 
-__all__ = ["SearchSpace", "SweepResult", "load_search_space", "sweep"]
+__all__ = [
+    "SearchSpace", "SweepResult", "create_search_space", "extract_best_config_from_study",
+    "load_search_space", "run_local_hpo_sweep", "sweep",
+]
 
 
 def __getattr__(name: str):

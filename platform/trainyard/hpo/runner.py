@@ -41,6 +41,7 @@ class SweepResult:
     path: str  # the sweep directory (results, best_config.yaml, plots)
     metric: str = "val/loss"
     mode: str = "min"
+    best_trial: str | None = None  # the best trial's Tune id
     plots: list[str] = field(default_factory=list)
 
     def best_params_model(self) -> dict[str, Any]:
@@ -302,10 +303,16 @@ def _collect(grid, space: SearchSpace, base: TrainingConfig, sweep_dir: str) -> 
     if not candidates:
         raise RuntimeError(f"every trial of the sweep failed; see the 'error' column: {frame.get('error', pd.Series()).tolist()}")
     pick = min if space.mode == "min" else max
-    value, best, params, _ = pick(candidates, key=lambda c: c[0])
+    value, best, params, best_row = pick(candidates, key=lambda c: c[0])
     training, _model = space.split(params)
     checkpoint = best.checkpoint.path if best.checkpoint is not None else None
     best_metrics = {k: v for k, v in (best.metrics or {}).items() if "/" in k or k in ("training_iteration",)}
+    # What the study alone needs to give the best config back (extract_best_config_from_study).
+    for key, attr in {
+        "sweep_path": sweep_dir, "metric": space.metric, "mode": space.mode, "best_trial": best_row["trial"],
+        "best_checkpoint": checkpoint, "base_training_config": base.to_dict(),
+    }.items():
+        study.set_user_attr(f"trainyard.{key}", attr)
     return SweepResult(
         best_config=base.replace(**training),
         best_params=params,
@@ -316,6 +323,7 @@ def _collect(grid, space: SearchSpace, base: TrainingConfig, sweep_dir: str) -> 
         path=sweep_dir,
         metric=space.metric,
         mode=space.mode,
+        best_trial=best_row["trial"],
     )
 
 

@@ -1,0 +1,151 @@
+"""The final training of a sweep's best config, as a Ray Train run, and its lineage.
+
+    job = execute_final_training(best_config, dataset, workers=2)
+    lineage = extract_lineage_from_best_model(job)   # sweep, trial, params, checkpoint, data, code
+
+The lineage is also written as `lineage.json` in the run directory, so
+`extract_lineage_from_best_model(run_dir)` gives it back later from disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainyard._logging import get_logger
+
+log = get_logger("trainyard.execution")
+LINEAGE_FILE = "lineage.json"
+
+
+@dataclass
+class FinalTrainingJob:
+    name: str
+    run_dir: str  # Ray Train's run directory under the storage path
+    results: dict[str, Any]  # the engine's results dict (rank 0)
+    checkpoint_path: str | None  # the final checkpoint, persisted by Ray
+    config: dict[str, Any]  # the experiment spec that was trained
+    data_fingerprint: str | None
+    code_version: dict[str, Any]
+    finished_at: str
+    model: Any = None  # the trained model, weights loaded on this process
+
+
+def execute_final_training(
+    best_config: Any,
+    dataset: Any = None,
+    *,
+    workers: int = 2,
+    use_gpu: bool = False,
+    output_dir: str | Path = "runs",
+    name: str | None = None,
+) -> FinalTrainingJob:
+    """Train `best_config` (an experiment spec, e.g. `extract_best_config_from_study`'s) in
+    `workers` Ray Train workers with DDP. Rerunning with the same `name` and `output_dir`
+    resumes that run from its last checkpoint."""
+    import functools
+
+    import ray.train
+
+    from trainyard.data.fingerprint import fingerprint
+    from trainyard.engine.config import TrainingConfig
+    from trainyard.engine.trainer import Trainer
+    from trainyard.experiment import model_recipe, validate
+    from trainyard.recipes import as_spec, split_dataset, tokenize_text
+
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers={workers!r} must be an integer >= 1")
+    spec = as_spec(best_config)
+    validate(spec)
+    builder, model_config, tokenizer = model_recipe(spec)
+    train, val = split_dataset(dataset, spec)
+    max_len = model_config.get("max_seq_len")
+    train, val = tokenize_text(train, tokenizer, max_len), tokenize_text(val, tokenizer, max_len)
+    training_config = TrainingConfig.from_dict(spec.get("training") or {}).replace(checkpoint_dir=None)
+    source = spec.get("source") or {}
+    name = name or f"final-{source.get('sweep') or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    run_config = ray.train.RunConfig(
+        name=name,
+        storage_path=str(Path(output_dir).expanduser().resolve()),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=training_config.keep_last_n_checkpoints),
+    )
+    trainer = Trainer(
+        functools.partial(builder, model_config), model_config, training_config, spec.get("task"),
+        scaling=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu), run_config=run_config,
+    )
+    results = trainer.train(train, val)
+    job = FinalTrainingJob(
+        name=name,
+        run_dir=results["run_dir"],
+        results=results,
+        checkpoint_path=results["checkpoint_path"],
+        config=spec,
+        data_fingerprint=fingerprint((train, val)),
+        code_version=code_version(),
+        finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        model=trainer.model,
+    )
+    if "://" not in job.run_dir:
+        (Path(job.run_dir) / LINEAGE_FILE).write_text(json.dumps(extract_lineage_from_best_model(job), indent=2, default=str))
+    log.info("final training %s done: checkpoint %s", name, job.checkpoint_path)
+    return job
+
+
+def extract_lineage_from_best_model(job: FinalTrainingJob | str | os.PathLike) -> dict[str, Any]:
+    """Where the final model came from: the sweep, trial and parameters that chose its
+    config, its checkpoint, the fingerprint of the data it was trained on (and of the
+    sweep's data), and the code version. `job` is a FinalTrainingJob or its run directory."""
+    if isinstance(job, (str, os.PathLike)):
+        path = Path(job) / LINEAGE_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: pass the run_dir of an execute_final_training job (or the job itself)")
+        return json.loads(path.read_text())
+    if not isinstance(job, FinalTrainingJob):
+        raise TypeError(f"job must be a FinalTrainingJob or its run directory, got {type(job).__name__}")
+    source = job.config.get("source") or {}
+    return {
+        "sweep": source.get("sweep"),
+        "sweep_path": source.get("sweep_path"),
+        "trial_id": source.get("trial_id"),
+        "params": source.get("params") or {},
+        "metric": source.get("metric"),
+        "sweep_value": source.get("value"),
+        "sweep_checkpoint": source.get("checkpoint"),
+        "sweep_data_fingerprint": source.get("data_fingerprint"),
+        "run_name": job.name,
+        "run_dir": job.run_dir,
+        "checkpoint": job.checkpoint_path,
+        "data_fingerprint": job.data_fingerprint,
+        "code_version": job.code_version,
+        "final_loss": job.results.get("final_loss"),
+        "finished_at": job.finished_at,
+    }
+
+
+def code_version(directory: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The git commit of `directory` (default: the working directory) and whether it had
+    uncommitted changes to tracked files, plus the installed trainyard version."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("trainyard")
+    except metadata.PackageNotFoundError:
+        version = None
+    where = str(directory or Path.cwd())
+    commit = _git(where, "rev-parse", "HEAD")
+    dirty = None if commit is None else bool(_git(where, "status", "--porcelain", "--untracked-files=no"))
+    return {"git_commit": commit, "git_dirty": dirty, "trainyard": version}
+
+
+def _git(directory: str, *args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", directory, *args], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
