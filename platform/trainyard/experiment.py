@@ -191,7 +191,12 @@ def model_recipe(spec: Mapping[str, Any]) -> tuple[Callable[[Any], Any], dict[st
         config = {"pad_token_id": tokenizer.pad_token_id, **_model_settings(section)}
         return hf.model_builder(section["name_or_path"], spec.get("task")), config, tokenizer
     tokenizer = _tokenizer(section.get("tokenizer"), data)
-    derived = {"vocab_size": tokenizer.vocab_size, "pad_token_id": tokenizer.pad_token_id, **_data_model_config(data)}
+    derived = {
+        **_model_defaults(section),  # every key is there, so sweeps can search model.<any field>
+        "vocab_size": tokenizer.vocab_size,
+        "pad_token_id": tokenizer.pad_token_id,
+        **_data_model_config(data),
+    }
     settings = _model_settings(section)
     if "tokenizer" in section and settings.get("vocab_size", tokenizer.vocab_size) < tokenizer.vocab_size:
         raise ValueError(
@@ -199,6 +204,15 @@ def model_recipe(spec: Mapping[str, Any]) -> tuple[Callable[[Any], Any], dict[st
             "drop vocab_size from the model section (it is taken from the tokenizer) or raise it"
         )
     return _model_builder(section), {**derived, **settings}, tokenizer
+
+
+def _model_defaults(section: Mapping[str, Any]) -> dict[str, Any]:
+    import dataclasses
+
+    from trainyard.models import CONFIGS
+
+    config = CONFIGS.get(section.get("name", "gpt")) if "factory" not in section else None
+    return dataclasses.asdict(config()) if config is not None else {}
 
 
 def _model_settings(section: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ Hugging Face model a `model/` directory that `name_or_path` can load again.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, Mapping
@@ -66,7 +67,9 @@ def train_model(config: Any, dataset: Any = None, output_dir: str | Path = "outp
     train, val = split_dataset(dataset, spec)
     max_len = model_config.get("max_seq_len")
     train, val = tokenize_text(train, tokenizer, max_len), tokenize_text(val, tokenizer, max_len)
-    trainer = Trainer(builder(model_config), model_config, training_config, spec.get("task"))
+    # A factory, not a module: the Trainer seeds random_seed before building it, so the
+    # initial weights are reproducible too.
+    trainer = Trainer(functools.partial(builder, model_config), model_config, training_config, spec.get("task"))
     results = trainer.train(train, val)
     _write_outputs(out, spec, results, trainer.model, tokenizer)
     results["output_dir"] = str(out.resolve())

@@ -8,6 +8,7 @@ from trainyard.models.classifier import ClassifierConfig, SequenceClassifier
 from trainyard.models.gpt import GPT, GPTConfig
 
 MODELS = {"gpt": GPT, "classifier": SequenceClassifier}
+CONFIGS = {"gpt": GPTConfig, "classifier": ClassifierConfig}  # each model's config, with its defaults
 
 
 def build_model(name: str, config: Any = None, **overrides: Any):
@@ -17,4 +18,4 @@ def build_model(name: str, config: Any = None, **overrides: Any):
     return MODELS[name](config, **overrides)
 
 
-__all__ = ["GPT", "GPTConfig", "SequenceClassifier", "ClassifierConfig", "MODELS", "build_model"]
+__all__ = ["CONFIGS", "GPT", "GPTConfig", "SequenceClassifier", "ClassifierConfig", "MODELS", "build_model"]
