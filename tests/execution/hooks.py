@@ -31,3 +31,15 @@ class Unpicklable(TrainingHooks):
         import threading
 
         self.lock = threading.Lock()  # locks do not pickle, even with cloudpickle
+
+
+class SlowBatches(TrainingHooks):
+    """Sleeps after every batch, so a test can act while a job runs."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_batch_end(self, trainer, batch, outputs):
+        import time
+
+        time.sleep(self.seconds)

@@ -85,8 +85,8 @@ class JobQueue:
     def __init__(self, url: str = "sqlite:///training_jobs.db", storage_path: str | os.PathLike | None = None):
         """`url`: a SQLAlchemy database URL. `storage_path`: where job checkpoints go
         (default: beside a SQLite file, `<name>_jobs/`; else `runs/jobs`)."""
-        self.url = url
-        self._engine, self._table = _open(url)
+        self.url = _absolute_sqlite(url)  # the jobs' processes have other working directories
+        self._engine, self._table = _open(self.url)
         self.storage_path = str(Path(storage_path or _default_storage(self._engine)).expanduser().resolve())
         self._refs: dict[str, Any] = {}  # jobs this object launched: job id -> ObjectRef
 
@@ -146,6 +146,7 @@ class JobQueue:
     # -- reading -------------------------------------------------------------------------
 
     def get_job(self, job_id: str) -> JobRecord:
+        self._reconcile(job_id)
         row = self._row(job_id)
         return JobRecord(
             id=row["id"], name=row["name"], state=_observed_state(row), submitted_at=row["submitted_at"],
@@ -192,6 +193,28 @@ class JobQueue:
         if row is None:
             raise KeyError(f"no job {job_id!r} in {self.url}; queue.list_jobs() lists the jobs there")
         return dict(row)
+
+    def _reconcile(self, job_id: str) -> None:
+        """A job task launched here that ended without recording its end (it could not
+        even start, e.g. its payload failed to unpickle there) is failed, with Ray's error."""
+        ref = self._refs.get(job_id)
+        if ref is None:
+            return
+        import ray
+
+        ready, _ = ray.wait([ref], timeout=0)
+        if not ready:
+            return
+        del self._refs[job_id]
+        try:
+            ray.get(ref)
+        except ray.exceptions.TaskCancelledError:
+            return
+        except Exception as e:  # noqa: BLE001 - whatever ended the task is the job's error
+            with self._engine.begin() as c:
+                c.execute(self._table.update().where(
+                    (self._table.c.id == job_id) & self._table.c.state.in_(("pending", "running"))
+                ).values(state="failed", finished_at=time.time(), error=f"{type(e).__name__}: {e}"))
 
     def _launch(self, job_id: str, job_config: JobConfig, payload: bytes) -> None:
         import ray
@@ -328,6 +351,18 @@ def _open(url: str):
     except sa.exc.OperationalError as e:
         raise ValueError(f"JobQueue cannot open {url!r}: {e.orig}") from None
     return engine, table
+
+
+def _absolute_sqlite(url: str) -> str:
+    import sqlalchemy as sa
+
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        return url  # _open reports it
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        return parsed.set(database=str(Path(parsed.database).expanduser().resolve())).render_as_string(hide_password=False)
+    return url
 
 
 def _sqlite_wal(connection: Any, _record: Any) -> None:

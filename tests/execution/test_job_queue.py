@@ -1,0 +1,151 @@
+"""The durable job queue (seeds/000 Feature 4): records in SQLite, jobs on the session's Ray."""
+
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tests.compat.models import MyTransformerModel as MyModel
+from trainyard import TaskSpec, Trainer, TrainingConfig
+from trainyard.compat import disable_legacy_imports, enable_legacy_imports
+
+pytestmark = pytest.mark.slow
+
+
+def _data(n=24):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randint(0, 50, (12,), generator=g) for _ in range(n)]
+
+
+def test_feature_4_example_runs_and_matches_a_direct_run(ray_session, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    enable_legacy_imports()
+    try:
+        from utils.training.job_queue import JobConfig, JobQueue
+    finally:
+        disable_legacy_imports()
+    config = SimpleNamespace(vocab_size=50, d_model=16)
+    train_dataset, val_dataset = _data(), _data(8)
+    task_spec = TaskSpec(name="language_modeling")
+    job_config = JobConfig(
+        model_factory=lambda: MyModel(config), config=config, train_data=train_dataset, val_data=val_dataset,
+        training_config=TrainingConfig(learning_rate=5e-5, epochs=2, batch_size=8), task_spec=task_spec,
+    )
+    queue = JobQueue("sqlite:///training_jobs.db")
+    job_id = queue.submit_job(job_config)
+    assert queue.get_job_status(job_id) in ("pending", "running")
+    assert queue.wait(job_id, timeout=120) == "completed"
+    status = queue.get_job_status(job_id)
+    if status == "completed":
+        results = queue.get_job_results(job_id)
+
+    direct = Trainer(lambda: MyModel(config), config, TrainingConfig(learning_rate=5e-5, epochs=2, batch_size=8,
+                     checkpoint_dir=str(tmp_path / "direct")), task_spec).train(train_dataset, val_dataset)
+    assert results["loss_history"] == direct["loss_history"]
+
+    # Durable: another queue object (another process, later) on the same URL sees it all.
+    again = JobQueue("sqlite:///training_jobs.db")
+    record = again.get_job(job_id)
+    assert record.state == "completed" and record.checkpoint_path.startswith(str(tmp_path / "training_jobs_jobs" / job_id))
+    assert again.get_job_results(job_id)["final_loss"] == results["final_loss"]
+    assert [r.id for r in again.list_jobs("completed")] == [job_id]
+
+
+class Broken(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 2)
+
+    def forward(self, x):
+        raise RuntimeError("this model is broken")
+
+
+def test_a_failing_job_is_failed_with_its_error_and_nothing_else_breaks(ray_session, tmp_path):
+    queue = JobQueue_(tmp_path)
+    job_id = queue.submit_job(_JobConfig(model_factory=Broken, train_data=_data()))
+    assert queue.wait(job_id, timeout=120) == "failed"
+    assert "this model is broken" in queue.get_job(job_id).error
+    with pytest.raises(RuntimeError, match=f"job {job_id} is failed: RuntimeError: this model is broken"):
+        queue.get_job_results(job_id)
+    with pytest.raises(KeyError, match="list_jobs"):
+        queue.get_job_status("nope")
+
+
+def test_bad_input_is_refused_with_the_fix(tmp_path):
+    from trainyard.execution.job_queue import JobConfig, JobQueue
+
+    with pytest.raises(ValueError, match="train_data is None"):
+        JobConfig(model_factory=Broken)
+    with pytest.raises(TypeError, match="model_factory"):
+        JobConfig(model_factory=3, train_data=[1])
+    with pytest.raises(TypeError, match="lerning_rate"):
+        JobConfig(model_factory=Broken, train_data=[1], training_config={"lerning_rate": 1})
+    with pytest.raises(ValueError, match="in-memory SQLite"):
+        JobQueue("sqlite://")
+    with pytest.raises(ValueError, match="not a usable SQLAlchemy URL"):
+        JobQueue("nosuchdb://x")
+
+
+def test_cancel_then_resume_continues_from_the_checkpoint(ray_session, tmp_path):
+    from tests.execution.hooks import SlowBatches
+
+    config = SimpleNamespace(vocab_size=50, d_model=16)
+    training = TrainingConfig(epochs=3, batch_size=4, checkpoint_every_n_steps=1)
+    queue = JobQueue_(tmp_path)
+    job = _JobConfig(model_factory=ModelFactory(config), config=config, train_data=_data(), training_config=training, hooks=[SlowBatches(0.5)])
+    job_id = queue.submit_job(job)
+    deadline = time.monotonic() + 60
+    while queue.get_job_status(job_id) != "running" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(3)  # a few batches, and the heartbeat sees the cancellation within HEARTBEAT_S
+    assert queue.cancel_job(job_id)
+    time.sleep(4)
+    record = queue.get_job(job_id)
+    assert record.state == "cancelled"
+    from trainyard.engine.checkpoint import latest_valid
+
+    assert latest_valid(tmp_path / "jobs" / job_id) is not None  # stopped with a checkpoint
+    queue.resume_job(job_id)
+    assert queue.wait(job_id, timeout=120) == "completed"
+    assert queue.get_job(job_id).attempts == 2
+    resumed = queue.get_job_results(job_id)
+    direct = Trainer(ModelFactory(config), config, training.replace(checkpoint_dir=str(tmp_path / "d"))).train(_data())
+    assert resumed["loss_history"] == direct["loss_history"]
+
+
+def test_a_job_whose_submitter_died_is_interrupted_and_can_be_resumed(ray_session, tmp_path):
+    queue = JobQueue_(tmp_path)
+    config = SimpleNamespace(vocab_size=50, d_model=16)
+    job_id = queue.submit_job(_JobConfig(model_factory=ModelFactory(config), config=config, train_data=_data()))
+    queue.wait(job_id, timeout=120)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    with queue._engine.begin() as c:  # as if a process that has since died had launched it
+        c.execute(queue._table.update().values(state="running", owner=f"{__import__('socket').gethostname()}:{dead}", results=None))
+    assert queue.get_job_status(job_id) == "interrupted"
+    with pytest.raises(RuntimeError, match="is interrupted"):
+        queue.get_job_results(job_id)
+    queue.resume_job(job_id)
+    assert queue.wait(job_id, timeout=120) == "completed"
+
+
+class ModelFactory:
+    def __init__(self, config):
+        self.config = config
+
+    def __call__(self):
+        return MyModel(self.config)
+
+
+def JobQueue_(tmp_path):  # noqa: N802 - a queue in tmp_path
+    from trainyard.execution.job_queue import JobQueue
+
+    return JobQueue(f"sqlite:///{tmp_path}/jobs.db", storage_path=tmp_path / "jobs")
+
+
+def _JobConfig(**kwargs):  # noqa: N802
+    from trainyard.execution.job_queue import JobConfig
+
+    return JobConfig(**kwargs)
