@@ -152,10 +152,14 @@ def test_a_users_own_utils_package_wins(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     for name in [m for m in sys.modules if m == "utils" or m.startswith("utils.")]:
         monkeypatch.delitem(sys.modules, name)
-    import utils
-    import utils.training
+    try:
+        import utils
+        import utils.training
 
-    assert utils.MINE and utils.training.OWN_TRAINING
+        assert utils.MINE and utils.training.OWN_TRAINING
+    finally:  # the user's modules must not shadow the legacy paths in later tests
+        for name in [m for m in sys.modules if m == "utils" or m.startswith("utils.")]:
+            del sys.modules[name]
 
 
 def test_without_enabling_the_legacy_paths_do_not_exist():
