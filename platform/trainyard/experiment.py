@@ -96,7 +96,7 @@ def build_training_config(args: Any = None, config_dir: str | Path = ".") -> dic
     data = spec.get("data") or {}
     for key in ("train", "val"):
         if isinstance(data.get(key), str) and "://" not in data[key]:
-            data[key] = str((config_dir / data[key]).resolve()) if not Path(data[key]).is_absolute() else data[key]
+            data[key] = str((config_dir / data[key]).resolve())  # an absolute path stays as it is
     validate(spec)
     return spec
 
@@ -112,14 +112,7 @@ def validate(spec: Mapping[str, Any]) -> None:
     if not isinstance(model, Mapping):
         raise ValueError(f"the model section must be a mapping, got {model!r}")
     if "name_or_path" not in model and "factory" not in model:
-        from trainyard.models import MODELS
-
-        name = model.get("name", "gpt")
-        if name not in MODELS:
-            raise ValueError(
-                f"unknown model {name!r}: built-in models are {sorted(MODELS)}; give factory: 'module:function', "
-                "or name_or_path: <a local Hugging Face model directory>"
-            )
+        _model_builder(dict(model))  # raises for an unknown built-in name
 
 
 def _as_options(args: Any) -> dict[str, Any]:
@@ -264,5 +257,8 @@ def _model_builder(section: dict[str, Any]) -> Callable[[Any], Any]:
 
     name = section.get("name", "gpt")
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}: built-in models are {sorted(MODELS)}, or give factory: 'module:function'")
+        raise ValueError(
+            f"unknown model {name!r}: built-in models are {sorted(MODELS)}; give factory: 'module:function', "
+            "or name_or_path: <a local Hugging Face model directory>"
+        )
     return functools.partial(build_model, name)

@@ -47,6 +47,17 @@ def create_model_and_tokenizer(config: Any) -> tuple[Any, Any]:
     return builder(model_config), tokenizer
 
 
+def prepare(config: Any, dataset: Any) -> tuple[dict[str, Any], Any, dict[str, Any], Any, Any, Any]:
+    """(spec, builder, model config, tokenizer, train, val): the validated spec, its model
+    recipe, and the data split and tokenized as `train_model` describes."""
+    spec = as_spec(config)
+    validate(spec)
+    builder, model_config, tokenizer = model_recipe(spec)
+    train, val = split_dataset(dataset, spec)
+    max_len = model_config.get("max_seq_len")
+    return spec, builder, model_config, tokenizer, tokenize_text(train, tokenizer, max_len), tokenize_text(val, tokenizer, max_len)
+
+
 def train_model(config: Any, dataset: Any = None, output_dir: str | Path = "outputs") -> dict[str, Any]:
     """Train the spec's model on `dataset` and return the engine's results dict (plus
     `output_dir`).
@@ -57,16 +68,11 @@ def train_model(config: Any, dataset: Any = None, output_dir: str | Path = "outp
     """
     from trainyard.engine.trainer import Trainer
 
-    spec = as_spec(config)
-    validate(spec)
+    spec, builder, model_config, tokenizer, train, val = prepare(config, dataset)
     out = Path(output_dir)
     training_config = TrainingConfig.from_dict(spec.get("training") or {})
     if training_config.checkpoint_dir is None:
         training_config = training_config.replace(checkpoint_dir=str(out / "checkpoints"))
-    builder, model_config, tokenizer = model_recipe(spec)
-    train, val = split_dataset(dataset, spec)
-    max_len = model_config.get("max_seq_len")
-    train, val = tokenize_text(train, tokenizer, max_len), tokenize_text(val, tokenizer, max_len)
     # A factory, not a module: the Trainer seeds random_seed before building it, so the
     # initial weights are reproducible too.
     trainer = Trainer(functools.partial(builder, model_config), model_config, training_config, spec.get("task"))

@@ -56,17 +56,11 @@ def execute_final_training(
     from trainyard.data.fingerprint import fingerprint
     from trainyard.engine.config import TrainingConfig
     from trainyard.engine.trainer import Trainer
-    from trainyard.experiment import model_recipe, validate
-    from trainyard.recipes import as_spec, split_dataset, tokenize_text
+    from trainyard.recipes import prepare
 
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers={workers!r} must be an integer >= 1")
-    spec = as_spec(best_config)
-    validate(spec)
-    builder, model_config, tokenizer = model_recipe(spec)
-    train, val = split_dataset(dataset, spec)
-    max_len = model_config.get("max_seq_len")
-    train, val = tokenize_text(train, tokenizer, max_len), tokenize_text(val, tokenizer, max_len)
+    spec, builder, model_config, _tokenizer, train, val = prepare(best_config, dataset)
     training_config = TrainingConfig.from_dict(spec.get("training") or {}).replace(checkpoint_dir=None)
     source = spec.get("source") or {}
     name = name or f"final-{source.get('sweep') or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"

@@ -147,12 +147,7 @@ class JobQueue:
 
     def get_job(self, job_id: str) -> JobRecord:
         self._reconcile(job_id)
-        row = self._row(job_id)
-        return JobRecord(
-            id=row["id"], name=row["name"], state=_observed_state(row), submitted_at=row["submitted_at"],
-            started_at=row["started_at"], finished_at=row["finished_at"], attempts=row["attempts"],
-            error=row["error"], checkpoint_dir=row["checkpoint_dir"], checkpoint_path=row["checkpoint_path"],
-        )
+        return _record(self._row(job_id))
 
     def get_job_status(self, job_id: str) -> str:
         """One of JOB_STATES."""
@@ -169,9 +164,11 @@ class JobQueue:
     def list_jobs(self, state: str | None = None) -> list[JobRecord]:
         if state is not None and state not in JOB_STATES:
             raise ValueError(f"state={state!r} must be one of {list(JOB_STATES)}")
+        for job_id in list(self._refs):
+            self._reconcile(job_id)
         with self._engine.connect() as c:
-            ids = [r[0] for r in c.execute(self._table.select().with_only_columns(self._table.c.id).order_by(self._table.c.submitted_at))]
-        records = [self.get_job(i) for i in ids]
+            rows = c.execute(self._table.select().order_by(self._table.c.submitted_at)).mappings().all()
+        records = [_record(dict(row)) for row in rows]
         return [r for r in records if state is None or r.state == state]
 
     def wait(self, job_id: str, timeout: float | None = None, poll: float = 0.2) -> str:
@@ -252,7 +249,6 @@ def _run_job(url: str, job_id: str, payload: bytes, storage_path: str) -> None:
         job: JobConfig = cloudpickle.loads(payload)
         checkpoint_dir = job.training_config.checkpoint_dir or str(Path(storage_path) / job_id)
         training_config = job.training_config.replace(checkpoint_dir=checkpoint_dir)
-        hooks = [*job.hooks, _StopWhenCancelled(watch)]
         if job.num_workers > 1:
             import ray.train
 
@@ -264,6 +260,7 @@ def _run_job(url: str, job_id: str, payload: bytes, storage_path: str) -> None:
             results = trainer.train(job.train_data, job.val_data)
         else:
             resume = checkpoint_dir if latest_valid(Path(checkpoint_dir)) is not None else None
+            hooks = [*job.hooks, _StopWhenCancelled(watch)]  # in this process, where the watch runs
             trainer = Trainer(job.model_factory, job.config, training_config, job.task_spec, hooks=hooks)
             results = trainer.train(job.train_data, job.val_data, resume_from=resume)
         if watch.cancelled:
@@ -380,6 +377,14 @@ def _default_storage(engine: Any) -> Path:
 
 def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _record(row: dict[str, Any]) -> JobRecord:
+    return JobRecord(
+        id=row["id"], name=row["name"], state=_observed_state(row), submitted_at=row["submitted_at"],
+        started_at=row["started_at"], finished_at=row["finished_at"], attempts=row["attempts"],
+        error=row["error"], checkpoint_dir=row["checkpoint_dir"], checkpoint_path=row["checkpoint_path"],
+    )
 
 
 def _observed_state(row: dict[str, Any]) -> str:

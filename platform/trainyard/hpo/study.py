@@ -58,18 +58,12 @@ def run_local_hpo_sweep(
     data). `dataset`: as for `train_model` (None: the spec's data section).
     """
     from trainyard.data.fingerprint import fingerprint
-    from trainyard.experiment import model_recipe, validate
+    from trainyard.engine.config import TrainingConfig
     from trainyard.hpo.runner import sweep
-    from trainyard.recipes import split_dataset, tokenize_text
+    from trainyard.recipes import prepare
 
     space = create_search_space(search_space)
-    spec = _with_backbone(dict(config or {}), backbone)
-    validate(spec)
-    builder, model_config, tokenizer = model_recipe(spec)
-    train, val = split_dataset(dataset, spec)
-    max_len = model_config.get("max_seq_len")
-    train, val = tokenize_text(train, tokenizer, max_len), tokenize_text(val, tokenizer, max_len)
-    from trainyard.engine.config import TrainingConfig
+    spec, builder, model_config, _tokenizer, train, val = prepare(_with_backbone(dict(config or {}), backbone), dataset)
 
     result = sweep(
         builder, model_config, train, val, space=space,

@@ -39,12 +39,8 @@ def load_model(name_or_path: str, task: str | None, model_config: Any = None):
     transformers = _transformers()
     path = check_model_dir(name_or_path)
     if task in ("classification", "regression"):
-        kwargs = {}
-        labels = (model_config or {}).get("num_labels") if isinstance(model_config, dict) else None
-        if labels:
-            kwargs["num_labels"] = labels
-        if task == "regression":
-            kwargs["num_labels"] = 1
+        labels = 1 if task == "regression" else (model_config or {}).get("num_labels")
+        kwargs = {"num_labels": labels} if labels else {}
         return transformers.AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True, **kwargs)
     return transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
 
@@ -60,8 +56,4 @@ def load_tokenizer(name_or_path: str):
 
 def model_builder(name_or_path: str, task: str | None) -> Callable[[Any], Any]:
     """model config -> model; picklable, so it can travel to Ray workers and trials."""
-    return functools.partial(_build, str(check_model_dir(name_or_path)), task)
-
-
-def _build(name_or_path: str, task: str | None, model_config: Any = None):
-    return load_model(name_or_path, task, model_config)
+    return functools.partial(load_model, str(check_model_dir(name_or_path)), task)
