@@ -123,6 +123,17 @@ class TrainingConfig:
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrainingConfig))
 
 
+def as_training_config(value: Any) -> TrainingConfig:
+    """A TrainingConfig from a TrainingConfig, a dict of its fields, or None (defaults)."""
+    if value is None:
+        return TrainingConfig()
+    if isinstance(value, TrainingConfig):
+        return value
+    if isinstance(value, Mapping):
+        return TrainingConfig.from_dict(value)
+    raise TypeError(f"training_config must be a TrainingConfig (or a dict of its fields), got {type(value).__name__}")
+
+
 def _looks_like_path(source: Any) -> bool:
     if isinstance(source, os.PathLike):
         return True

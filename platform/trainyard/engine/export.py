@@ -26,6 +26,8 @@ from torch import nn
 
 from trainyard.engine.checkpoint import atomic_directory, describe
 from trainyard.engine.config import model_config_dict
+from trainyard.engine.data import Collator
+from trainyard.engine.hooks import Observer
 from trainyard.engine.task import extract_logits
 
 
@@ -200,16 +202,25 @@ class Handler(BaseHandler):
 '''
 
 
-def export_bundle(trainer: Any, run: Any, results: dict) -> Path:
-    """Export the model a run just trained (called by the Trainer when export_bundle=True)."""
-    example = run.collate([run.train_ds[i] for i in range(min(2, len(run.train_ds)))])["input_ids"]
-    spec = trainer.task_spec.to_dict() if trainer.task_spec is not None else {"name": run.task}
-    return export_model(
-        run.raw_model,
-        example,
-        run.run_dir / "export",
-        trainer.training_config.export_formats,
-        training_config=trainer.training_config.to_dict(),
-        task_spec=spec,
-        model_config=model_config_dict(trainer.config),
-    )
+class ExportBundle(Observer):
+    """`export_bundle=True`: export the trained model into `<run_dir>/export` when training
+    ends (main rank), and put the path in `results["export_path"]`."""
+
+    def __init__(self):
+        self.train_dataset: Any = None
+
+    def on_train_begin(self, trainer, train_dataset, val_dataset) -> None:
+        self.train_dataset = train_dataset
+
+    def on_train_end(self, trainer, results) -> None:
+        if not trainer.context.is_main:
+            return
+        samples = [self.train_dataset[i] for i in range(min(2, len(self.train_dataset)))]
+        example = Collator(trainer.pad_token_id)(samples)["input_ids"]
+        spec = trainer.task_spec.to_dict() if trainer.task_spec is not None else {"name": results["task"]}
+        cfg = trainer.training_config
+        path = export_model(
+            trainer.model, example, Path(results["run_dir"]) / "export", cfg.export_formats,
+            training_config=cfg.to_dict(), task_spec=spec, model_config=model_config_dict(trainer.config),
+        )
+        results["export_path"] = str(path)

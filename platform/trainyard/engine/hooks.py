@@ -17,8 +17,15 @@ The loop, in the order events fire::
 
 Hooks observe. To change the run they use the handles the trainer gives them: today,
 `trainer.request_stop(reason)`, which ends the run after the current batch with a
-checkpoint of that exact position (so it can be resumed). `trainer.state` holds the
-position (epoch, global_step, batch_in_epoch). Epochs are numbered from 1.
+checkpoint of that exact position (so it can be resumed). What hooks may read:
+`trainer.state` (epoch, global_step, batch_in_epoch), `trainer.step_metrics` (the last
+optimizer step's loss, gradient norm and learning rate), `trainer.context` (rank, world
+size, device), `trainer.model`, `trainer.training_config`. Epochs are numbered from 1.
+
+The platform's own observers (the progress bar, the epoch log line, W&B, the export at the
+end: `observers.py`) are hooks on the same dispatcher. For every event they fire first,
+then the user's hooks in the order given, so a user's `on_train_end` already sees
+`results["export_path"]`.
 """
 
 from __future__ import annotations
@@ -62,21 +69,34 @@ class TrainingHooks:
 _EVENT_NAMES = frozenset(e.value for e in Event)
 
 
-class HookDispatcher:
-    """Calls every hook for an event, in the order the hooks were given."""
+class Observer(TrainingHooks):
+    """A built-in hook that may hold an outside resource (a W&B run, a progress bar):
+    `close()` releases it when the run ends, whether it succeeded or raised."""
 
-    def __init__(self, hooks: TrainingHooks | Sequence[TrainingHooks] | None):
+    def close(self) -> None: ...
+
+
+class HookDispatcher:
+    """Calls every hook for an event: the built-in observers, then the user's hooks in
+    the order they were given. This is the one place that decides dispatch order."""
+
+    def __init__(self, hooks: TrainingHooks | Sequence[TrainingHooks] | None, observers: Sequence[Observer] = ()):
         if hooks is None:
             hooks = []
         elif isinstance(hooks, TrainingHooks):
             hooks = [hooks]
-        self.hooks = list(hooks)
-        for hook in self.hooks:
+        self.hooks = list(hooks)  # the user's: what travels to Ray workers
+        self.observers = list(observers)  # rebuilt from the TrainingConfig wherever the loop runs
+        for hook in (*self.observers, *self.hooks):
             _check_hook(hook)
 
     def fire(self, event: Event, trainer, *args: Any) -> None:
-        for hook in self.hooks:
+        for hook in (*self.observers, *self.hooks):
             getattr(hook, event.value)(trainer, *args)
+
+    def close(self) -> None:
+        for observer in self.observers:
+            observer.close()
 
     def __bool__(self) -> bool:
         return bool(self.hooks)

@@ -16,7 +16,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from trainyard.engine.task import TASKS, compute_loss, count_targets, extract_logits, prepare_targets
+from trainyard.engine.data import Collator, as_dataset, eval_batches, make_loader
+from trainyard.engine.setup import forward_kwargs
+from trainyard.engine.task import TASKS, TaskSpec, as_task_spec, compute_loss, count_targets, detect_task, extract_logits, prepare_targets
 
 
 @dataclass
@@ -122,10 +124,6 @@ def evaluate_model(
 ) -> dict[str, float]:
     """Evaluate `model` on `data` (any form `Trainer.train` accepts) and return
     `{loss, perplexity, accuracy, exact_match}`: what training reports as `val/*`."""
-    from trainyard.engine.data import Collator, as_dataset, eval_batches, make_loader
-    from trainyard.engine.task import TaskSpec, detect_task
-    from trainyard.engine.trainer import _accepted_kwargs, _as_task_spec
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"evaluate_model needs a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -133,7 +131,7 @@ def evaluate_model(
     dataset = as_dataset(data, "data")
     if dataset is None or len(dataset) == 0:
         raise ValueError("evaluate_model got no samples: pass a non-empty dataset")
-    spec: TaskSpec | None = _as_task_spec(task_spec)
+    spec: TaskSpec | None = as_task_spec(task_spec)
     task = spec.name if spec is not None else detect_task(dataset[0])[0]
     if pad_token_id is None and spec is not None:
         pad_token_id = spec.preprocessing_config.get("pad_token_id")
@@ -141,7 +139,7 @@ def evaluate_model(
     model.to(target_device)
     collate = Collator(pad_token_id)
     loader = make_loader(dataset, eval_batches(len(dataset), batch_size, 0, 1), collate, 0, False)
-    sums = evaluation_sums(model, loader, task, pad_token_id, target_device, _accepted_kwargs(model))
+    sums = evaluation_sums(model, loader, task, pad_token_id, target_device, forward_kwargs(model))
     return sums.metrics("", task)
 
 

@@ -48,6 +48,17 @@ class TaskSpec:
         return cls(**dict(data))
 
 
+def as_task_spec(value: Any) -> TaskSpec | None:
+    """A TaskSpec from a TaskSpec, a task name, a dict of its fields, or None (detect)."""
+    if value is None or isinstance(value, TaskSpec):
+        return value
+    if isinstance(value, str):
+        return TaskSpec(name=value)
+    if isinstance(value, Mapping):
+        return TaskSpec.from_dict(value)
+    raise TypeError(f"task_spec must be a TaskSpec, a task name or None, got {type(value).__name__}")
+
+
 def detect_task(sample: Mapping[str, torch.Tensor]) -> tuple[str, str]:
     """Guess the task from one normalised sample; returns (task name, the reason)."""
     labels = sample.get("labels")

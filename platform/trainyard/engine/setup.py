@@ -1,0 +1,136 @@
+"""Setup: the parts a run is built from, each from the TrainingConfig.
+
+    build_model(model_or_factory)      the user's module (a factory is called here, seeded)
+    build_optimizer(model, cfg)        AdamW, weight decay on matrices only
+    amp_policy(cfg, device)            autocast dtype and GradScaler
+    try_compile(model, mode)           torch.compile, or eager with one warning
+    run_directory(cfg, loaded)         where checkpoints go, never over another run's
+    run_id()                           the timestamp-uuid id of every run name
+    determinism(enabled, device)       deterministic algorithms for the run, restored after
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from trainyard.engine import checkpoint as ckpt
+from trainyard.engine.config import TrainingConfig
+
+
+def build_model(model_or_factory: nn.Module | Callable[[], nn.Module]) -> nn.Module:
+    if isinstance(model_or_factory, nn.Module):
+        return model_or_factory
+    model = model_or_factory()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"the model factory returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def load_model_state(model: nn.Module, loaded: ckpt.LoadedCheckpoint) -> None:
+    try:
+        model.load_state_dict(loaded.model)
+    except RuntimeError as e:
+        raise ckpt.CheckpointError(f"checkpoint {loaded.path} does not fit this model: {e}") from e
+
+
+def forward_kwargs(model: nn.Module) -> tuple[str, ...]:
+    """Optional inputs the model's forward takes by name (e.g. attention_mask)."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return ()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return ("attention_mask",)
+    return tuple(k for k in ("attention_mask",) if k in params)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
+    # Weight decay on matrices only (embeddings and linear weights), not biases or norms.
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate)
+
+
+def amp_policy(cfg: TrainingConfig, device: torch.device) -> tuple[torch.dtype | None, Any]:
+    """(autocast dtype or None, GradScaler or None) for `cfg.use_amp` on `device`."""
+    if not cfg.use_amp:
+        return None, None
+    if device.type == "cuda":
+        if cfg.amp_dtype == "bfloat16" or (cfg.amp_dtype is None and torch.cuda.is_bf16_supported()):
+            return torch.bfloat16, None
+        return torch.float16, torch.amp.GradScaler("cuda")
+    if device.type == "cpu":
+        return (torch.float16 if cfg.amp_dtype == "float16" else torch.bfloat16), None
+    return (torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16), None
+
+
+def try_compile(model: nn.Module, mode: str) -> nn.Module:
+    try:
+        return torch.compile(model, mode=mode)
+    except Exception as e:  # noqa: BLE001
+        warnings.warn(f"torch.compile(mode={mode!r}) is unavailable here ({e}); training in eager mode", RuntimeWarning, stacklevel=3)
+        return model
+
+
+def compile_failed(mode: str, error: Exception) -> None:
+    """torch.compile fails lazily, at the first call: say so once; the caller goes eager."""
+    first_line = str(error).splitlines()[0] if str(error) else ""
+    warnings.warn(
+        f"torch.compile(mode={mode!r}) is unavailable here ({type(error).__name__}: {first_line}); training in eager mode",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def run_id() -> str:
+    """`YYYYmmdd-HHMMSS-<6 hex>`: unique, and sortable by start time (every run name uses it)."""
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def run_directory(cfg: TrainingConfig, loaded: ckpt.LoadedCheckpoint | None) -> Path:
+    """`checkpoint_dir`, else the resumed checkpoint's run, else `checkpoints/<timestamp-id>`;
+    a fresh run never writes beside another run's checkpoints."""
+    if cfg.checkpoint_dir is not None:
+        run_dir = Path(cfg.checkpoint_dir).resolve()
+    elif loaded is not None:
+        run_dir = loaded.path.parent.resolve()
+    else:
+        run_dir = Path("checkpoints", run_id()).resolve()
+    if loaded is None and ckpt.list_checkpoints(run_dir):
+        raise ValueError(
+            f"checkpoint_dir {run_dir} already holds checkpoints of an earlier run; pass "
+            f"resume_from={str(run_dir)!r} to continue it, or choose a new checkpoint_dir"
+        )
+    return run_dir
+
+
+@contextlib.contextmanager
+def determinism(enabled: bool, device: torch.device):
+    if not enabled:
+        yield
+        return
+    previous = torch.are_deterministic_algorithms_enabled()
+    previous_benchmark = torch.backends.cudnn.benchmark
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+        torch.backends.cudnn.benchmark = previous_benchmark

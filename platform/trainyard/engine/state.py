@@ -1,0 +1,143 @@
+"""What a run is made of, and exactly what a checkpoint saves of it.
+
+    TrainState   where the run is (epoch, batch, step): hooks read it
+    Progress     what the run has accumulated (history, the epoch's sums, a partial window)
+    Run          what setup built: the model as trained, optimizer, data, run directory
+
+`save_checkpoint` writes the state list below, and `restore` is its exact inverse::
+
+    model.pt       the user's module's state_dict (unwrapped: no DDP / compile prefixes)
+    optimizer.pt   the optimizer's state_dict
+    state.pt       grad scaler, RNG tensors, gradients accumulated so far (mid-window only)
+    trainer_state.json
+                   position (TrainState), epoch_sums, window, history, RNG (plain), the
+                   TrainingConfig, TaskSpec and model config, train_size, world_size
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainyard.engine import checkpoint as ckpt
+from trainyard.engine import rng
+from trainyard.engine.config import TrainingConfig, model_config_dict
+from trainyard.engine.context import RunContext
+from trainyard.engine.data import Collator
+from trainyard.engine.metrics import MetricSums
+from trainyard.engine.task import TaskSpec
+
+# Changing any of these in the middle of an epoch would change which samples the rest of
+# the epoch sees, so a mid-epoch resume refuses it.
+POSITION_FIELDS = ("batch_size", "gradient_accumulation_steps", "random_seed")
+
+
+@dataclass
+class TrainState:
+    """Where the run is. Hooks may read it; only the trainer writes it."""
+
+    epoch: int = 1  # the epoch in progress (from 1)
+    batch_in_epoch: int = 0  # micro-batches of this epoch already trained
+    global_step: int = 0  # optimizer steps taken
+    epoch_complete: bool = False
+
+
+@dataclass
+class Progress:
+    """What the run has accumulated beyond the weights."""
+
+    history: dict[str, list] = field(default_factory=lambda: {"loss": [], "grad_norm": [], "epochs": []})
+    epoch_sums: MetricSums = field(default_factory=MetricSums)
+    window: dict[str, Any] | None = None  # an accumulation window cut by a stop, or restored mid-window
+
+
+@dataclass
+class Run:
+    """Everything one call of `Trainer.run` builds; discarded when it returns."""
+
+    ctx: RunContext
+    train_ds: Any
+    val_ds: Any
+    model: nn.Module  # as trained (maybe DDP-wrapped / compiled)
+    raw_model: nn.Module  # the user's module: what is saved and exported
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+    amp_dtype: torch.dtype | None
+    collate: Collator
+    run_dir: Path
+    batches_per_epoch: int
+    forward_kwargs: tuple[str, ...] = ()
+    task: str | None = None
+    task_reason: str = ""
+    task_confirmed: bool = False
+    compile_pending: bool = False
+    progress: Progress = field(default_factory=Progress)
+    last_checkpoint: Path | None = None
+
+
+def save_checkpoint(run: Run, state: TrainState, cfg: TrainingConfig, task_spec: TaskSpec | None, model_config: Any) -> Path:
+    """Write the position and everything needed to continue from it; prune old ones."""
+    rng_tensors, rng_plain = rng.capture()
+    grads = None
+    if run.progress.window is not None:  # saved mid-accumulation: the gradients so far are state
+        grads = [None if p.grad is None else p.grad.detach().cpu() for p in run.raw_model.parameters()]
+    extra = {"scaler": run.scaler.state_dict() if run.scaler is not None else None, "rng": rng_tensors, "grads": grads}
+    meta = {
+        "position": vars(state).copy(),
+        "epoch_sums": vars(run.progress.epoch_sums).copy(),
+        "window": run.progress.window,
+        "history": run.progress.history,
+        "rng": rng_plain,
+        "training_config": cfg.to_dict(),
+        "task_spec": task_spec.to_dict() if task_spec else TaskSpec(name=run.task).to_dict(),
+        "model_config": model_config_dict(model_config),
+        "train_size": len(run.train_ds),
+        "world_size": run.ctx.world_size,
+    }
+    name = ckpt.checkpoint_name(state.epoch, state.batch_in_epoch)
+    path = ckpt.save(run.run_dir, name, run.raw_model.state_dict(), run.optimizer.state_dict(), extra, meta)
+    run.last_checkpoint = path
+    ckpt.prune(run.run_dir, cfg.keep_last_n_checkpoints, protect=path)
+    return path
+
+
+def check_resumable(loaded: ckpt.LoadedCheckpoint, cfg: TrainingConfig, n_train: int, world_size: int) -> None:
+    """A mid-epoch checkpoint continues only with the batches it was cut from."""
+    s = loaded.state
+    if s["position"]["epoch_complete"]:
+        return
+    saved_cfg = s["training_config"]
+    for name in POSITION_FIELDS:
+        if saved_cfg[name] != getattr(cfg, name):
+            raise ValueError(
+                f"cannot resume mid-epoch from {loaded.path} with {name}={getattr(cfg, name)!r}: "
+                f"it was saved with {name}={saved_cfg[name]!r}, which decides the rest of the epoch's batches; "
+                f"use {name}={saved_cfg[name]!r}, or resume from an epoch-end checkpoint"
+            )
+    if s["train_size"] != n_train or s["world_size"] != world_size:
+        raise ValueError(
+            f"cannot resume mid-epoch from {loaded.path}: it was saved with {s['train_size']} training "
+            f"samples on {s['world_size']} worker(s), this run has {n_train} on {world_size}"
+        )
+
+
+def restore(run: Run, loaded: ckpt.LoadedCheckpoint) -> TrainState:
+    """The inverse of `save_checkpoint` (weights and optimizer are loaded in setup); returns
+    the position to continue from. Call last: it restores the RNG streams."""
+    s = loaded.state
+    state = TrainState(**s["position"])
+    if state.epoch_complete:
+        state = TrainState(epoch=state.epoch + 1, global_step=state.global_step)
+    run.progress = Progress(history=s["history"], epoch_sums=MetricSums(**s["epoch_sums"]))
+    if loaded.extra.get("grads") is not None:
+        for p, g in zip(run.raw_model.parameters(), loaded.extra["grads"]):
+            p.grad = None if g is None else g.to(p.device)
+        run.progress.window = s["window"]
+    run.last_checkpoint = loaded.path
+    # Last, so nothing before it (model construction above all) disturbs the streams.
+    rng.restore(loaded.extra["rng"], s["rng"])
+    return state
