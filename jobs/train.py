@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.verbose:
         os.environ["TRAINYARD_LOG_LEVEL"] = "DEBUG"
-    from trainyard.execution.jobs import run_experiment
+    from trainyard.cli.runners import run_experiment
 
     results = run_experiment(
         ROOT / args.config if not Path(args.config).is_absolute() else Path(args.config),

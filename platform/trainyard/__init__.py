@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "Trainer": "trainyard.engine.trainer",
+    "Trainer": "trainyard.trainer",
     "TrainingConfig": "trainyard.engine.config",
     "TaskSpec": "trainyard.engine.task",
     "TrainingHooks": "trainyard.engine.hooks",
@@ -41,4 +41,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from trainyard.engine.config import TrainingConfig
     from trainyard.engine.hooks import TrainingHooks
     from trainyard.engine.task import TaskSpec
-    from trainyard.engine.trainer import Trainer
+    from trainyard.trainer import Trainer

@@ -34,12 +34,12 @@ SEED_PATHS = [
     ("training.data", ["load_dataset"], "data.loaders"),
 ]
 HOMES = {
-    "train_model": "trainyard.recipes", "create_model_and_tokenizer": "trainyard.recipes",
+    "train_model": "trainyard.experiment.train", "create_model_and_tokenizer": "trainyard.experiment.train",
     "compute_metrics": "trainyard.engine.metrics", "evaluate_model": "trainyard.engine.metrics",
     "run_local_hpo_sweep": "trainyard.hpo.study", "extract_best_config_from_study": "trainyard.hpo.study",
-    "create_search_space": "trainyard.hpo.study", "execute_final_training": "trainyard.execution.final",
-    "extract_lineage_from_best_model": "trainyard.execution.final", "create_run_context": "trainyard.execution.run_context",
-    "build_training_config": "trainyard.experiment", "main": "trainyard.cli.main",
+    "create_search_space": "trainyard.hpo.study", "execute_final_training": "trainyard.pipeline.final",
+    "extract_lineage_from_best_model": "trainyard.pipeline.final", "create_run_context": "trainyard.execution.contexts",
+    "build_training_config": "trainyard.experiment.build", "main": "trainyard.cli.main",
     "create_kfold_splits": "trainyard.data.splits", "load_dataset": "trainyard.data.loaders",
 }
 
@@ -131,7 +131,7 @@ def test_basic_training_example(legacy, tmp_path, monkeypatch):
 
     # train_model is the engine, nothing hidden: the same run by hand gives the same losses.
     from trainyard import Trainer, TrainingConfig
-    from trainyard.recipes import tokenize_text
+    from trainyard.experiment.recipe import tokenize_text
 
     by_hand = Trainer(lambda: create_model_and_tokenizer(config)[0], {"pad_token_id": 0}, TrainingConfig(epochs=3, batch_size=4, learning_rate=1e-3, random_seed=3,
                       checkpoint_dir=str(tmp_path / "hand"))).train(tokenize_text(dataset, tokenizer, 24))
@@ -143,7 +143,7 @@ def test_basic_training_example(legacy, tmp_path, monkeypatch):
 
 
 def test_build_training_config_errors_name_the_problem(tmp_path):
-    from trainyard.experiment import build_training_config
+    from trainyard.experiment.build import build_training_config
 
     with pytest.raises(FileNotFoundError, match="not a directory"):
         build_training_config(None, tmp_path / "missing")
@@ -164,7 +164,7 @@ def test_build_training_config_errors_name_the_problem(tmp_path):
 
 def test_create_model_and_tokenizer_for_the_addition_data_uses_its_tokenizer():
     from trainyard.data.addition import TOKENIZER, seq_len
-    from trainyard.recipes import create_model_and_tokenizer
+    from trainyard.experiment.train import create_model_and_tokenizer
 
     spec = yaml.safe_load((ROOT / "jobs/configs/addition.yaml").read_text())
     model, tokenizer = create_model_and_tokenizer(spec)
@@ -224,7 +224,8 @@ def test_hf_model_directory_trains_and_saves_a_loadable_model(tmp_path):
 
     from trainyard.engine.checkpoint import load
     from trainyard.engine.metrics import evaluate_model
-    from trainyard.recipes import create_model_and_tokenizer, tokenize_text, train_model
+    from trainyard.experiment.recipe import tokenize_text
+    from trainyard.experiment.train import create_model_and_tokenizer, train_model
 
     words = ["[PAD]", "[UNK]", "[EOS]", *"the cat sat on a mat dog ran".split()]
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))

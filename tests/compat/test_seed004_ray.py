@@ -59,7 +59,7 @@ def test_hpo_sweep_then_final_training_with_lineage(ray_session, legacy, tmp_pat
 
 
 def test_code_version_names_the_commit():
-    from trainyard.execution.final import code_version
+    from trainyard.pipeline.final import code_version
 
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     version = code_version(ROOT)
@@ -72,7 +72,7 @@ def test_create_run_context_detects_ray_train_and_tune(ray_session):
     from ray import tune  # noqa: I001
     from ray.train.torch import TorchTrainer
 
-    from trainyard.execution.run_context import create_run_context
+    from trainyard.execution.contexts import create_run_context
 
     assert type(create_run_context()).__name__ == "LocalContext"
 

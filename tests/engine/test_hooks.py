@@ -103,3 +103,45 @@ def test_a_hook_can_stop_training(tmp_path):
     assert r["stopped_early"] == "enough" and len(r["loss_history"]) == 3
     assert r["checkpoint_path"].endswith("e0001_b0000003")
     assert len(r["metrics_summary"]) == 0 and r["final_loss"] == pytest.approx(sum(r["loss_history"]) / 3, rel=1e-6)
+
+
+def test_built_in_observers_fire_before_user_hooks_and_see_what_hooks_see(tmp_path):
+    """The epoch line, progress bar, W&B and export are hooks on the same dispatcher: a
+    user's on_train_end already finds the export, and step metrics are readable by any hook."""
+    seen = {}
+
+    class Reader(TrainingHooks):
+        def on_batch_end(self, trainer, batch, outputs):
+            if trainer.state.global_step == 1 and "step" not in seen:
+                seen["step"] = dict(trainer.step_metrics)
+
+        def on_train_end(self, trainer, results):
+            seen["export"] = results.get("export_path")
+
+    tc = TrainingConfig(epochs=1, batch_size=4, export_bundle=True, checkpoint_dir=str(tmp_path / "r"))
+    trainer = Trainer(lm_factory(), CONFIG, tc, hooks=Reader())
+    assert [type(o).__name__ for o in trainer.hooks.observers] == ["ProgressBar", "EpochLog", "ExportBundle"]
+    results = trainer.train(lm_samples(8))
+    assert seen["export"] == results["export_path"] and (tmp_path / "r" / "export" / "MANIFEST.json").is_file()
+    assert set(seen["step"]) == {"train/step_loss", "train/grad_norm", "train/learning_rate"}
+    assert seen["step"]["train/step_loss"] == results["loss_history"][0]
+
+
+def test_observers_are_closed_when_a_run_fails(tmp_path):
+    from trainyard.engine.hooks import Observer
+
+    closed = []
+
+    class Tracker(Observer):
+        def close(self):
+            closed.append(True)
+
+    class Boom(TrainingHooks):
+        def on_batch_end(self, trainer, batch, outputs):
+            raise RuntimeError("user hook failed")
+
+    trainer = Trainer(lm_factory(), CONFIG, TrainingConfig(epochs=1, checkpoint_dir=str(tmp_path / "r")), hooks=Boom())
+    trainer.hooks.observers.append(Tracker())
+    with pytest.raises(RuntimeError, match="user hook failed"):
+        trainer.train(lm_samples(8))
+    assert closed == [True]

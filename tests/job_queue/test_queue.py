@@ -75,7 +75,7 @@ def test_a_failing_job_is_failed_with_its_error_and_nothing_else_breaks(ray_sess
 
 
 def test_bad_input_is_refused_with_the_fix(tmp_path):
-    from trainyard.execution.job_queue import JobConfig, JobQueue
+    from trainyard.job_queue import JobConfig, JobQueue
 
     with pytest.raises(ValueError, match="train_data is None"):
         JobConfig(model_factory=Broken)
@@ -140,12 +140,12 @@ class ModelFactory:
 
 
 def JobQueue_(tmp_path):  # noqa: N802 - a queue in tmp_path
-    from trainyard.execution.job_queue import JobQueue
+    from trainyard.job_queue import JobQueue
 
     return JobQueue(f"sqlite:///{tmp_path}/jobs.db", storage_path=tmp_path / "jobs")
 
 
 def _JobConfig(**kwargs):  # noqa: N802
-    from trainyard.execution.job_queue import JobConfig
+    from trainyard.job_queue import JobConfig
 
     return JobConfig(**kwargs)

@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from trainyard._logging import get_logger
-    from trainyard.execution.jobs import run_experiment
+    from trainyard.cli.runners import run_experiment
 
     if args.workers < 0:
         raise ValueError(f"--workers {args.workers}: give 0 (this process) or a number of Ray Train workers")
@@ -87,7 +87,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from trainyard.execution.jobs import run_sweep
+    from trainyard.cli.runners import run_sweep
 
     result = run_sweep(
         args.space,

@@ -1,9 +1,11 @@
-"""Experiment runs on Ray, shared by `jobs/train.py` and `trainyard train --workers N`."""
+"""What the `trainyard` commands (and `jobs/*.py`) run: an experiment, or a sweep, from YAML."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Sequence
+
+from trainyard.experiment import build, load_spec
 
 
 def run_experiment(
@@ -18,24 +20,17 @@ def run_experiment(
     resume_from: Any = None,
 ) -> dict[str, Any]:
     """Build the experiment and train it: in this process (workers=0) or on Ray."""
-    from trainyard.engine import Trainer
-    from trainyard.experiment import build, load_spec
-
     exp = build(load_spec(config_path, overrides))
-    scaling = run_config = None
-    if workers:
-        import ray.train
+    if not workers:
+        return exp.trainer().train(exp.train_data, exp.val_data, resume_from=resume_from)
+    from trainyard.execution.configs import run_config, scaling_config
+    from trainyard.execution.ray_env import ensure_ray
 
-        from trainyard.execution.ray_env import ensure_ray
-
-        ensure_ray(py_modules=[str(ship_source)] if ship_source else None)
-        scaling = ray.train.ScalingConfig(num_workers=workers, use_gpu=gpu)
-        run_config = ray.train.RunConfig(
-            name=name,
-            storage_path=storage_path or str(Path("runs").resolve()),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=exp.training_config.keep_last_n_checkpoints),
-        )
-    trainer = Trainer(exp.model_factory, exp.model_config, exp.training_config, exp.task_spec, scaling=scaling, run_config=run_config)
+    ensure_ray(py_modules=[str(ship_source)] if ship_source else None)
+    trainer = exp.trainer(
+        scaling=scaling_config(workers, use_gpu=gpu),
+        run_config=run_config(None, exp.training_config, name=name, storage_path=storage_path),
+    )
     return trainer.train(exp.train_data, exp.val_data, resume_from=resume_from)
 
 
@@ -54,7 +49,6 @@ def run_sweep(
     seed: int = 0,
 ):
     """A Tune sweep over `space_path`, trials built from the experiment config."""
-    from trainyard.experiment import build, load_spec
     from trainyard.hpo import load_search_space, sweep
 
     space = load_search_space(space_path)  # validated before Ray starts

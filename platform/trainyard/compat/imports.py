@@ -15,35 +15,37 @@ import types
 import warnings
 from typing import Any
 
-# Groups of seeds/004 names. A target "module:a,b" forwards those names, loaded on first
-# use (so `import training` pulls in neither torch, Ray nor Optuna); a bare "module" forwards
-# every public name of that module, loaded at import.
-_CORE = ("trainyard.recipes:train_model,create_model_and_tokenizer", "trainyard.engine.metrics:compute_metrics,evaluate_model")
-_HPO = ("trainyard.hpo.study:create_search_space,run_local_hpo_sweep,extract_best_config_from_study",)
-_FINAL = ("trainyard.execution.final:execute_final_training,extract_lineage_from_best_model",)
-_CONTEXT = ("trainyard.execution.run_context:create_run_context",)
-_CONFIG = ("trainyard.experiment:build_training_config",)
-_CV = ("trainyard.data.splits:create_kfold_splits",)
-_LOADERS = ("trainyard.data.loaders:load_dataset",)
+# Groups of seeds/004 names, forwarded from `trainyard.compat.seed004` (which knows their
+# homes) on first use, so `import training` pulls in neither torch, Ray nor Optuna. A
+# target "module:a,b" forwards those names lazily; a bare "module" forwards every public
+# name of that module, loaded at import.
+_SEED004 = "trainyard.compat.seed004:"
+_CORE = (_SEED004 + "train_model,create_model_and_tokenizer,compute_metrics,evaluate_model",)
+_HPO = (_SEED004 + "create_search_space,run_local_hpo_sweep,extract_best_config_from_study",)
+_FINAL = (_SEED004 + "execute_final_training,extract_lineage_from_best_model",)
+_CONTEXT = (_SEED004 + "create_run_context",)
+_CONFIG = (_SEED004 + "build_training_config",)
+_CV = (_SEED004 + "create_kfold_splits",)
+_LOADERS = (_SEED004 + "load_dataset",)
 
 # legacy module -> (targets it forwards, the path to use instead if it is deprecated)
 LEGACY_MODULES: dict[str, tuple[tuple[str, ...], str | None]] = {
     # seeds/000_58747ee384e977e5.txt
     "utils": ((), None),
-    "utils.training": (("trainyard.engine",), None),
+    "utils.training": (("trainyard.engine", "trainyard.trainer"), None),
     "utils.tier3_training_utilities": (("trainyard.compat.legacy",), None),
-    "utils.training.engine": (("trainyard.engine",), None),
-    "utils.training.engine.trainer": (("trainyard.engine.trainer", "trainyard.engine.hooks"), None),
+    "utils.training.engine": (("trainyard.engine", "trainyard.trainer"), None),
+    "utils.training.engine.trainer": (("trainyard.trainer", "trainyard.engine.hooks"), None),
     "utils.training.training_config": (("trainyard.engine.config",), None),
     "utils.training.task_spec": (("trainyard.engine.task",), None),
-    "utils.training.job_queue": (("trainyard.execution.job_queue:JobQueue,JobConfig,JobRecord,JOB_STATES",), None),
+    "utils.training.job_queue": (("trainyard.job_queue:JobQueue,JobConfig,JobRecord,JOB_STATES",), None),
     # seeds/004_4c30e7897144f129.txt: the new layout ...
     "training": (_CORE + _HPO + _FINAL + _CONTEXT + _CONFIG, None),
     "training.core": (_CORE + _CV, None),
-    "training.core.trainer": (("trainyard.recipes:train_model",), None),
-    "training.core.model": (("trainyard.recipes:create_model_and_tokenizer",), None),
-    "training.core.metrics": (("trainyard.engine.metrics:compute_metrics",), None),
-    "training.core.evaluator": (("trainyard.engine.metrics:evaluate_model",), None),
+    "training.core.trainer": ((_SEED004 + "train_model",), None),
+    "training.core.model": ((_SEED004 + "create_model_and_tokenizer",), None),
+    "training.core.metrics": ((_SEED004 + "compute_metrics",), None),
+    "training.core.evaluator": ((_SEED004 + "evaluate_model",), None),
     "training.core.cv_utils": (_CV, None),
     "training.hpo": (_HPO, None),
     "training.execution": (_FINAL + _CONTEXT, None),
@@ -52,10 +54,10 @@ LEGACY_MODULES: dict[str, tuple[tuple[str, ...], str | None]] = {
     "data": ((), None),
     "data.loaders": (_LOADERS, None),
     # ... and its deprecated paths, each naming the path to use
-    "training.trainer": (("trainyard.recipes:train_model",), "training.core.trainer"),
-    "training.model": (("trainyard.recipes:create_model_and_tokenizer",), "training.core.model"),
-    "training.metrics": (("trainyard.engine.metrics:compute_metrics",), "training.core.metrics"),
-    "training.evaluator": (("trainyard.engine.metrics:evaluate_model",), "training.core.evaluator"),
+    "training.trainer": ((_SEED004 + "train_model",), "training.core.trainer"),
+    "training.model": ((_SEED004 + "create_model_and_tokenizer",), "training.core.model"),
+    "training.metrics": ((_SEED004 + "compute_metrics",), "training.core.metrics"),
+    "training.evaluator": ((_SEED004 + "evaluate_model",), "training.core.evaluator"),
     "hpo": (_HPO, "training.hpo"),
     "training_exec": (_FINAL, "training.execution"),
     "training.distributed": (_CONTEXT, "training.execution"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import warnings
 from typing import Any, Callable, Mapping
 
-from trainyard.engine.config import TrainingConfig
+from trainyard.engine.config import RENAMED_FIELDS, TrainingConfig
 
 _DEFAULTS = TrainingConfig()
 LEGACY_WANDB_PROJECT = "transformer-builder-training"  # what use_wandb=True logged to
@@ -55,7 +55,7 @@ def test_fine_tuning(
 ) -> dict[str, Any]:
     """Deprecated: `Trainer(model, config, TrainingConfig(...)).train(train_data, val_data)`."""
     warnings.warn(_FINE_TUNING_MIGRATION, DeprecationWarning, stacklevel=2)
-    from trainyard.engine.trainer import Trainer
+    from trainyard.trainer import Trainer
 
     training_config = legacy_training_config(
         n_epochs=n_epochs, learning_rate=learning_rate, batch_size=batch_size, weight_decay=weight_decay,
@@ -70,8 +70,7 @@ def test_fine_tuning(
 
 def legacy_training_config(**old: Any) -> TrainingConfig:
     """The migration table, as code: old parameter names -> TrainingConfig."""
-    renamed = {"n_epochs": "epochs", "gradient_clip_norm": "max_grad_norm"}
-    fields = {renamed.get(k, k): v for k, v in old.items() if k != "use_wandb"}
+    fields = {_new_name(k): v for k, v in old.items() if k != "use_wandb"}
     fields["wandb_project"] = LEGACY_WANDB_PROJECT if old.get("use_wandb") else None
     return TrainingConfig(**fields)
 
@@ -87,16 +86,15 @@ def synthetic_tokens(config: Any, seed: int, n: int = 32, length: int = 32) -> l
     return [torch.randint(0, vocab, (length,), generator=g) for _ in range(n)]
 
 
-# Old search-space keys -> (TrainingConfig field, distribution for a (low, high) range).
-_SEARCH_KEYS = {
-    "lr": ("learning_rate", "loguniform"),
-    "learning_rate": ("learning_rate", "loguniform"),
-    "wd": ("weight_decay", "loguniform"),
-    "weight_decay": ("weight_decay", "loguniform"),
-    "batch_size": ("batch_size", "qrandint"),
-    "warmup": ("warmup_steps", "qrandint"),
-    "warmup_steps": ("warmup_steps", "qrandint"),
-}
+def _new_name(old: str) -> str:
+    """The TrainingConfig field an old parameter name became (the engine's rename table)."""
+    return RENAMED_FIELDS[old][0] if old in RENAMED_FIELDS else old
+
+
+# The fields the old search took ranges for -> the distribution of a (low, high) range.
+_SEARCH_RANGES = {"learning_rate": "loguniform", "weight_decay": "loguniform", "batch_size": "qrandint", "warmup_steps": "qrandint"}
+# Old search-space keys (new names, and their old short forms) -> (field, distribution).
+_SEARCH_KEYS = {key: (_new_name(key), _SEARCH_RANGES[_new_name(key)]) for key in [*_SEARCH_RANGES, *RENAMED_FIELDS] if _new_name(key) in _SEARCH_RANGES}
 DEFAULT_SEARCH_SPACE = {"lr": (1e-5, 1e-3), "batch_size": [4, 8, 16], "wd": (1e-6, 1e-2)}
 
 

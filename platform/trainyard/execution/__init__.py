@@ -1,5 +1,14 @@
-"""Running the engine loop on Ray Train (and, later, the job queue).
+"""The Ray layer: every contact with Ray lives in this package.
 
-`Trainer(..., scaling=N).train(...)` lands in `ray_train.fit`; nothing here is imported
-until then, so the engine and `import trainyard` stay free of Ray.
+    ray_env.py    connecting (an existing cluster, else a quiet local instance), verbosity
+    contexts.py   the run contexts of Ray Train workers and Tune trials; create_run_context
+    launch.py     fit(): the one way a Ray Train run starts (Trainer(scaling=), sweeps with
+                  workers_per_trial > 1, final training, job-queue jobs)
+    configs.py    Ray Train's ScalingConfig / RunConfig / CheckpointConfig, built in one place
+    remote.py     what crosses into Ray's processes: absolute paths, pickling, run names
+    tasks.py      plain Ray tasks (a job-queue job's driver)
+
+It depends on the engine only; `hpo`, the job queue and everything above depend on it.
+Nothing here imports Ray until it is used, so the engine and `import trainyard` stay free
+of it.
 """

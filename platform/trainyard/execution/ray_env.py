@@ -55,6 +55,13 @@ def ensure_ray(num_cpus: int | None = None, py_modules: list[str] | None = None)
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, **options)
 
 
+def cluster_resources() -> dict[str, float]:
+    """The connected cluster's total resources (`CPU`, `GPU`, ...)."""
+    import ray
+
+    return dict(ray.cluster_resources())
+
+
 def _running_cluster() -> str | None:
     """The address of a cluster `ray start` left running on this machine, if it is alive.
 

@@ -1,96 +1,147 @@
-"""Build and train straight from an experiment spec (what `build_training_config` returns).
+"""The model and data recipes of a spec: which model, its config and tokenizer; which data.
 
-    spec = build_training_config(args, "configs/")
-    model, tokenizer = create_model_and_tokenizer(spec)
-    results = train_model(spec, load_dataset("train.parquet"), "outputs/run1")
-
-`train_model` runs the engine `Trainer` in this process and leaves everything in
-`output_dir`: `checkpoints/`, `config.yaml` (the spec as run), `metrics.json`, and for a
-Hugging Face model a `model/` directory that `name_or_path` can load again.
+    builder, model_config, tokenizer = model_recipe(spec)    # builder(model_config) -> nn.Module
+    train, val = data_recipe(spec, dataset=None)             # the spec's data, or `dataset` split
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import json
+import importlib
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-from trainyard._logging import get_logger
-from trainyard.engine.config import TrainingConfig
-from trainyard.experiment import SECTIONS, model_recipe, validate
+from trainyard.engine.task import TaskSpec
+from trainyard.experiment.spec import training_config
 
-log = get_logger("trainyard")
+_NOT_MODEL_CONFIG = ("name", "factory", "name_or_path", "tokenizer")  # model-section keys that choose, not configure
 _VAL_KEYS = ("validation", "val", "test")
 
 
-def as_spec(config: Any) -> dict[str, Any]:
-    """An experiment spec from a spec, a bare model section, or a TrainingConfig."""
-    if isinstance(config, TrainingConfig):
-        return {"training": config.to_dict()}
-    if not isinstance(config, Mapping):
-        raise TypeError(
-            f"config must be an experiment spec (a dict with sections {list(SECTIONS)}, as build_training_config "
-            f"returns) or a TrainingConfig, got {type(config).__name__}"
-        )
-    if not set(config) & set(SECTIONS):  # a bare model section
-        return {"model": dict(config)}
-    return dict(config)
+def validate(spec: Mapping[str, Any]) -> None:
+    """Check an experiment spec without building it: training fields, model, task."""
+    training_config(spec)
+    if spec.get("task"):
+        TaskSpec(name=spec["task"])
+    model = spec.get("model") or {}
+    if not isinstance(model, Mapping):
+        raise ValueError(f"the model section must be a mapping, got {model!r}")
+    if "name_or_path" not in model and "factory" not in model:
+        model_builder(dict(model))  # raises for an unknown built-in name
 
 
-def create_model_and_tokenizer(config: Any) -> tuple[Any, Any]:
-    """(model, tokenizer) for the spec's model section: a built-in model (`name: gpt`) with
-    its character tokenizer, or a local Hugging Face directory (`name_or_path: ...`)."""
-    spec = as_spec(config)
-    validate(spec)
-    builder, model_config, tokenizer = model_recipe(spec)
-    return builder(model_config), tokenizer
+# -- the model -----------------------------------------------------------------------------
 
 
-def prepare(config: Any, dataset: Any) -> tuple[dict[str, Any], Any, dict[str, Any], Any, Any, Any]:
-    """(spec, builder, model config, tokenizer, train, val): the validated spec, its model
-    recipe, and the data split and tokenized as `train_model` describes."""
-    spec = as_spec(config)
-    validate(spec)
-    builder, model_config, tokenizer = model_recipe(spec)
-    train, val = split_dataset(dataset, spec)
-    max_len = model_config.get("max_seq_len")
-    return spec, builder, model_config, tokenizer, tokenize_text(train, tokenizer, max_len), tokenize_text(val, tokenizer, max_len)
+def model_recipe(spec: Mapping[str, Any]) -> tuple[Callable[[Any], Any], dict[str, Any], Any]:
+    """(builder: model config -> model, the model config, the tokenizer) of a spec.
 
-
-def train_model(config: Any, dataset: Any = None, output_dir: str | Path = "outputs") -> dict[str, Any]:
-    """Train the spec's model on `dataset` and return the engine's results dict (plus
-    `output_dir`).
-
-    `dataset`: columns / samples (train only), a `(train, val)` pair, a mapping of splits
-    (`train` and `validation`/`val`/`test`), or None for the spec's own data section. A
-    `text` column is tokenized with the model's tokenizer.
+    The model section picks the model: `name` (built-in), `factory: "module:function"`, or
+    `name_or_path` (a local Hugging Face directory, its own tokenizer). Built-in models
+    get a character tokenizer: `tokenizer: bytes` (the default; every UTF-8 byte),
+    `tokenizer: addition` (the default for the addition data) or `tokenizer: {alphabet: "..."}`;
+    its vocabulary size and pad id enter the model config unless the section sets them.
     """
-    from trainyard.engine.trainer import Trainer
+    section = dict(spec.get("model") or {})
+    data = dict(spec.get("data") or {})
+    if "name_or_path" in section:
+        from trainyard.models import hf
 
-    spec, builder, model_config, tokenizer, train, val = prepare(config, dataset)
-    out = Path(output_dir)
-    training_config = TrainingConfig.from_dict(spec.get("training") or {})
-    if training_config.checkpoint_dir is None:
-        training_config = training_config.replace(checkpoint_dir=str(out / "checkpoints"))
-    # A factory, not a module: the Trainer seeds random_seed before building it, so the
-    # initial weights are reproducible too.
-    trainer = Trainer(functools.partial(builder, model_config), model_config, training_config, spec.get("task"))
-    results = trainer.train(train, val)
-    _write_outputs(out, spec, results, trainer.model, tokenizer)
-    results["output_dir"] = str(out.resolve())
-    return results
+        tokenizer = hf.load_tokenizer(section["name_or_path"])
+        config = {"pad_token_id": tokenizer.pad_token_id, **_model_settings(section)}
+        return hf.model_builder(section["name_or_path"], spec.get("task")), config, tokenizer
+    tokenizer = _tokenizer(section.get("tokenizer"), data)
+    derived = {
+        **_model_defaults(section),  # every key is there, so sweeps can search model.<any field>
+        "vocab_size": tokenizer.vocab_size,
+        "pad_token_id": tokenizer.pad_token_id,
+        **_data_model_config(data),
+    }
+    settings = _model_settings(section)
+    if "tokenizer" in section and settings.get("vocab_size", tokenizer.vocab_size) < tokenizer.vocab_size:
+        raise ValueError(
+            f"model vocab_size={settings['vocab_size']} is smaller than the tokenizer's {tokenizer.vocab_size} ids: "
+            "drop vocab_size from the model section (it is taken from the tokenizer) or raise it"
+        )
+    return model_builder(section), {**derived, **settings}, tokenizer
 
 
-def split_dataset(dataset: Any, spec: Mapping[str, Any]) -> tuple[Any, Any]:
-    """(train, val) from the forms `train_model` accepts."""
-    if dataset is None:
-        from trainyard.experiment import build_data
+def model_builder(section: dict[str, Any]) -> Callable[[Any], Any]:
+    if "factory" in section:
+        module_name, _, attr = str(section["factory"]).partition(":")
+        return getattr(importlib.import_module(module_name), attr)
+    from trainyard.models import MODELS, build_model
 
-        data = dict(spec.get("data") or {})
-        if not data:
-            raise ValueError("train_model got no dataset and the spec has no data section: pass dataset=")
-        return build_data(data, Path.cwd())
+    name = section.get("name", "gpt")
+    if name not in MODELS:
+        raise ValueError(
+            f"unknown model {name!r}: built-in models are {sorted(MODELS)}; give factory: 'module:function', "
+            "or name_or_path: <a local Hugging Face model directory>"
+        )
+    return functools.partial(build_model, name)
+
+
+def _model_defaults(section: Mapping[str, Any]) -> dict[str, Any]:
+    from trainyard.models import CONFIGS
+
+    config = CONFIGS.get(section.get("name", "gpt")) if "factory" not in section else None
+    return dataclasses.asdict(config()) if config is not None else {}
+
+
+def _model_settings(section: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in section.items() if k not in _NOT_MODEL_CONFIG}
+
+
+def _tokenizer(choice: Any, data: Mapping[str, Any]):
+    from trainyard.data.tokenizer import CharTokenizer
+
+    if choice is None:
+        choice = "addition" if data.get("name") == "addition" else "bytes"
+    if choice == "bytes":
+        return CharTokenizer.bytes()
+    if choice == "addition":
+        from trainyard.data.addition import TOKENIZER
+
+        return TOKENIZER
+    if isinstance(choice, Mapping) and isinstance(choice.get("alphabet"), str) and choice["alphabet"]:
+        return CharTokenizer(choice["alphabet"])
+    raise ValueError(f"model tokenizer={choice!r}: use bytes, addition or {{alphabet: 'characters'}}")
+
+
+def _data_model_config(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Model config entries a built-in dataset needs (its sequence length)."""
+    if data.get("name") == "addition":
+        from trainyard.data.addition import model_config
+
+        return model_config(data.get("digits", 3))
+    return {}
+
+
+# -- the data ------------------------------------------------------------------------------
+
+
+def data_recipe(spec: Mapping[str, Any], dataset: Any = None, base_dir: Path | None = None) -> tuple[Any, Any]:
+    """(train, val): `dataset` split as `train_model` describes, else the spec's data section
+    (a built-in dataset, or Parquet paths relative to `base_dir`, default the working dir)."""
+    if dataset is not None:
+        return split_dataset(dataset)
+    section = dict(spec.get("data") or {})
+    if "name" in section:
+        from trainyard.data import load_builtin
+
+        return load_builtin(section.pop("name"), **section)
+    if "train" in section:
+        base_dir = base_dir or Path.cwd()
+        train = str((base_dir / section["train"]).resolve())
+        val = str((base_dir / section["val"]).resolve()) if section.get("val") else None
+        return train, val
+    raise ValueError("the data section needs either name: <built-in dataset> or train: <path to Parquet>; or pass dataset=")
+
+
+def split_dataset(dataset: Any) -> tuple[Any, Any]:
+    """(train, val) from columns / samples (train only), a `(train, val)` pair, or a mapping
+    of splits (`train` and `validation`/`val`/`test`)."""
     if isinstance(dataset, tuple) and len(dataset) == 2:
         return dataset
     if isinstance(dataset, Mapping) and "train" in dataset and "input_ids" not in dataset and "text" not in dataset:
@@ -112,32 +163,3 @@ def tokenize_text(data: Any, tokenizer: Any, max_len: int | None) -> Any:
     kwargs = {} if isinstance(tokenizer, CharTokenizer) or not max_len else {"truncation": True}
     ids = [tokenizer(t, max_length=max_len, **kwargs)["input_ids"] for t in texts]
     return {"input_ids": ids, **{k: v for k, v in data.items() if k != "text"}}
-
-
-def _write_outputs(out: Path, spec: Mapping[str, Any], results: Mapping[str, Any], model: Any, tokenizer: Any) -> None:
-    import yaml
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(_plain(dict(spec)), sort_keys=False))
-    summary = results["metrics_summary"]
-    metrics = {
-        "final_loss": results["final_loss"],
-        "final_perplexity": results["final_perplexity"],
-        "best_epoch": results["best_epoch"],
-        "training_time": results["training_time"],
-        "checkpoint_path": results["checkpoint_path"],
-        "epochs": json.loads(summary.to_json(orient="records")),
-    }
-    (out / "metrics.json").write_text(json.dumps(_plain(metrics), indent=2, allow_nan=True))
-    if hasattr(model, "save_pretrained") and hasattr(tokenizer, "save_pretrained"):
-        model.save_pretrained(out / "model")
-        tokenizer.save_pretrained(out / "model")
-
-
-def _plain(value: Any) -> Any:
-    """YAML-safe containers: tuples become lists, keys strings."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value

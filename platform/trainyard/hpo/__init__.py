@@ -3,6 +3,11 @@
     from trainyard.hpo import load_search_space, sweep
     result = sweep(model_factory, config, train_data, val_data, space="tune_spaces/addition_small.yaml")
 
+    space.py    search spaces: YAML, validation, Tune and Optuna forms
+    runner.py   sweep(): Tuner + OptunaSearch + ASHA, trials on the engine, SweepResult
+    report.py   best_config.yaml, trials.csv and the plots of a finished sweep
+    study.py    sweeps from an experiment spec and the best config of a study (seed 004)
+
 Nothing here imports Ray or Optuna until a sweep runs.
 """
 
@@ -11,12 +16,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from trainyard.hpo.space import SearchSpace, load_search_space
-from trainyard.hpo.study import create_search_space, extract_best_config_from_study, run_local_hpo_sweep
 
-__all__ = [
-    "SearchSpace", "SweepResult", "create_search_space", "extract_best_config_from_study",
-    "load_search_space", "run_local_hpo_sweep", "sweep",
-]
+__all__ = ["SearchSpace", "SweepResult", "load_search_space", "sweep"]
 
 
 def __getattr__(name: str):

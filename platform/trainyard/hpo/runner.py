@@ -16,8 +16,6 @@ import logging
 import math
 import shutil
 import tempfile
-import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -50,7 +48,9 @@ class SweepResult:
 
 
 @dataclass
-class _Payload:
+class _TrialInputs:
+    """What every trial of a sweep gets (one copy, shipped by `tune.with_parameters`)."""
+
     model_factory: Callable
     config: Any
     train_data: Any
@@ -92,19 +92,20 @@ def sweep(
 
     from ray import tune
 
+    from trainyard.execution.configs import DEFAULT_STORAGE
     from trainyard.execution.ray_env import ensure_ray
-    from trainyard.execution.ray_train import _absolute, _check_picklable_value
+    from trainyard.execution.remote import absolute, check_picklable, run_name
 
     ensure_ray()
     _quiet_optuna()
-    storage = _absolute(storage_path or "runs")
-    name = name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    storage = absolute(storage_path or DEFAULT_STORAGE)
+    name = name or run_name("sweep")
     resources = dict(resources_per_trial or {"cpu": 1})
-    payload = _Payload(
-        model_factory, config, _absolute(train_data), _absolute(val_data), base.replace(checkpoint_every_n_steps=None),
+    payload = _TrialInputs(
+        model_factory, config, absolute(train_data), absolute(val_data), base.replace(checkpoint_every_n_steps=None),
         task_spec, space, workers_per_trial, bool(resources.get("gpu")),
     )
-    _check_picklable_value("model_factory", model_factory)
+    check_picklable("model_factory", model_factory)
     trainable = tune.with_resources(tune.with_parameters(_trial, payload=payload), resources)
     sweep_dir = f"{storage.rstrip('/')}/{name}"
     table = _live_table(space)
@@ -182,9 +183,10 @@ def _with_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
     return out
 
 
-def _trial(params: dict[str, Any], payload: _Payload) -> None:
+def _trial(params: dict[str, Any], payload: _TrialInputs) -> None:
     """One Tune trial: the engine loop with the sampled parameters."""
     from trainyard.engine.trainer import Trainer
+    from trainyard.execution.contexts import TuneTrialContext
     from trainyard.execution.ray_env import verbose
 
     if not verbose():
@@ -196,8 +198,6 @@ def _trial(params: dict[str, Any], payload: _Payload) -> None:
     if payload.workers_per_trial > 1:
         _nested_train_run(factory, model_config, training_config, payload)
         return
-    from trainyard.hpo.tune_context import TuneTrialContext
-
     staging = tempfile.mkdtemp(prefix="trainyard-trial-")
     try:
         trainer = Trainer(factory, model_config, training_config.replace(checkpoint_dir=f"{staging}/run"), payload.task_spec)
@@ -206,22 +206,13 @@ def _trial(params: dict[str, Any], payload: _Payload) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _nested_train_run(factory, model_config, training_config, payload: _Payload) -> None:
-    """A multi-worker trial: a Ray Train run inside the trial (the Train V2 way)."""
-    import ray.train
-    import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
+def _nested_train_run(factory, model_config, training_config, payload: _TrialInputs) -> None:
+    """A multi-worker trial: a Ray Train run inside the trial, reporting to Tune."""
+    from trainyard.execution.configs import scaling_config, trial_run_config
+    from trainyard.trainer import Trainer
 
-    from trainyard.engine.trainer import Trainer
-
-    context = ray.tune.get_context()
-    run_config = ray.train.RunConfig(
-        # Deterministic per trial: a restarted trial's Train run resumes its own checkpoints.
-        name=f"train-{context.get_trial_id()}",
-        storage_path=f"{context.get_trial_dir()}/train",
-        callbacks=[TuneReportCallback()],
-    )
-    scaling = ray.train.ScalingConfig(num_workers=payload.workers_per_trial, use_gpu=payload.use_gpu)
+    scaling = scaling_config(payload.workers_per_trial, use_gpu=payload.use_gpu)
+    run_config = trial_run_config(training_config)
     Trainer(factory, model_config, training_config, payload.task_spec, scaling=scaling, run_config=run_config).train(
         payload.train_data, payload.val_data
     )
@@ -248,9 +239,9 @@ def _scheduler(kind: str, epochs: int):
 
 def _default_concurrency(resources: Mapping[str, float], workers_per_trial: int) -> int:
     """As many trials as the cluster's CPUs hold (a nested Train run's workers count too)."""
-    import ray
+    from trainyard.execution.ray_env import cluster_resources
 
-    cpus = ray.cluster_resources().get("CPU", 1)
+    cpus = cluster_resources().get("CPU", 1)
     per_trial = (resources.get("cpu", 1) or 1) + (workers_per_trial if workers_per_trial > 1 else 0)
     return max(1, int(cpus // per_trial))
 

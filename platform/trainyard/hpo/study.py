@@ -15,6 +15,8 @@ import copy
 from pathlib import Path
 from typing import Any, Mapping
 
+from trainyard.data.fingerprint import fingerprint
+from trainyard.experiment import build
 from trainyard.hpo.space import SearchSpace, load_search_space
 
 _DIRECTIONS = {"minimize": "min", "maximize": "max", "min": "min", "max": "max"}
@@ -57,23 +59,19 @@ def run_local_hpo_sweep(
     `config`: the experiment spec the trials start from (training fields, model settings,
     data). `dataset`: as for `train_model` (None: the spec's data section).
     """
-    from trainyard.data.fingerprint import fingerprint
-    from trainyard.engine.config import TrainingConfig
     from trainyard.hpo.runner import sweep
-    from trainyard.recipes import prepare
 
     space = create_search_space(search_space)
-    spec, builder, model_config, _tokenizer, train, val = prepare(_with_backbone(dict(config or {}), backbone), dataset)
-
+    exp = build(_with_backbone(dict(config or {}), backbone), dataset)
     result = sweep(
-        builder, model_config, train, val, space=space,
-        training_config=TrainingConfig.from_dict(spec.get("training") or {}), task_spec=spec.get("task"),
+        exp.model_builder, exp.model_config, exp.train_data, exp.val_data, space=space,
+        training_config=exp.training_config, task_spec=exp.task_spec,
         num_samples=n_trials, max_concurrent=max_concurrent, scheduler=scheduler,
         storage_path=output_dir, name=name, seed=seed,
     )
     study = result.study
-    study.set_user_attr("trainyard.base_spec", _plain_spec(spec))
-    study.set_user_attr("trainyard.data_fingerprint", fingerprint((train, val)))
+    study.set_user_attr("trainyard.base_spec", _plain_spec(exp.spec))
+    study.set_user_attr("trainyard.data_fingerprint", fingerprint((exp.train_data, exp.val_data)))
     return study
 
 

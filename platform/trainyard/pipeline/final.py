@@ -13,14 +13,17 @@ import json
 import os
 import subprocess
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from trainyard._logging import get_logger
+from trainyard.data.fingerprint import fingerprint
+from trainyard.execution.configs import run_config, scaling_config
+from trainyard.execution.remote import run_name
+from trainyard.experiment import build
 
-log = get_logger("trainyard.execution")
+log = get_logger("trainyard.pipeline")
 LINEAGE_FILE = "lineage.json"
 
 
@@ -49,38 +52,25 @@ def execute_final_training(
     """Train `best_config` (an experiment spec, e.g. `extract_best_config_from_study`'s) in
     `workers` Ray Train workers with DDP. Rerunning with the same `name` and `output_dir`
     resumes that run from its last checkpoint."""
-    import functools
-
-    import ray.train
-
-    from trainyard.data.fingerprint import fingerprint
-    from trainyard.engine.config import TrainingConfig
-    from trainyard.engine.trainer import Trainer
-    from trainyard.recipes import prepare
-
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers={workers!r} must be an integer >= 1")
-    spec, builder, model_config, _tokenizer, train, val = prepare(best_config, dataset)
-    training_config = TrainingConfig.from_dict(spec.get("training") or {}).replace(checkpoint_dir=None)
-    source = spec.get("source") or {}
-    name = name or f"final-{source.get('sweep') or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    run_config = ray.train.RunConfig(
-        name=name,
-        storage_path=str(Path(output_dir).expanduser().resolve()),
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=training_config.keep_last_n_checkpoints),
+    exp = build(best_config, dataset)
+    training_config = exp.training_config.replace(checkpoint_dir=None)
+    source = exp.spec.get("source") or {}
+    name = name or run_name(f"final-{source.get('sweep') or 'run'}")
+    trainer = exp.trainer(
+        training_config,
+        scaling=scaling_config(workers, use_gpu=use_gpu),
+        run_config=run_config(None, training_config, name=name, storage_path=str(output_dir)),
     )
-    trainer = Trainer(
-        functools.partial(builder, model_config), model_config, training_config, spec.get("task"),
-        scaling=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu), run_config=run_config,
-    )
-    results = trainer.train(train, val)
+    results = trainer.train(exp.train_data, exp.val_data)
     job = FinalTrainingJob(
         name=name,
         run_dir=results["run_dir"],
         results=results,
         checkpoint_path=results["checkpoint_path"],
-        config=spec,
-        data_fingerprint=fingerprint((train, val)),
+        config=exp.spec,
+        data_fingerprint=fingerprint((exp.train_data, exp.val_data)),
         code_version=code_version(),
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         model=trainer.model,

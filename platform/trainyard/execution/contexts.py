@@ -1,0 +1,135 @@
+"""The run contexts of Ray's processes, and `create_run_context()` for any of the three.
+
+    RayTrainContext   a Ray Train worker: DDP, all-reduce, ray.train.report / get_checkpoint
+    TuneTrialContext  a Ray Tune trial (one process): reports and checkpoints go to Tune
+    LocalContext      this process (trainyard.engine.context)
+
+    ctx = create_run_context()            # local, a Ray Train worker, or a Ray Tune trial
+    Trainer(model, config, training_config).run(ctx, train_data, val_data)
+
+This is how a hand-written training function (a Ray Train `train_loop_per_worker`, a Tune
+trainable) runs the engine loop in its environment: the loop itself never asks which.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from trainyard.engine.checkpoint import local_path
+from trainyard.engine.context import LocalContext, RunContext
+
+KINDS = ("auto", "local", "ray_train", "tune")
+
+
+class RayTrainContext(RunContext):
+    def __init__(self, delete_local_checkpoints: bool):
+        import ray.train
+        import ray.train.torch
+
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self._delete_local = delete_local_checkpoints
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)
+
+    def no_sync(self, model: nn.Module):
+        return model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel) else contextlib.nullcontext()
+
+    def all_reduce_sum(self, values: Sequence[float]) -> list[float]:
+        if self.world_size == 1:
+            return [float(v) for v in values]
+        import torch.distributed as dist
+
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        import ray.train
+
+        # A barrier: every rank calls it, rank 0 alone with the checkpoint it wrote.
+        ray.train.report(
+            _plain(metrics),
+            checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint)) if checkpoint is not None else None,
+            checkpoint_dir_name=checkpoint.name if checkpoint is not None else None,
+            delete_local_checkpoint_after_upload=self._delete_local,
+        )
+
+    def checkpoint_to_resume(self) -> Path | None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        return local_path(checkpoint) if checkpoint is not None else None
+
+
+class TuneTrialContext(RunContext):
+    def __init__(self):
+        import ray
+
+        gpus = ray.get_gpu_ids() if ray.is_initialized() else []
+        self.device = torch.device("cuda" if gpus and torch.cuda.is_available() else "cpu")
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return model.to(self.device)
+
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        import ray.tune
+
+        plain = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
+        ray.tune.report(plain, checkpoint=ray.tune.Checkpoint.from_directory(str(checkpoint)) if checkpoint else None)
+
+    def checkpoint_to_resume(self) -> Path | None:
+        import ray.tune
+
+        checkpoint = ray.tune.get_checkpoint()
+        return local_path(checkpoint) if checkpoint is not None else None
+
+
+def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if v is None or isinstance(v, (int, float, str, bool))}
+
+
+def create_run_context(kind: str = "auto", *, device: str | None = None, delete_local_checkpoints: bool = True) -> RunContext:
+    """A `RunContext`. `kind="auto"` detects the environment; `device` applies to local
+    runs; in Ray Train, `delete_local_checkpoints` removes a checkpoint's local copy once
+    Ray has persisted it."""
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r} must be one of {list(KINDS)}")
+    if kind == "auto":
+        kind = detect_environment()
+    if kind == "ray_train":
+        return RayTrainContext(delete_local_checkpoints=delete_local_checkpoints)
+    if kind == "tune":
+        return TuneTrialContext()
+    return LocalContext(device)
+
+
+def detect_environment() -> str:
+    """'ray_train' in a Ray Train worker, 'tune' in a Ray Tune trial, else 'local'."""
+    if "ray" not in sys.modules:  # nothing of Ray is loaded: not inside Ray (and stays fast)
+        return "local"
+    try:
+        from ray.tune.trainable.trainable_fn_utils import _in_tune_session  # noqa: PLC2701 - no public equivalent
+
+        if _in_tune_session():
+            return "tune"
+    except ImportError:  # a private helper: without it, Tune trials are not detected
+        pass
+    import ray.train
+
+    try:
+        ray.train.get_context()
+    except (RuntimeError, DeprecationWarning):
+        return "local"
+    return "ray_train"

@@ -1,0 +1,183 @@
+"""The job queue's API: submit, control and read jobs; the jobs themselves run on Ray."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainyard._logging import get_logger
+from trainyard.engine.config import TrainingConfig
+from trainyard.execution.remote import dumps, loads
+from trainyard.execution.tasks import RemoteTask, start_task
+from trainyard.job_queue.records import (
+    FINISHED,
+    JOB_STATES,
+    JobRecord,
+    absolute_sqlite,
+    default_storage,
+    open_table,
+    owner,
+    to_record,
+)
+from trainyard.job_queue.runner import run_job
+
+log = get_logger("trainyard.job_queue")
+
+
+@dataclass
+class JobConfig:
+    """What to train: the arguments of `Trainer(...)` and `train(...)`, plus resources."""
+
+    model_factory: Any  # a zero-argument function returning an nn.Module (or a module)
+    config: Any = None
+    train_data: Any = None
+    val_data: Any = None
+    training_config: Any = field(default_factory=TrainingConfig)
+    task_spec: Any = None
+    hooks: list = field(default_factory=list)
+    num_workers: int = 1  # > 1: a Ray Train run with DDP
+    use_gpu: bool = False
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not callable(self.model_factory):
+            raise TypeError(f"JobConfig.model_factory must be a function returning a torch.nn.Module (or a module), got {type(self.model_factory).__name__}")
+        if self.train_data is None:
+            raise ValueError("JobConfig.train_data is None: a job needs training data")
+        if isinstance(self.training_config, dict):
+            self.training_config = TrainingConfig.from_dict(self.training_config)
+        if not isinstance(self.training_config, TrainingConfig):
+            raise TypeError(f"JobConfig.training_config must be a TrainingConfig or a dict, got {type(self.training_config).__name__}")
+        if not isinstance(self.num_workers, int) or isinstance(self.num_workers, bool) or self.num_workers < 1:
+            raise ValueError(f"JobConfig.num_workers={self.num_workers!r} must be an integer >= 1")
+
+
+class JobQueue:
+    def __init__(self, url: str = "sqlite:///training_jobs.db", storage_path: str | os.PathLike | None = None):
+        """`url`: a SQLAlchemy database URL. `storage_path`: where job checkpoints go
+        (default: beside a SQLite file, `<name>_jobs/`; else `runs/jobs`)."""
+        self.url = absolute_sqlite(url)  # the jobs' processes have other working directories
+        self._engine, self._table = open_table(self.url)
+        self.storage_path = str(Path(storage_path or default_storage(self._engine)).expanduser().resolve())
+        self._tasks: dict[str, RemoteTask] = {}  # jobs this object launched
+
+    # -- submitting and controlling ------------------------------------------------------
+
+    def submit_job(self, job_config: JobConfig) -> str:
+        """Record the job and launch it on Ray; returns its id at once."""
+        if not isinstance(job_config, JobConfig):
+            raise TypeError(f"submit_job takes a JobConfig, got {type(job_config).__name__}")
+        try:
+            payload = dumps(job_config)
+        except Exception as e:  # noqa: BLE001 - any pickling failure
+            raise TypeError(f"the job cannot be stored: {type(e).__name__}: {e}. Keep open files, locks and connections out of it") from e
+        job_id = uuid.uuid4().hex[:12]
+        checkpoint_dir = str(Path(self.storage_path) / job_id)
+        with self._engine.begin() as c:
+            c.execute(self._table.insert().values(
+                id=job_id, name=job_config.name, state="pending", submitted_at=time.time(), attempts=1,
+                checkpoint_dir=checkpoint_dir, owner=owner(), payload=payload,
+            ))
+        self._launch(job_id, job_config, payload)
+        log.info("job %s submitted%s", job_id, f" ({job_config.name})" if job_config.name else "")
+        return job_id
+
+    def resume_job(self, job_id: str) -> None:
+        """Run a cancelled, failed or interrupted job again, from its last checkpoint."""
+        record = self.get_job(job_id)
+        if record.state not in ("cancelled", "failed", "interrupted"):
+            raise ValueError(f"job {job_id} is {record.state}; only cancelled, failed or interrupted jobs can be resumed")
+        payload = self._row(job_id)["payload"]
+        with self._engine.begin() as c:
+            c.execute(self._table.update().where(self._table.c.id == job_id).values(
+                state="pending", error=None, finished_at=None, attempts=record.attempts + 1, owner=owner(),
+            ))
+        self._launch(job_id, loads(payload), payload)
+
+    def cancel_job(self, job_id: str) -> bool:
+        """Stop a pending or running job (a running one saves a checkpoint first, so
+        `resume_job` continues it). False if it had already finished."""
+        if self.get_job_status(job_id) not in ("pending", "running"):
+            return False
+        with self._engine.begin() as c:
+            changed = c.execute(self._table.update().where(
+                (self._table.c.id == job_id) & self._table.c.state.in_(("pending", "running"))
+            ).values(state="cancelled", finished_at=time.time())).rowcount
+        task = self._tasks.get(job_id)
+        if changed and task is not None and self._row(job_id)["started_at"] is None:
+            task.cancel()  # not started: drop it from Ray's queue
+        return bool(changed)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def get_job(self, job_id: str) -> JobRecord:
+        self._reconcile(job_id)
+        return to_record(self._row(job_id))
+
+    def get_job_status(self, job_id: str) -> str:
+        """One of JOB_STATES."""
+        return self.get_job(job_id).state
+
+    def get_job_results(self, job_id: str) -> dict[str, Any]:
+        """The results dict of a completed job."""
+        record = self.get_job(job_id)
+        if record.state != "completed":
+            detail = f": {record.error.strip().splitlines()[-1]}" if record.error else ""
+            raise RuntimeError(f"job {job_id} is {record.state}{detail}; results exist only for completed jobs (see queue.wait)")
+        return pickle.loads(self._row(job_id)["results"])  # noqa: S301 - written by this queue's own jobs
+
+    def list_jobs(self, state: str | None = None) -> list[JobRecord]:
+        if state is not None and state not in JOB_STATES:
+            raise ValueError(f"state={state!r} must be one of {list(JOB_STATES)}")
+        for job_id in list(self._tasks):
+            self._reconcile(job_id)
+        with self._engine.connect() as c:
+            rows = c.execute(self._table.select().order_by(self._table.c.submitted_at)).mappings().all()
+        records = [to_record(dict(row)) for row in rows]
+        return [r for r in records if state is None or r.state == state]
+
+    def wait(self, job_id: str, timeout: float | None = None, poll: float = 0.2) -> str:
+        """Block until the job is completed, failed, cancelled or interrupted; its state."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            state = self.get_job_status(job_id)
+            if state in (*FINISHED, "interrupted"):
+                return state
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} is still {state} after {timeout} s")
+            time.sleep(poll)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _row(self, job_id: str) -> dict[str, Any]:
+        with self._engine.connect() as c:
+            row = c.execute(self._table.select().where(self._table.c.id == job_id)).mappings().first()
+        if row is None:
+            raise KeyError(f"no job {job_id!r} in {self.url}; queue.list_jobs() lists the jobs there")
+        return dict(row)
+
+    def _reconcile(self, job_id: str) -> None:
+        """A job task launched here that ended without recording its end (it could not
+        even start, e.g. its payload failed to unpickle there) is failed, with Ray's error."""
+        task = self._tasks.get(job_id)
+        if task is None or not task.done():
+            return
+        del self._tasks[job_id]
+        error = task.failure()
+        if error is not None:
+            with self._engine.begin() as c:
+                c.execute(self._table.update().where(
+                    (self._table.c.id == job_id) & self._table.c.state.in_(("pending", "running"))
+                ).values(state="failed", finished_at=time.time(), error=error))
+
+    def _launch(self, job_id: str, job_config: JobConfig, payload: bytes) -> None:
+        self._tasks[job_id] = start_task(
+            run_job, self.url, job_id, payload, self.storage_path,
+            num_cpus=1, num_gpus=1 if job_config.use_gpu and job_config.num_workers == 1 else 0,
+            on_this_node=self._engine.dialect.name == "sqlite",  # the database file is on this node
+        )

@@ -1,0 +1,63 @@
+"""The public `trainyard.Trainer`: the engine loop, in this process or on Ray Train.
+
+    Trainer(model, config, training_config).train(train_data, val_data)              # this process
+    Trainer(model_factory, config, training_config, scaling=2).train(train_data)     # 2 Ray Train workers
+
+It is the engine's `Trainer` plus `scaling=` / `run_config=`. Ray is imported only when
+`scaling` is set and `train` runs (`trainyard.execution.launch`); in-process training never
+loads it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Mapping
+
+from torch import nn
+
+from trainyard.engine.config import TrainingConfig
+from trainyard.engine.hooks import TrainingHooks
+from trainyard.engine.task import TaskSpec
+from trainyard.engine.trainer import Trainer as EngineTrainer
+
+
+__all__ = ["Trainer"]
+
+
+class Trainer(EngineTrainer):
+    """Trains `model` on `train_data`, here or, with `scaling`, in Ray Train workers (DDP).
+
+    `scaling`: None (this process), a number of workers, or a `ray.train.ScalingConfig`.
+    `run_config`: a `ray.train.RunConfig` (name, storage_path, failure_config, ...), only
+    with `scaling`.
+    """
+
+    def __init__(self, model: nn.Module | Callable[[], nn.Module], config: Any = None, training_config: TrainingConfig | Mapping[str, Any] | None = None,
+                 task_spec: TaskSpec | str | Mapping[str, Any] | None = None, hooks: TrainingHooks | list[TrainingHooks] | None = None,
+                 scaling: Any = None, run_config: Any = None):  # fmt: skip - the engine's arguments, then Ray's
+        super().__init__(model, config, training_config, task_spec, hooks)
+        if scaling is not None and not (_is_positive_int(scaling) or hasattr(scaling, "num_workers")):
+            raise TypeError(
+                f"scaling must be None (this process), a number of workers, or a ray.train.ScalingConfig; got {scaling!r}"
+            )
+        if run_config is not None and scaling is None:
+            raise ValueError(
+                "run_config configures a Ray Train run: pass scaling=N (or a ray.train.ScalingConfig) with it, "
+                "or drop run_config to train in this process"
+            )
+        self.scaling = scaling
+        self.run_config = run_config
+
+    def train(self, train_data: Any, val_data: Any = None, resume_from: str | os.PathLike | None = None) -> dict[str, Any]:
+        """Train, and return the results dict (see the engine's `Trainer.train`). With
+        `scaling`, the same loop runs in Ray Train workers, rank 0's results come back here
+        and the trained weights are loaded into `self.model`."""
+        if self.scaling is None:
+            return super().train(train_data, val_data, resume_from)
+        from trainyard.execution.launch import fit
+
+        return fit(self, train_data, val_data, resume_from)
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
