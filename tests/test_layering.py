@@ -1,0 +1,196 @@
+"""The package's layers, checked statically: every import of every module (function bodies
+included) is parsed with `ast`, and must follow the table below.
+
+A unit is a subpackage of trainyard (`engine`, `hpo`, ...) or a top-level module
+(`trainer`, `_logging`). Arrows only point down: a unit may import the units its row
+names, and the private helper modules (`_logging`, `_yaml`), nothing else of trainyard.
+Ray may be imported only by the Ray layer (`execution`) and, for Tune alone, by `hpo`;
+Optuna only by `hpo`. README.md's layout section shows this same table (checked below).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "platform" / "trainyard"
+HELPERS = ("_logging", "_yaml")
+
+# unit -> the units it may import, top layer first (each row names only rows below it).
+LAYERS: dict[str, tuple[str, ...]] = {
+    "compat": ("cli", "pipeline", "job_queue", "hpo", "experiment", "trainer", "execution", "data", "models", "engine"),
+    "cli": ("pipeline", "job_queue", "hpo", "experiment", "trainer", "execution", "data", "models", "engine"),
+    "pipeline": ("hpo", "experiment", "trainer", "execution", "data", "engine"),
+    "job_queue": ("experiment", "trainer", "execution", "engine"),
+    "hpo": ("experiment", "trainer", "execution", "data", "engine"),
+    "experiment": ("trainer", "data", "models", "engine"),
+    "trainer": ("execution", "engine"),
+    "execution": ("data", "models", "engine"),
+    "data": ("engine",),
+    "models": ("engine",),
+    "engine": (),
+    "__init__": ("trainer", "engine"),  # trainyard/__init__.py: public names, loaded lazily
+}
+# third-party package -> {unit: the module prefixes it may import}
+RESTRICTED = {
+    "ray": {"execution": ("ray",), "hpo": ("ray.tune",)},
+    "optuna": {"hpo": ("optuna",)},
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def unit_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def imports(source: str, module: str) -> list[tuple[int, str, str | None]]:
+    """(line, imported module, imported name or None) for every import in `source`."""
+    is_package = (PACKAGE.parent / Path(*module.split("."))).is_dir()
+    package = module if is_package else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name, None) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against this module's package
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            found += [(node.lineno, base, alias.name) for alias in node.names]
+    return found
+
+
+def target_module(imported: str, name: str | None) -> str:
+    """The trainyard module an import reaches: `from trainyard import _yaml` names a module."""
+    if name:
+        candidate = PACKAGE.parent / Path(*imported.split("."), name)
+        if candidate.with_suffix(".py").exists() or candidate.is_dir():
+            return f"{imported}.{name}"
+    return imported
+
+
+def violations(source: str, module: str) -> list[str]:
+    """What in `source` (the text of `module`) breaks the layering rules."""
+    unit = unit_of(module)
+    problems = []
+    for line, imported, name in imports(source, module):
+        where = f"{module}:{line}"
+        full = f"{imported}.{name}" if name else imported
+        top = imported.split(".")[0]
+        if top in RESTRICTED:
+            allowed = RESTRICTED[top].get(unit, ())
+            if not any(full == p or full.startswith(p + ".") for p in allowed):
+                problems.append(f"{where} imports {full}: only {sorted(RESTRICTED[top])} may import {top}")
+            continue
+        if top != "trainyard":
+            continue
+        target = target_module(imported, name)
+        target_unit = unit_of(target)
+        if target_unit not in (unit, *HELPERS, *LAYERS.get(unit, ())):
+            problems.append(f"{where} imports {target}: {unit} may import {', '.join(LAYERS.get(unit, ())) or 'only the helpers'}")
+        private_module = any(p.startswith("_") and not p.startswith("__") for p in target.split(".")[1:])
+        if private_module and target_unit not in (unit, *HELPERS):
+            problems.append(f"{where} imports the private module {target} of another unit")
+        if name and target == imported and name.startswith("_") and not name.startswith("__"):
+            problems.append(f"{where} imports the private name {name} from {imported}")
+    return problems
+
+
+def all_modules() -> dict[str, str]:
+    return {module_name(p): p.read_text() for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def unit_graph(modules: dict[str, str]) -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for module, source in modules.items():
+        unit = unit_of(module)
+        for _, imported, name in imports(source, module):
+            if imported.split(".")[0] == "trainyard":
+                target = unit_of(target_module(imported, name))
+                if target != unit:
+                    graph.setdefault(unit, set()).add(target)
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt) :] + [nxt] if nxt in path else [node, nxt]
+            if nxt not in state:
+                found = visit(nxt, [*path, nxt])
+                if found:
+                    return found
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state:
+            found = visit(start, [start])
+            if found:
+                return found
+    return None
+
+
+def render_table() -> str:
+    """The table as README.md shows it."""
+    rows = [f"  {unit:<11} -> {', '.join(deps) if deps else '(nothing but the helpers)'}" for unit, deps in LAYERS.items() if unit != "__init__"]
+    return "\n".join(["trainyard/   (a unit may import only what its row names, and the helpers _logging, _yaml)", *rows])
+
+
+# -- the tests -----------------------------------------------------------------------------
+
+
+def test_every_unit_is_in_the_table():
+    units = {unit_of(m) for m in all_modules()} - set(HELPERS)
+    assert units <= set(LAYERS), f"add {sorted(units - set(LAYERS))} to LAYERS (and to README.md's layout)"
+
+
+def test_every_import_follows_the_layers():
+    problems = [p for module, source in all_modules().items() for p in violations(source, module)]
+    assert problems == []
+
+
+def test_no_import_circle_between_units():
+    assert find_cycle(unit_graph(all_modules())) is None
+
+
+def test_the_table_itself_points_down():
+    order = list(LAYERS)
+    for unit, deps in LAYERS.items():
+        if unit != "__init__":
+            assert all(order.index(d) > order.index(unit) for d in deps), f"{unit}'s row names a unit above it"
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "engine").glob("*.py")), ids=lambda p: p.name)
+def test_ray_inside_any_engine_function_is_caught(path):
+    module = module_name(path)
+    source = path.read_text()
+    assert violations(source, module) == []
+    for probe in ("import ray", "from ray import train", "import optuna", "from trainyard.execution import launch"):
+        mutated = source + f"\n\ndef _probe():\n    {probe}\n"
+        assert violations(mutated, module), f"{probe!r} in {path.name} went unnoticed"
+
+
+def test_private_names_and_circles_are_caught():
+    assert violations("from trainyard.engine.trainer import _helper\n", "trainyard.hpo.runner")
+    assert violations("from trainyard.models._config import check\n", "trainyard.engine.trainer")
+    assert violations("def f():\n    from trainyard.hpo import sweep\n", "trainyard.execution.launch")
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_the_readme_shows_the_same_table():
+    assert render_table() in (ROOT / "README.md").read_text(), "README.md's layout section must show:\n" + render_table()
