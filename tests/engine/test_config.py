@@ -50,6 +50,8 @@ BAD_VALUES = [
     ("device", "tpu"),
     ("num_workers", -1),
     ("wandb_project", ""), ("wandb_project", True),
+    ("mlflow_experiment", " "), ("tensorboard_dir", 3),
+    ("peak_flops", 0), ("peak_flops", float("inf")), ("peak_flops", "989e12"),
     ("export_formats", ["pickle"]),
     ("checkpoint_dir", ""),
     ("checkpoint_every_n_steps", 0),

@@ -123,7 +123,7 @@ def test_built_in_observers_fire_before_user_hooks_and_see_what_hooks_see(tmp_pa
     assert [type(o).__name__ for o in trainer.hooks.observers] == ["ProgressBar", "EpochLog", "ExportBundle"]
     results = trainer.train(lm_samples(8))
     assert seen["export"] == results["export_path"] and (tmp_path / "r" / "export" / "MANIFEST.json").is_file()
-    assert set(seen["step"]) == {"train/step_loss", "train/grad_norm", "train/learning_rate"}
+    assert set(seen["step"]) == {"train/step_loss", "train/grad_norm", "train/learning_rate", "time/step_ms"}
     assert seen["step"]["train/step_loss"] == results["loss_history"][0]
 
 

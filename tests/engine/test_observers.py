@@ -55,3 +55,58 @@ def test_wandb_uses_an_already_active_run_and_leaves_it_open(offline):
         assert run.config["trainyard"]["training"]["epochs"] == 1
     finally:
         run.finish()
+
+
+# -- MLflow and TensorBoard, read back with their own clients --------------------------------
+
+
+def test_mlflow_logs_params_step_and_epoch_metrics_to_a_local_store(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tc = TrainingConfig(epochs=2, batch_size=4, mlflow_experiment="trainyard-test", checkpoint_dir=str(tmp_path / "ck"))
+    results = Trainer(lm_factory(), SimpleNamespace(vocab_size=VOCAB), tc).train(lm_samples(8), lm_samples(4))
+    assert mlflow.active_run() is None  # the run it started is ended
+    runs = mlflow.search_runs(experiment_names=["trainyard-test"])
+    assert len(runs) == 1 and runs["params.training.epochs"][0] == "2" and runs["params.model.vocab_size"][0] == str(VOCAB)
+    client = mlflow.tracking.MlflowClient()
+    run_id = runs["run_id"][0]
+    steps = client.get_metric_history(run_id, "train/step_loss")
+    assert [m.step for m in steps] == [1, 2, 3, 4] and [m.value for m in steps] == pytest.approx(results["loss_history"])
+    epochs = client.get_metric_history(run_id, "val/loss")
+    assert [m.value for m in epochs] == pytest.approx(list(results["metrics_summary"]["val/loss"]))
+    assert client.get_metric_history(run_id, "throughput/tokens_per_s")[0].value > 0
+
+
+def test_mlflow_uses_an_active_run_and_leaves_it_open(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("mine")
+    with mlflow.start_run() as run:
+        tc = TrainingConfig(epochs=1, mlflow_experiment="ignored-when-a-run-is-active", checkpoint_dir=str(tmp_path / "ck"))
+        Trainer(lm_factory(), SimpleNamespace(vocab_size=VOCAB), tc).train(lm_samples(8))
+        assert mlflow.active_run().info.run_id == run.info.run_id
+    assert mlflow.tracking.MlflowClient().get_metric_history(run.info.run_id, "train/loss")
+
+
+def test_tensorboard_writes_step_and_epoch_scalars(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tc = TrainingConfig(epochs=2, batch_size=4, tensorboard_dir=str(tmp_path / "tb"), checkpoint_dir=str(tmp_path / "ck"))
+    results = Trainer(lm_factory(), SimpleNamespace(vocab_size=VOCAB), tc).train(lm_samples(8), lm_samples(4))
+    (run_dir,) = (tmp_path / "tb").iterdir()
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    steps = events.Scalars("train/step_loss")
+    assert [e.step for e in steps] == [1, 2, 3, 4] and [e.value for e in steps] == pytest.approx(results["loss_history"], rel=1e-6)
+    assert [e.value for e in events.Scalars("val/loss")] == pytest.approx(list(results["metrics_summary"]["val/loss"]), rel=1e-6)
+    assert "time/step_ms" in events.Tags()["scalars"]
+
+
+def test_a_missing_tracker_package_is_named_with_the_fix(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if it were not installed
+    tc = TrainingConfig(epochs=1, mlflow_experiment="x", checkpoint_dir=str(tmp_path / "ck"))
+    with pytest.raises(ImportError, match=r"mlflow_experiment is set but mlflow is not installed: pip install 'trainyard\[tracking\]'"):
+        Trainer(lm_factory(), SimpleNamespace(vocab_size=VOCAB), tc).train(lm_samples(8))

@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from tests.helpers import VOCAB, TinyClassifier, TinyLM, TinyRegressor, lm_factory, lm_samples
-from trainyard import TaskSpec, Trainer, TrainingConfig
+from trainyard import TaskSpec, Trainer, TrainingConfig, TrainingHooks
 
 CONFIG = SimpleNamespace(vocab_size=VOCAB)
 RESULT_KEYS = [
@@ -306,6 +306,34 @@ def test_nan_loss_stops_with_the_step_and_saves_no_checkpoint_of_it(tmp_path):
     for n in saved:
         state = ck.load(run / n)
         assert all(math.isfinite(v) for v in state.model.values() for v in v.flatten().tolist())
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["foreach", "fused"])
+def test_a_non_finite_step_leaves_the_model_as_it_was(tmp_path, monkeypatch, fused):
+    """The fused optimizer (CUDA's) is stepped before the loss is read, guarded on the
+    device: the weights the user finds after the error are those of the last good step."""
+    import copy
+
+    from trainyard.engine import setup
+
+    if fused:
+        real = setup.build_optimizer
+        def fused_adamw(model, cfg):
+            groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in real(model, cfg).param_groups]
+            return torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=True)
+
+        monkeypatch.setattr(setup, "build_optimizer", fused_adamw)
+    snapshots = []
+
+    class Snapshot(TrainingHooks):
+        def on_batch_end(self, trainer, batch, outputs):
+            snapshots.append(copy.deepcopy(trainer.model.state_dict()))
+
+    model = NaNAfter(8)
+    with pytest.raises(FloatingPointError, match=r"loss is nan at epoch 2, step 9"):
+        train(model=model, hooks=Snapshot(), ckdir=str(tmp_path / "r"), use_lr_schedule=False)
+    assert len(snapshots) == 8
+    assert all(torch.equal(v, snapshots[-1][k]) for k, v in model.state_dict().items())
 
 
 def test_compile_falls_back_to_eager_with_one_warning(ckdir, monkeypatch, tmp_path):

@@ -54,6 +54,9 @@ class TrainingConfig:
     device: str | None = None  # None: cuda when available, else cpu
     num_workers: int = 0  # DataLoader worker processes
     wandb_project: str | None = None
+    mlflow_experiment: str | None = None  # MLflow; the tracking URI from MLFLOW_TRACKING_URI
+    tensorboard_dir: str | None = None  # TensorBoard event files, one subdirectory per run
+    peak_flops: float | None = None  # FLOP/s of one device, for MFU; None: from the device table
     export_bundle: bool = False
     export_formats: tuple[str, ...] = ("torchscript",)
     checkpoint_dir: str | None = None  # None: checkpoints/<run id> under the working dir
@@ -65,8 +68,9 @@ class TrainingConfig:
         # store canonical, hashable, YAML-friendly types.
         if isinstance(self.export_formats, (list, tuple)):
             object.__setattr__(self, "export_formats", tuple(self.export_formats))
-        if isinstance(self.checkpoint_dir, os.PathLike):
-            object.__setattr__(self, "checkpoint_dir", os.fspath(self.checkpoint_dir))
+        for name in ("checkpoint_dir", "tensorboard_dir"):
+            if isinstance(getattr(self, name), os.PathLike):
+                object.__setattr__(self, name, os.fspath(getattr(self, name)))
         if _is_int(self.learning_rate):
             object.__setattr__(self, "learning_rate", float(self.learning_rate))
         for f in dataclasses.fields(self):
@@ -266,6 +270,9 @@ _VALIDATORS = {
     "device": _device,
     "num_workers": _non_negative_int,
     "wandb_project": _optional_text,
+    "mlflow_experiment": _optional_text,
+    "tensorboard_dir": _optional_text,
+    "peak_flops": _optional_positive_number,
     "export_bundle": _boolean,
     "export_formats": _formats,
     "checkpoint_dir": _optional_text,

@@ -38,6 +38,11 @@ class RunContext:
         """Sum numbers over all ranks (identity for one process)."""
         return [float(v) for v in values]
 
+    def sum_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum a device tensor over all ranks without reading it on the host (identity for one
+        process)."""
+        return tensor
+
     def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
         """Publish epoch metrics and, on the main rank, the checkpoint just written."""
 

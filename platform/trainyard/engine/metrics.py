@@ -38,7 +38,7 @@ class MetricSums:
             self.correct += int(stats.correct)
         if stats.seq_correct is not None:
             self.seq_correct += int(stats.seq_correct)
-        self.num_seqs += stats.num_seqs
+        self.num_seqs += int(stats.num_seqs)
 
     def reduced(self, ctx) -> "MetricSums":
         """Summed over the ranks of `ctx` (a RunContext)."""
@@ -55,6 +55,33 @@ class MetricSums:
         if task == "language_modeling":
             out[key("exact_match")] = self.seq_correct / self.num_seqs if self.num_seqs else float("nan")
         return out
+
+
+class RunningSums:
+    """MetricSums kept on the device while an epoch trains, so adding a batch never waits
+    for the device. `host()` reads them back with one synchronisation; it does not reset
+    them, so the sums stay one sequential accumulation from the epoch's start (a resumed
+    run starts from the saved sums and adds in the same order: bit-identical)."""
+
+    def __init__(self, start: MetricSums, device: torch.device):
+        dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        self.count = start.count  # host: counted from the batch before it reaches the device
+        self.sums = {name: torch.full((), float(getattr(start, name)), dtype=dtype, device=device) for name in _DEVICE_FIELDS}
+
+    def add(self, stats, count: int) -> None:
+        self.count += count
+        self.sums["loss"] += stats.loss_sum.detach()
+        for name in ("correct", "seq_correct"):
+            if getattr(stats, name) is not None:
+                self.sums[name] += getattr(stats, name)
+        self.sums["num_seqs"] += stats.num_seqs
+
+    def host(self) -> MetricSums:
+        loss, *counts = torch.stack([self.sums[name] for name in _DEVICE_FIELDS]).tolist()
+        return MetricSums(loss, self.count, *(int(c) for c in counts))
+
+
+_DEVICE_FIELDS = ("loss", "correct", "seq_correct", "num_seqs")
 
 
 def exp_or_inf(x: float) -> float:
@@ -76,18 +103,18 @@ def evaluation_sums(
     model's train/eval mode is restored afterwards)."""
     was_training = model.training
     model.eval()
-    sums = MetricSums()
+    sums = RunningSums(MetricSums(), device)  # on the device: read back once, at the end
     try:
         with torch.no_grad():
             for batch in batches:
-                target = prepare_targets(task, batch, pad_token_id).to(device)
+                count = count_targets(task, prepare_targets(task, batch, pad_token_id))  # on the host copy
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     output = model(batch["input_ids"], **{k: batch[k] for k in forward_kwargs if k in batch})
-                sums.add(compute_loss(task, extract_logits(output), target), count_targets(task, target))
+                sums.add(compute_loss(task, extract_logits(output), prepare_targets(task, batch, pad_token_id)), count)
     finally:
         model.train(was_training)
-    return sums
+    return sums.host()
 
 
 def compute_metrics(eval_pred: Any, labels: Any = None, task: str | None = None, pad_token_id: int | None = None) -> dict[str, float]:

@@ -3,6 +3,8 @@
     ProgressBar   a tqdm bar per epoch, on a terminal only, main rank
     EpochLog      one line per epoch, main rank
     WandbLogger   W&B, when `TrainingConfig.wandb_project` is set (main rank)
+    MLflowLogger  MLflow, when `mlflow_experiment` is set (MLFLOW_TRACKING_URI picks the server)
+    TensorBoardLogger  TensorBoard event files, when `tensorboard_dir` is set
     ExportBundle  the export bundle at the end, when `export_bundle=True` (export.py)
 
 A new tracker is one more `Observer` here and one line in `builtin_observers`; the loop
@@ -21,11 +23,12 @@ from typing import Any
 from trainyard._logging import get_logger
 from trainyard.engine.config import TrainingConfig, model_config_dict
 from trainyard.engine.hooks import Observer
+from trainyard.engine.telemetry import TELEMETRY_KEYS
 
 log = get_logger("trainyard.engine")
 
 # Columns of an epoch row that the log line leaves out (they are in metrics_summary).
-_NOT_LOGGED = ("epoch", "epoch_time", "train/perplexity", "val/perplexity", "train/grad_norm")
+_NOT_LOGGED = ("epoch", "epoch_time", "train/perplexity", "val/perplexity", "train/grad_norm", *TELEMETRY_KEYS)
 
 
 def builtin_observers(cfg: TrainingConfig) -> list[Observer]:
@@ -33,6 +36,10 @@ def builtin_observers(cfg: TrainingConfig) -> list[Observer]:
     observers: list[Observer] = [ProgressBar(), EpochLog()]
     if cfg.wandb_project:
         observers.append(WandbLogger(cfg.wandb_project))
+    if cfg.mlflow_experiment:
+        observers.append(MLflowLogger(cfg.mlflow_experiment))
+    if cfg.tensorboard_dir:
+        observers.append(TensorBoardLogger(cfg.tensorboard_dir))
     if cfg.export_bundle:
         from trainyard.engine.export import ExportBundle
 
@@ -83,13 +90,26 @@ def _shows_progress(trainer) -> bool:
 
 
 class EpochLog(Observer):
-    """`epoch 2/5 | train/loss 0.41 | val/loss 0.39 | ... | 3.2s` from the main rank."""
+    """`epoch 2/5 | train/loss 0.41 | val/loss 0.39 | ... | 12.3k tok/s | mfu 41.2% | 3.2s`
+    from the main rank (telemetry in short; all of it is in metrics_summary)."""
 
     def on_epoch_end(self, trainer, epoch, metrics) -> None:
         if not trainer.context.is_main:
             return
         parts = [f"{k} {v:.4g}" for k, v in metrics.items() if k not in _NOT_LOGGED and isinstance(v, float) and not math.isnan(v)]
+        parts.append(f"{_short(metrics['throughput/tokens_per_s'])} tok/s")
+        if "mfu" in metrics:
+            parts.append(f"mfu {100 * metrics['mfu']:.1f}%")
+        if metrics["time/data_wait_frac"] >= 0.05:  # worth a look: the device waits for data
+            parts.append(f"data wait {100 * metrics['time/data_wait_frac']:.0f}%")
         log.info("epoch %d/%d | %s | %.1fs", epoch, trainer.training_config.epochs, " | ".join(parts), metrics["epoch_time"])
+
+
+def _short(value: float) -> str:
+    for unit, size in (("M", 1e6), ("k", 1e3)):
+        if value >= size:
+            return f"{value / size:.3g}{unit}"
+    return f"{value:.3g}"
 
 
 class WandbLogger(Observer):
@@ -133,3 +153,123 @@ class WandbLogger(Observer):
         if self.run is not None and self.owned:
             self.run.finish()
         self.run = None
+
+
+class _StepAndEpochLogger(Observer):
+    """A tracker that records every optimizer step's metrics and every epoch row from the
+    main rank: subclasses open a run, write scalars and close it."""
+
+    def __init__(self):
+        self.step = -1
+        self.active = False
+
+    def on_train_begin(self, trainer, train_dataset, val_dataset) -> None:
+        if trainer.context.is_main:
+            self.step = trainer.state.global_step
+            self.open(trainer, {"training": trainer.training_config.to_dict(), "model": model_config_dict(trainer.config)})
+            self.active = True
+
+    def on_batch_end(self, trainer, batch, outputs) -> None:
+        if self.active and trainer.state.global_step != self.step:
+            self.step = trainer.state.global_step
+            self.write(trainer.step_metrics, self.step)
+
+    def on_epoch_end(self, trainer, epoch, metrics) -> None:
+        if self.active:
+            self.write({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "epoch"}, trainer.state.global_step)
+
+    def close(self) -> None:
+        if self.active:
+            self.active = False
+            self.finish()
+
+    def open(self, trainer, config: dict[str, Any]) -> None: ...
+
+    def write(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class MLflowLogger(_StepAndEpochLogger):
+    """MLflow: the configs as parameters, metrics per step and per epoch. Uses the active
+    MLflow run if there is one (and leaves it open), else starts one in `experiment`. The
+    tracking URI is MLflow's own choice: MLFLOW_TRACKING_URI, else ./mlflow.db. Each run
+    of the loop (each sweep trial too) is its own MLflow run."""
+
+    def __init__(self, experiment: str):
+        super().__init__()
+        self.experiment = experiment
+        self.owned = False
+
+    def open(self, trainer, config: dict[str, Any]) -> None:
+        mlflow = _require("mlflow", "mlflow_experiment", "mlflow-skinny")
+
+        if not log.isEnabledFor(logging.DEBUG):
+            logging.getLogger("mlflow").setLevel(logging.WARNING)  # its store set-up logs at INFO
+        self.mlflow = mlflow
+        self.owned = mlflow.active_run() is None
+        if self.owned:
+            mlflow.set_experiment(self.experiment)
+            mlflow.start_run()
+        mlflow.log_params({k: str(v) for k, v in _flatten(config).items()})
+
+    def write(self, metrics: dict[str, float], step: int) -> None:
+        finite = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}
+        self.mlflow.log_metrics(finite, step=step)
+
+    def finish(self) -> None:
+        if self.owned:
+            self.mlflow.end_run()
+
+
+class TensorBoardLogger(_StepAndEpochLogger):
+    """TensorBoard: scalars per step and per epoch under `<tensorboard_dir>/<run id>/`, the
+    configs as text. `tensorboard --logdir <tensorboard_dir>` shows every run side by side."""
+
+    def __init__(self, directory: str):
+        super().__init__()
+        self.directory = directory
+        self.writer: Any = None
+
+    def open(self, trainer, config: dict[str, Any]) -> None:
+        from pathlib import Path
+
+        _require("tensorboard", "tensorboard_dir", "tensorboard")
+        from torch.utils.tensorboard import SummaryWriter
+
+        from trainyard.engine.setup import run_id
+
+        self.writer = SummaryWriter(log_dir=str(Path(self.directory) / run_id()))
+        for section, values in config.items():
+            self.writer.add_text(f"config/{section}", "\n".join(f"{k}: {v}" for k, v in (values or {}).items()), 0)
+
+    def write(self, metrics: dict[str, float], step: int) -> None:
+        for key, value in metrics.items():
+            if value is not None:
+                self.writer.add_scalar(key, value, step)
+
+    def finish(self) -> None:
+        self.writer.close()
+
+
+def _require(module: str, field: str, package: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(
+            f"TrainingConfig.{field} is set but {module} is not installed: pip install 'trainyard[tracking]' "
+            f"(or pip install {package}), or set {field}=None"
+        ) from e
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out

@@ -7,6 +7,7 @@ from typing import Any
 
 from trainyard.engine.metrics import exp_or_inf
 from trainyard.engine.state import Run, TrainState
+from trainyard.engine.telemetry import run_summary
 
 _SUMMARY_BASE = ["epoch", "train/loss", "val/loss", "train/accuracy", "val/accuracy", "train/perplexity", "val/perplexity", "train/learning_rate"]
 
@@ -15,7 +16,7 @@ def build_results(run: Run, state: TrainState, elapsed: float, stop_reason: str 
     """Keys (always present): loss_history, final_loss (validation loss when there is
     validation data), final_perplexity, training_time, metrics_summary, best_epoch,
     grad_norm_history, amp_enabled, checkpoint_path; also run_dir, task, global_step,
-    stopped_early."""
+    stopped_early, telemetry (the run's throughput, step time, data wait, MFU, memory)."""
     import pandas as pd
 
     history = run.progress.history
@@ -44,6 +45,7 @@ def build_results(run: Run, state: TrainState, elapsed: float, stop_reason: str 
         "task": run.task,
         "global_step": state.global_step,
         "stopped_early": stop_reason,
+        "telemetry": run_summary(rows),
     }
 
 

@@ -62,7 +62,15 @@ def build_optimizer(model: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimi
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate)
+    groups = [g for g in groups if g["params"]]
+    # The fused kernel updates every parameter in a few launches (PyTorch's default on a CPU is
+    # a Python loop over the parameters), and it can skip a non-finite step on the device.
+    if all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params):
+        try:
+            return torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=True)
+        except (RuntimeError, ValueError):  # an older PyTorch without a fused kernel for this device
+            pass
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate)
 
 
 def amp_policy(cfg: TrainingConfig, device: torch.device) -> tuple[torch.dtype | None, Any]:
@@ -78,7 +86,7 @@ def amp_policy(cfg: TrainingConfig, device: torch.device) -> tuple[torch.dtype |
     return (torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16), None
 
 
-def try_compile(model: nn.Module, mode: str) -> nn.Module:
+def try_compile(model: nn.Module | Callable, mode: str) -> nn.Module | Callable:
     try:
         return torch.compile(model, mode=mode)
     except Exception as e:  # noqa: BLE001

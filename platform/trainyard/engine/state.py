@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -28,8 +28,9 @@ from trainyard.engine import rng
 from trainyard.engine.config import TrainingConfig, model_config_dict
 from trainyard.engine.context import RunContext
 from trainyard.engine.data import Collator
-from trainyard.engine.metrics import MetricSums
-from trainyard.engine.task import TaskSpec
+from trainyard.engine.metrics import MetricSums, RunningSums
+from trainyard.engine.task import TaskSpec, compute_loss
+from trainyard.engine.telemetry import EpochTelemetry
 
 # Changing any of these in the middle of an epoch would change which samples the rest of
 # the epoch sees, so a mid-epoch resume refuses it.
@@ -77,6 +78,18 @@ class Run:
     compile_pending: bool = False
     progress: Progress = field(default_factory=Progress)
     last_checkpoint: Path | None = None
+    running: RunningSums | None = None  # this epoch's sums, on the device
+    telemetry: EpochTelemetry | None = None
+    peak_flops: float | None = None  # per device, in the compute dtype (None: no MFU)
+    flops_per_token: Callable[[int], float] | None = None
+    flops_counted: bool = False
+    loss_fn: Callable = compute_loss  # compiled with the model when compile_mode is set
+    trainable: list[torch.Tensor] = field(default_factory=list)  # parameters the optimizer updates
+    next_count: torch.Tensor | None = None  # the next window's target count, summed over ranks
+
+    def autocast(self):
+        """The forward pass's autocast (a no-op context without AMP)."""
+        return torch.autocast(self.ctx.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
 
 
 def save_checkpoint(run: Run, state: TrainState, cfg: TrainingConfig, task_spec: TaskSpec | None, model_config: Any) -> Path:

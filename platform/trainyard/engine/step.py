@@ -1,6 +1,6 @@
 """The optimizer step: NaN checks, unscale, clip, schedule, step.
 
-    norm = optimizer_step(run, cfg, state, loss)   # after the window's backward passes
+    loss, norm = optimizer_step(run, cfg, state, loss)   # after the window's backward passes
 """
 
 from __future__ import annotations
@@ -13,34 +13,42 @@ from trainyard.engine.config import TrainingConfig
 from trainyard.engine.state import Run, TrainState
 
 
-def optimizer_step(run: Run, cfg: TrainingConfig, state: TrainState, loss: float) -> float:
-    """Take one optimizer step for a window whose loss is `loss`; returns the pre-clip
-    gradient norm. A non-finite loss or norm raises before anything changes, so that state
-    is never checkpointed."""
-    if not math.isfinite(loss):
+def optimizer_step(run: Run, cfg: TrainingConfig, state: TrainState, loss: torch.Tensor) -> tuple[float, float]:
+    """Take one optimizer step for a window whose mean loss is `loss` (a device scalar);
+    returns (loss, pre-clip gradient norm) as numbers: the step's one read of the device.
+    A non-finite loss or norm raises, and the step changes nothing, so that state is never
+    checkpointed (nor left in the model)."""
+    if run.scaler is not None:
+        run.scaler.unscale_(run.optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(run.trainable, cfg.max_grad_norm or float("inf"))  # skips those without a grad
+    for group in run.optimizer.param_groups:
+        group["lr"] = learning_rate(cfg, state.global_step, run.batches_per_epoch)
+    # A fused optimizer skips its update on the device when told the step is not finite, so
+    # the step is launched before the read and the device never waits for the host.
+    guarded = run.scaler is None and all(group.get("fused") for group in run.optimizer.param_groups)
+    if guarded:
+        run.optimizer.found_inf = (~torch.isfinite(loss) | ~torch.isfinite(norm)).float()
+        run.optimizer.step()
+        del run.optimizer.found_inf
+    loss_value, norm_value = torch.stack([loss.double(), norm.to(loss.device, torch.float64)]).tolist()
+    if not math.isfinite(loss_value):
         raise FloatingPointError(
-            f"loss is {loss} at epoch {state.epoch}, step {state.global_step + 1}; no checkpoint was written "
+            f"loss is {loss_value} at epoch {state.epoch}, step {state.global_step + 1}; no checkpoint was written "
             f"for this state (the last good one is {run.last_checkpoint}). Lower learning_rate, set "
             "max_grad_norm, or check the data for invalid values"
         )
-    if run.scaler is not None:
-        run.scaler.unscale_(run.optimizer)
-    params = [p for p in run.raw_model.parameters() if p.grad is not None]
-    norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf")))
-    if not math.isfinite(norm) and run.scaler is None:
+    if not math.isfinite(norm_value) and run.scaler is None:
         raise FloatingPointError(
-            f"gradient norm is {norm} at epoch {state.epoch}, step {state.global_step + 1}; no checkpoint "
+            f"gradient norm is {norm_value} at epoch {state.epoch}, step {state.global_step + 1}; no checkpoint "
             "was written for this state. Lower learning_rate or set max_grad_norm"
         )
-    for group in run.optimizer.param_groups:
-        group["lr"] = learning_rate(cfg, state.global_step, run.batches_per_epoch)
     if run.scaler is not None:
         run.scaler.step(run.optimizer)
         run.scaler.update()
-    else:
+    elif not guarded:
         run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
-    return norm
+    return loss_value, norm_value
 
 
 def learning_rate(cfg: TrainingConfig, step: int, batches_per_epoch: int) -> float:

@@ -27,12 +27,13 @@ from trainyard.engine import checkpoint as ckpt
 from trainyard.engine import rng, setup, step
 from trainyard.engine.config import TrainingConfig, as_training_config, model_config_value
 from trainyard.engine.context import LocalContext, RunContext
-from trainyard.engine.data import Collator, as_dataset, epoch_batches, eval_batches, make_loader
+from trainyard.engine.data import Collator, DeviceBatch, WindowFeed, as_dataset, epoch_batches, eval_batches, make_loader, window_sizes
 from trainyard.engine.hooks import Event, HookDispatcher, TrainingHooks
-from trainyard.engine.metrics import MetricSums, evaluation_sums
+from trainyard.engine.metrics import MetricSums, RunningSums, evaluation_sums
 from trainyard.engine.observers import builtin_observers
 from trainyard.engine.results import build_results
 from trainyard.engine.state import Run, TrainState, check_resumable, restore, save_checkpoint
+from trainyard.engine.telemetry import EpochTelemetry, compute_dtype, flops_per_token_fn, input_tokens, peak_flops, sequence_length
 from trainyard.engine.task import (
     TaskSpec,
     as_task_spec,
@@ -159,9 +160,11 @@ class Trainer:
             ctx=ctx, train_ds=train_ds, val_ds=val_ds, model=model, raw_model=raw_model, optimizer=optimizer,
             scaler=scaler, amp_dtype=amp_dtype, collate=Collator(self.pad_token_id), run_dir=setup.run_directory(cfg, loaded),
             batches_per_epoch=self.batches_per_epoch, forward_kwargs=setup.forward_kwargs(raw_model),
+            trainable=[p for p in raw_model.parameters() if p.requires_grad],
         )
-        if cfg.compile_mode:
-            run.model, run.compile_pending = setup.try_compile(model, cfg.compile_mode), True
+        if cfg.compile_mode:  # the loss too: its softmax over the vocabulary is the step's largest memory traffic
+            run.model, run.loss_fn, run.compile_pending = setup.try_compile(model, cfg.compile_mode), setup.try_compile(compute_loss, cfg.compile_mode), True
+        run.peak_flops = peak_flops(ctx.device, compute_dtype(ctx.device, amp_dtype), cfg.peak_flops)
         if loaded is not None:
             check_resumable(loaded, cfg, len(train_ds), ctx.world_size)
             if self.task_spec is None and loaded.state.get("task_spec"):
@@ -185,23 +188,26 @@ class Trainer:
         if state.batch_in_epoch == 0:
             run.progress.epoch_sums = MetricSums()
             self.hooks.fire(Event.EPOCH_BEGIN, self, state.epoch)
+        run.running, run.telemetry = RunningSums(run.progress.epoch_sums, ctx.device), EpochTelemetry(ctx.device)
         batches = epoch_batches(len(run.train_ds), cfg.batch_size, state.epoch - 1, cfg.random_seed, ctx.rank, ctx.world_size, True)
-        loader = iter(make_loader(run.train_ds, batches[state.batch_in_epoch :], run.collate, cfg.num_workers, ctx.device.type == "cuda"))
+        loader = make_loader(run.train_ds, batches[state.batch_in_epoch :], run.collate, cfg.num_workers, ctx.device.type == "cuda")
+        feed = WindowFeed(loader, window_sizes(state.batch_in_epoch, len(batches), cfg.gradient_accumulation_steps), lambda b: self._to_device(run, b))
         run.model.train()
-        accum = cfg.gradient_accumulation_steps
         while state.batch_in_epoch < len(batches) and not self.stop_requested:
-            window_end = min((state.batch_in_epoch // accum + 1) * accum, len(batches))
-            self._window(run, [next(loader) for _ in range(window_end - state.batch_in_epoch)])
+            self._window(run, feed)
         if state.batch_in_epoch < len(batches):  # stopped inside the epoch
             return
+        run.telemetry.waited(feed.waited)
+        run.progress.epoch_sums = run.running.host()
         row = {"epoch": state.epoch, **run.progress.epoch_sums.reduced(ctx).metrics("train", run.task)}
         if run.val_ds is not None:
             val_metrics = self._evaluate(run)
             row.update(val_metrics)
             self.hooks.fire(Event.VALIDATION_END, self, state.epoch, val_metrics)
-        epoch_norms = run.progress.history["grad_norm"][-math.ceil(len(batches) / accum) :]
+        epoch_norms = run.progress.history["grad_norm"][-math.ceil(len(batches) / cfg.gradient_accumulation_steps) :]
         row["train/learning_rate"] = run.optimizer.param_groups[0]["lr"]
         row["train/grad_norm"] = sum(epoch_norms) / len(epoch_norms) if epoch_norms else float("nan")
+        row.update(run.telemetry.summary(ctx, run.peak_flops, run.flops_per_token is not None))
         row["epoch_time"] = time.perf_counter() - epoch_start
         run.progress.history["epochs"].append(row)
         state.epoch_complete = True
@@ -209,37 +215,51 @@ class Trainer:
         self.hooks.fire(Event.EPOCH_END, self, state.epoch, row)
         self.state = TrainState(epoch=state.epoch + 1, global_step=state.global_step)
 
-    def _window(self, run: Run, window: list[dict[str, torch.Tensor]]) -> None:
-        """One optimizer step: the micro-batches of an accumulation window."""
+    def _to_device(self, run: Run, batch: dict[str, torch.Tensor]) -> DeviceBatch:
+        """Count on the host what the step needs to know, then move the batch (async from
+        pinned memory) and build its targets there."""
+        pad = run.collate.pad_token_id
+        tensors = {k: v.to(run.ctx.device, non_blocking=True) for k, v in batch.items()}
+        return DeviceBatch(
+            tensors, prepare_targets(run.task, tensors, pad), count_targets(run.task, prepare_targets(run.task, batch, pad)),
+            samples=len(batch["input_ids"]), input_tokens=input_tokens(batch, pad), seq_len=sequence_length(batch),
+        )
+
+    def _window(self, run: Run, feed: WindowFeed) -> None:
+        """One optimizer step: the micro-batches of an accumulation window. Losses and
+        counts stay on the device; the host reads them once, at the step."""
         state, ctx, progress = self.state, run.ctx, run.progress
-        targets = [prepare_targets(run.task, b, run.collate.pad_token_id) for b in window]
-        counts = [count_targets(run.task, t) for t in targets]
+        window = feed.next_window()
         if progress.window is not None:  # resuming inside this window
-            window_count, window_loss = progress.window["count"], progress.window["loss"]
+            window_count, window_loss = self._scalar(run, progress.window["count"]), self._scalar(run, progress.window["loss"])
             progress.window = None
         else:
             # Normalise by the targets of the whole step, over all ranks: batch b x accum k
-            # then equals batch b*k, and N workers equal one with N times the batch.
-            (window_count,) = ctx.all_reduce_sum([sum(counts)])
-            window_loss = 0.0
-        scale = ctx.world_size / max(window_count, 1)
-        for i, (batch, target, count) in enumerate(zip(window, targets, counts)):
-            batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
-            target = target.to(ctx.device, non_blocking=True)
-            self.hooks.fire(Event.BATCH_BEGIN, self, batch)
+            # then equals batch b*k, and N workers equal one with N times the batch. The
+            # count was summed with the previous step's loss where that step prefetched it.
+            window_count = run.next_count if run.next_count is not None else ctx.sum_tensor(self._scalar(run, sum(b.count for b in window)))
+            window_loss = self._scalar(run, 0.0)
+        run.next_count = None
+        scale = ctx.world_size / window_count.clamp(min=1)
+        if run.flops_per_token is None and run.peak_flops is not None and not run.flops_counted:
+            run.flops_per_token, run.flops_counted = flops_per_token_fn(run.raw_model, window[0].tensors, run.forward_kwargs, run.autocast), True
+        for i, batch in enumerate(window):
+            self.hooks.fire(Event.BATCH_BEGIN, self, batch.tensors)
             last = i == len(window) - 1
             with contextlib.nullcontext() if last else ctx.no_sync(run.model):
-                stats, logits, output = self._micro_step(run, batch, target, scale)
-            window_loss += float(stats.loss_sum.detach())
-            progress.epoch_sums.add(stats, count)
+                stats, logits, output = self._micro_step(run, batch.tensors, batch.targets, scale)
+            window_loss += stats.loss_sum.detach()
+            run.running.add(stats, batch.count)
+            run.telemetry.batch(batch.samples, batch.count, batch.input_tokens, batch.seq_len, run.flops_per_token)
             state.batch_in_epoch += 1
             if last:
-                (window_loss,) = ctx.all_reduce_sum([window_loss])
-                self._optimizer_step(run, window_loss / max(window_count, 1))
-            outputs = {"loss": stats.loss_sum.detach() / max(count, 1), "logits": logits.detach(), "model_output": output}
-            self.hooks.fire(Event.BATCH_END, self, batch, outputs)
+                feed.prefetch()  # the next window is collated and copied while the device computes
+                self._optimizer_step(run, self._reduce_loss(run, window_loss, feed.upcoming_count()) / window_count.clamp(min=1))
+            outputs = {"loss": stats.loss_sum.detach() / max(batch.count, 1), "logits": logits.detach(), "model_output": output}
+            self.hooks.fire(Event.BATCH_END, self, batch.tensors, outputs)
             if self.stop_requested and not last:
-                progress.window = {"count": window_count, "loss": window_loss}
+                count, loss = torch.stack([window_count, window_loss]).tolist()
+                progress.window = {"count": count, "loss": loss}
                 self._checkpoint(run, self._position_metrics(None))
                 return
         every = self.training_config.checkpoint_every_n_steps
@@ -247,17 +267,30 @@ class Trainer:
         if mid_epoch and (self.stop_requested or (every and state.global_step % every == 0)):
             self._checkpoint(run, self._position_metrics(progress.history["loss"][-1]))
 
+    def _reduce_loss(self, run: Run, window_loss: torch.Tensor, upcoming: int | None) -> torch.Tensor:
+        """The window's loss summed over ranks; the next window's target count rides along
+        in the same collective (every rank has the same windows, so all agree whether)."""
+        if upcoming is None:
+            return run.ctx.sum_tensor(window_loss)
+        loss, run.next_count = run.ctx.sum_tensor(torch.stack([window_loss, self._scalar(run, upcoming)]))
+        return loss
+
+    @staticmethod
+    def _scalar(run: Run, value: float) -> torch.Tensor:
+        # torch.full writes on the device; torch.tensor(value, device=...) would copy from
+        # pageable host memory, which waits for the device.
+        return torch.full((), float(value), dtype=run.running.sums["loss"].dtype, device=run.ctx.device)
+
     def _micro_step(self, run: Run, batch: dict, target: torch.Tensor, scale: float):
         """Forward, loss (a sum, scaled to the step's target count), backward."""
         if run.compile_pending:
             return self._first_compiled_step(run, batch, target, scale)
-        device_type = run.ctx.device.type
-        with torch.autocast(device_type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
+        with run.autocast():
             output = run.model(batch["input_ids"], **{k: batch[k] for k in run.forward_kwargs if k in batch})
         logits = extract_logits(output)
         if not run.task_confirmed:
             self._confirm_task(run, logits)
-        stats = compute_loss(run.task, logits, target)
+        stats = run.loss_fn(run.task, logits, target)
         loss = stats.loss_sum * scale
         (run.scaler.scale(loss) if run.scaler is not None else loss).backward()
         return stats, logits, output
@@ -272,7 +305,7 @@ class Trainer:
             setup.compile_failed(self.training_config.compile_mode, e)
             torch.set_rng_state(rng_state)
             run.optimizer.zero_grad(set_to_none=True)
-            run.model = getattr(run.model, "_orig_mod", run.model)
+            run.model, run.loss_fn = getattr(run.model, "_orig_mod", run.model), compute_loss
             return self._micro_step(run, batch, target, scale)
 
     def _confirm_task(self, run: Run, logits: torch.Tensor) -> None:
@@ -284,13 +317,17 @@ class Trainer:
                 log.info("task_spec=None: training as %r (%s)", run.task, run.task_reason)
             self.task_spec = TaskSpec(name=run.task)
 
-    def _optimizer_step(self, run: Run, loss: float) -> None:
+    def _optimizer_step(self, run: Run, loss: torch.Tensor) -> None:
         state = self.state
-        norm = step.optimizer_step(run, self.training_config, state, loss)
+        loss_value, norm = step.optimizer_step(run, self.training_config, state, loss)
         state.global_step += 1
-        run.progress.history["loss"].append(loss)
+        run.progress.history["loss"].append(loss_value)
         run.progress.history["grad_norm"].append(norm)
-        self.step_metrics = {"train/step_loss": loss, "train/grad_norm": norm, "train/learning_rate": run.optimizer.param_groups[0]["lr"]}
+        step_time = run.telemetry.step_end()
+        self.step_metrics = {
+            "train/step_loss": loss_value, "train/grad_norm": norm, "train/learning_rate": run.optimizer.param_groups[0]["lr"],
+            "time/step_ms": 1000 * step_time,
+        }
 
     def _position_metrics(self, loss: float | None) -> dict[str, Any]:
         return {"epoch": self.state.epoch, "global_step": self.state.global_step, "train/step_loss": loss}
@@ -306,6 +343,8 @@ class Trainer:
 
     def _checkpoint(self, run: Run, metrics: dict[str, Any]) -> None:
         """Save the position (main rank) and report it; every rank reports, the same number of times."""
+        if run.running is not None:
+            run.progress.epoch_sums = run.running.host()
         path = save_checkpoint(run, self.state, self.training_config, self.task_spec, self.config) if run.ctx.is_main else None
         run.ctx.report(metrics, path)
         if path is not None:

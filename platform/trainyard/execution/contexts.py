@@ -55,6 +55,15 @@ class RayTrainContext(RunContext):
         dist.all_reduce(t)
         return t.tolist()
 
+    def sum_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world_size == 1:
+            return tensor
+        import torch.distributed as dist
+
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+        return tensor
+
     def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
         import ray.train
 
@@ -74,11 +83,15 @@ class RayTrainContext(RunContext):
 
 
 class TuneTrialContext(RunContext):
-    def __init__(self):
+    """`checkpoint_every_epoch=False` hands Tune only the final epoch's checkpoint (of
+    `epochs`): metrics still go to Tune every epoch."""
+
+    def __init__(self, checkpoint_every_epoch: bool = True, epochs: int | None = None):
         import ray
 
         gpus = ray.get_gpu_ids() if ray.is_initialized() else []
         self.device = torch.device("cuda" if gpus and torch.cuda.is_available() else "cpu")
+        self._every_epoch, self._epochs = checkpoint_every_epoch, epochs
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model.to(self.device)
@@ -87,6 +100,8 @@ class TuneTrialContext(RunContext):
         import ray.tune
 
         plain = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
+        if not self._every_epoch and metrics.get("epoch") != self._epochs:
+            checkpoint = None
         ray.tune.report(plain, checkpoint=ray.tune.Checkpoint.from_directory(str(checkpoint)) if checkpoint else None)
 
     def checkpoint_to_resume(self) -> Path | None:

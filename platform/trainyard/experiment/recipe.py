@@ -52,12 +52,11 @@ def model_recipe(spec: Mapping[str, Any]) -> tuple[Callable[[Any], Any], dict[st
         config = {"pad_token_id": tokenizer.pad_token_id, **_model_settings(section)}
         return hf.model_builder(section["name_or_path"], spec.get("task")), config, tokenizer
     tokenizer = _tokenizer(section.get("tokenizer"), data)
-    derived = {
-        **_model_defaults(section),  # every key is there, so sweeps can search model.<any field>
-        "vocab_size": tokenizer.vocab_size,
-        "pad_token_id": tokenizer.pad_token_id,
-        **_data_model_config(data),
-    }
+    defaults = _model_defaults(section)  # every key is there, so sweeps can search model.<any field>
+    derived = {**defaults, "vocab_size": tokenizer.vocab_size, "pad_token_id": tokenizer.pad_token_id, **_data_model_config(data)}
+    if section.get("preset"):  # a preset's sizes stay, unless the tokenizer or the data need more
+        for key in ("vocab_size", "max_seq_len"):
+            derived[key] = max(defaults[key], derived[key])
     settings = _model_settings(section)
     if "tokenizer" in section and settings.get("vocab_size", tokenizer.vocab_size) < tokenizer.vocab_size:
         raise ValueError(
@@ -86,7 +85,13 @@ def _model_defaults(section: Mapping[str, Any]) -> dict[str, Any]:
     from trainyard.models import CONFIGS
 
     config = CONFIGS.get(section.get("name", "gpt")) if "factory" not in section else None
-    return dataclasses.asdict(config()) if config is not None else {}
+    if config is None:
+        return {}
+    if section.get("preset"):
+        if not hasattr(config, "from_preset"):
+            raise ValueError(f"model {section.get('name')!r} has no presets: drop preset, or use name: gpt")
+        return dataclasses.asdict(config.from_preset(section["preset"]))
+    return dataclasses.asdict(config())
 
 
 def _model_settings(section: Mapping[str, Any]) -> dict[str, Any]:
