@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: train test test-fast bench clean
+.PHONY: train test test-fast bench bench-peers clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/engine_overhead.py
 	$(BIN)/python benchmarks/ray_train_overhead.py
 	$(BIN)/python benchmarks/tune_overhead.py
+
+bench-peers: $(STAMP)  # about 20 minutes: trainyard against the HF Trainer, a stock TorchTrainer, stock Tune
+	$(BIN)/python benchmarks/peers.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache checkpoints runs

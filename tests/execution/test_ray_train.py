@@ -55,6 +55,10 @@ def test_two_workers_equal_one_process_with_the_global_batch(ray_session, in_pro
     run_dir = tmp_path / "storage" / results["run_dir"].rsplit("/", 1)[-1]
     assert results["checkpoint_path"].startswith(str(run_dir))
     assert sorted(p.name for p in run_dir.glob("checkpoint_e*")) == ["checkpoint_e0002_b0000004", "checkpoint_e0003_b0000004"]
+    # Throughput is the whole job's: both workers' tokens (32 samples x 7 targets) per epoch.
+    for _, row in results["metrics_summary"].iterrows():
+        assert row["throughput/tokens_per_s"] * row["time/train_s"] == pytest.approx(32 * 7)
+        assert row["throughput/samples_per_s"] * row["time/train_s"] == pytest.approx(32)
 
 
 def test_worker_killed_mid_epoch_restarts_from_the_last_checkpoint(ray_session, in_process_batch_8, tmp_path):

@@ -49,6 +49,37 @@ def test_a_four_trial_sweep_returns_consistent_results(ray_session, tmp_path):
     assert TrainingConfig.from_yaml(sweep_dir / "best_config.yaml") == result.best_config
 
 
+def test_trials_can_skip_the_per_epoch_checkpoint(ray_session, tmp_path):
+    from trainyard.hpo import sweep
+
+    result = sweep(tiny_gpt, CONFIG, TRAIN, VAL, space=SPACE, training_config=TrainingConfig(epochs=3), num_samples=2,
+                   scheduler="none", storage_path=tmp_path, name="lean", seed=1, checkpoint_every_epoch=False)
+    from trainyard.engine.checkpoint import load
+
+    assert load(result.best_checkpoint).state["position"]["epoch"] == 3  # the final epoch's, verified
+    for trial_dir in (tmp_path / "lean").glob("_trial_*"):
+        assert len(list(trial_dir.glob("checkpoint_*"))) == 1  # only the final epoch's reached Tune
+    with pytest.raises(TypeError, match="checkpoint_every_epoch='no' must be True or False"):
+        sweep(tiny_gpt, CONFIG, TRAIN, VAL, space=SPACE, checkpoint_every_epoch="no")
+
+
+def test_each_trial_logs_to_its_own_tensorboard_run(ray_session, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from trainyard.hpo import sweep
+
+    tc = TrainingConfig(epochs=2, tensorboard_dir=str(tmp_path / "tb"))
+    sweep(tiny_gpt, CONFIG, TRAIN, VAL, space=SPACE, training_config=tc, num_samples=2, scheduler="none",
+          storage_path=tmp_path / "runs", name="tb", seed=2)
+    runs = sorted((tmp_path / "tb").iterdir())
+    assert len(runs) == 2
+    for run in runs:
+        events = EventAccumulator(str(run))
+        events.Reload()
+        assert [e.step for e in events.Scalars("val/loss")] and len(events.Scalars("train/loss")) == 2
+
+
 def test_a_failing_trial_is_recorded_as_fail_and_the_sweep_goes_on(ray_session, tmp_path):
     from trainyard.hpo import sweep
 

@@ -60,6 +60,7 @@ class _TrialInputs:
     space: SearchSpace
     workers_per_trial: int
     use_gpu: bool
+    checkpoint_every_epoch: bool
 
 
 def sweep(
@@ -80,12 +81,18 @@ def sweep(
     name: str | None = None,
     seed: int = 0,
     max_failures: int = 0,
+    checkpoint_every_epoch: bool = True,
 ) -> SweepResult:
     """Search `space` with `num_samples` trials; see the module docstring.
 
     `max_failures` > 0 retries a trial that raised, from its last checkpoint; with the
-    default 0 it is recorded as failed and the sweep goes on.
+    default 0 it is recorded as failed and the sweep goes on. `checkpoint_every_epoch=False`
+    hands Tune a trial's checkpoint only when it finishes (faster for small models; a
+    retried or resumed trial then starts over); with workers_per_trial > 1 every epoch's
+    checkpoint is kept regardless.
     """
+    if not isinstance(checkpoint_every_epoch, bool):
+        raise TypeError(f"checkpoint_every_epoch={checkpoint_every_epoch!r} must be True or False")
     space = space if isinstance(space, SearchSpace) else load_search_space(space)
     base = training_config or TrainingConfig()
     _validate(space, base, model_factory, config, val_data, num_samples, scheduler, workers_per_trial, max_concurrent)
@@ -103,7 +110,7 @@ def sweep(
     resources = dict(resources_per_trial or {"cpu": 1})
     payload = _TrialInputs(
         model_factory, config, absolute(train_data), absolute(val_data), base.replace(checkpoint_every_n_steps=None),
-        task_spec, space, workers_per_trial, bool(resources.get("gpu")),
+        task_spec, space, workers_per_trial, bool(resources.get("gpu")), checkpoint_every_epoch,
     )
     check_picklable("model_factory", model_factory)
     trainable = tune.with_resources(tune.with_parameters(_trial, payload=payload), resources)
@@ -201,7 +208,8 @@ def _trial(params: dict[str, Any], payload: _TrialInputs) -> None:
     staging = tempfile.mkdtemp(prefix="trainyard-trial-")
     try:
         trainer = Trainer(factory, model_config, training_config.replace(checkpoint_dir=f"{staging}/run"), payload.task_spec)
-        trainer.run(TuneTrialContext(), payload.train_data, payload.val_data)
+        context = TuneTrialContext(checkpoint_every_epoch=payload.checkpoint_every_epoch, epochs=training_config.epochs)
+        trainer.run(context, payload.train_data, payload.val_data)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
