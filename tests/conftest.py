@@ -39,3 +39,15 @@ def ray_session():
     ensure_ray(num_cpus=4)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def process_group_of_one(tmp_path_factory):
+    """A torch.distributed (gloo) process group of this process alone, as FSDP and DCP need;
+    a file rendezvous, so no port can clash."""
+    import torch.distributed as dist
+
+    store = tmp_path_factory.mktemp("process_group") / "store"
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
