@@ -19,7 +19,8 @@ def test_the_gpu_check_runs_every_section_cpu_sized(tmp_path):
     assert set(results) == {"env", "fp16", "resume", "fsdp", "throughput", "profile"}
     assert not [name for name, r in results.items() if "error" in r]
     assert results["resume"]["losses_bit_identical"] and results["resume"]["weights_bit_identical"]
-    assert results["fsdp"]["close"] and results["fp16"]["losses_finite"]
+    assert results["fsdp"]["close"] and results["fsdp"]["resume_close"] and results["fp16"]["losses_finite"]
+    assert {".metadata", "__0_0.distcp", "state.pt"} <= set(results["fsdp"]["checkpoint_files"])
     (run,) = results["throughput"]["runs"]
     assert run["raw_step_ms"] > 0 and run["engine_step_ms"] > 0
     assert "engine / raw" in (tmp_path / "gpu.md").read_text()

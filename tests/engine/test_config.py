@@ -52,6 +52,7 @@ BAD_VALUES = [
     ("wandb_project", ""), ("wandb_project", True),
     ("mlflow_experiment", " "), ("tensorboard_dir", 3),
     ("peak_flops", 0), ("peak_flops", float("inf")), ("peak_flops", "989e12"),
+    ("parallelism", "zero3"), ("fsdp_wrap", []), ("fsdp_wrap", ["not a name"]), ("activation_checkpointing", "yes"),
     ("export_formats", ["pickle"]),
     ("checkpoint_dir", ""),
     ("checkpoint_every_n_steps", 0),
@@ -77,6 +78,12 @@ def test_cross_field_rule_names_the_fix():
         TrainingConfig(warmup_steps=10, use_lr_schedule=False)
     with pytest.raises(ValueError, match="export_formats"):
         TrainingConfig(export_bundle=True, export_formats=[])
+    with pytest.raises(ValueError, match="has no effect with parallelism='ddp': set parallelism='fsdp'"):
+        TrainingConfig(fsdp_wrap=["Block"])
+    with pytest.raises(ValueError, match="amp_dtype='float16' is not supported with parallelism='fsdp'.*use amp_dtype='bfloat16'"):
+        TrainingConfig(parallelism="fsdp", use_amp=True, amp_dtype="float16")
+    TrainingConfig(parallelism="fsdp", fsdp_wrap=["Block"], use_amp=True, amp_dtype="bfloat16")
+    TrainingConfig(activation_checkpointing=True, fsdp_wrap=["Block"])
 
 
 def test_round_trips_through_dict_and_yaml(tmp_path):

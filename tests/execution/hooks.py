@@ -43,3 +43,14 @@ class SlowBatches(TrainingHooks):
         import time
 
         time.sleep(self.seconds)
+
+
+class StopAt(TrainingHooks):
+    """Every rank requests a stop after the same batch (a cancel, as the job queue sends)."""
+
+    def __init__(self, epoch: int, batch: int):
+        self.at = (epoch, batch)
+
+    def on_batch_end(self, trainer, batch, outputs):
+        if (trainer.state.epoch, trainer.state.batch_in_epoch) == self.at:
+            trainer.request_stop("stopped by the test")

@@ -162,11 +162,17 @@ def _finished(sweep_dir: Path) -> dict[str, float]:
     return out
 
 
-def test_multi_worker_trials_run_a_ray_train_run_inside_tune(ray_session, tmp_path):
+@pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
+def test_multi_worker_trials_run_a_ray_train_run_inside_tune(ray_session, tmp_path, parallelism):
+    from trainyard.engine import checkpoint as ck
     from trainyard.hpo import sweep
 
     space = {"params": {"learning_rate": {"choice": [3e-3]}}}
-    result = sweep(tiny_gpt, CONFIG, TRAIN, VAL, space=space, training_config=TrainingConfig(epochs=2, batch_size=16),
+    result = sweep(tiny_gpt, CONFIG, TRAIN, VAL, space=space, training_config=TrainingConfig(epochs=2, batch_size=16, parallelism=parallelism),
                    num_samples=1, workers_per_trial=2, storage_path=tmp_path, name="nested", scheduler="none")
     assert result.dataframe["state"].tolist() == ["COMPLETE"]
     assert result.best_metrics["training_iteration"] == 2 and result.best_metrics["val/loss"] > 0
+    # The trial's Ray Train run keeps its checkpoints in the trial's directory: sharded by both workers under FSDP.
+    newest = max((tmp_path / "nested").glob("*/train/train-*/checkpoint_e*"))
+    saved = ck.load(newest)
+    assert saved.sharded == (parallelism == "fsdp") and saved.state["training_config"]["parallelism"] == parallelism

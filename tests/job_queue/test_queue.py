@@ -149,3 +149,24 @@ def _JobConfig(**kwargs):  # noqa: N802
     from trainyard.job_queue import JobConfig
 
     return JobConfig(**kwargs)
+
+
+def test_an_fsdp_job_shards_across_its_workers_and_trains_as_one_process(ray_session, tmp_path):
+    import functools
+
+    from trainyard.engine import checkpoint as ck
+    from trainyard.models import GPT
+
+    config = {"vocab_size": 50, "max_seq_len": 12, "d_model": 16, "n_layers": 2, "n_heads": 2}
+    settings = dict(learning_rate=1e-2, epochs=2, random_seed=3)
+    queue = JobQueue_(tmp_path)
+    job_id = queue.submit_job(_JobConfig(
+        model_factory=functools.partial(GPT, config), config=config, train_data=_data(), num_workers=2,
+        training_config=TrainingConfig(batch_size=4, parallelism="fsdp", **settings),
+    ))
+    assert queue.wait(job_id, timeout=300) == "completed", queue.get_job(job_id).error
+    results = queue.get_job_results(job_id)
+    # 2 workers x batch 4 train as one process with batch 8.
+    direct = Trainer(functools.partial(GPT, config), config, TrainingConfig(batch_size=8, checkpoint_dir=str(tmp_path / "direct"), **settings)).train(_data())
+    assert results["loss_history"] == pytest.approx(direct["loss_history"], abs=1e-5)
+    assert ck.load(queue.get_job(job_id).checkpoint_path).sharded

@@ -44,10 +44,14 @@ class CheckpointError(RuntimeError):
 @dataclass
 class LoadedCheckpoint:
     path: Path
-    model: dict[str, Any]
-    optimizer: dict[str, Any]
+    model: dict[str, Any] | None  # None when sharded: the run context reads it into the live model
+    optimizer: dict[str, Any] | None
     extra: dict[str, Any]  # state.pt
     state: dict[str, Any]  # trainer_state.json
+
+    @property
+    def sharded(self) -> bool:
+        return bool(self.state.get("sharded"))
 
 
 def checkpoint_name(epoch: int, batch_in_epoch: int) -> str:
@@ -94,12 +98,35 @@ def save(run_dir: Path, name: str, model: dict, optimizer: dict, extra: dict, st
     return final
 
 
+def save_sharded(run_dir: Path, name: str, write_state, extra: dict, state: dict, gather, is_main: bool) -> Path:
+    """The sharded form of `save`, called on every rank: `write_state(directory)` writes this
+    rank's part of the model and optimizer (a collective); the main rank adds state.pt and
+    trainer_state.json, and, once every rank's files are written, a COMPLETE marker listing
+    the size and sha256 of all of them. Each rank writes into its own directory (Ray Train
+    merges them into one checkpoint); `verify` holds on the merged one."""
+    final = run_dir / name
+    with atomic_directory(final) as tmp:
+        write_state(tmp)
+        if is_main:
+            torch.save(extra, tmp / "state.pt")
+            state = dict(state, format_version=FORMAT_VERSION, saved_at_ns=time.time_ns(), sharded=True)
+            (tmp / STATE_JSON).write_text(json.dumps(state, indent=1))
+        mine = {p.relative_to(tmp).as_posix(): describe(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        everyone = gather(mine)
+        if is_main:
+            files = {f: d for part in everyone for f, d in part.items()}
+            marker = {"format_version": FORMAT_VERSION, "saved_at_ns": state["saved_at_ns"], "sharded": True, "files": files}
+            _write_synced(tmp / MARKER, json.dumps(marker, indent=1))
+    return final
+
+
 def load(path: str | os.PathLike, map_location: Any = "cpu") -> LoadedCheckpoint:
-    """Load one checkpoint directory, verifying it first."""
+    """Load one checkpoint directory, verifying it first (a sharded one's model and
+    optimizer are read later, into the live model, by the run context)."""
     path = Path(path)
-    verify(path)
-    tensors = {}
-    for fname in TENSOR_FILES:
+    marker = verify(path)
+    tensors = {"model.pt": None, "optimizer.pt": None}
+    for fname in ("state.pt",) if marker.get("sharded") else TENSOR_FILES:
         try:
             tensors[fname] = torch.load(path / fname, map_location=map_location, weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
@@ -205,7 +232,7 @@ def prune(run_dir: Path, keep: int | None, protect: Path | None = None) -> None:
 
 
 def _looks_like_checkpoint(p: Path) -> bool:
-    return (p / MARKER).exists() or (p / STATE_JSON).exists() or (p / "model.pt").exists()
+    return (p / MARKER).exists() or (p / STATE_JSON).exists() or (p / "model.pt").exists() or any(p.glob("*.distcp"))
 
 
 def _saved_at(p: Path) -> int:

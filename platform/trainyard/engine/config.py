@@ -19,6 +19,7 @@ from typing import Any, Mapping
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
 EXPORT_FORMATS = ("onnx", "torchscript")
 AMP_DTYPES = (None, "bfloat16", "float16")
+PARALLELISMS = ("ddp", "fsdp")
 
 # Names of the legacy API (and common short forms) -> the field that replaced them.
 RENAMED_FIELDS = {
@@ -57,6 +58,9 @@ class TrainingConfig:
     mlflow_experiment: str | None = None  # MLflow; the tracking URI from MLFLOW_TRACKING_URI
     tensorboard_dir: str | None = None  # TensorBoard event files, one subdirectory per run
     peak_flops: float | None = None  # FLOP/s of one device, for MFU; None: from the device table
+    parallelism: str = "ddp"  # on Ray Train: "ddp" replicates the model, "fsdp" shards it (FSDP2)
+    fsdp_wrap: tuple[str, ...] | None = None  # block class names to shard (and checkpoint) apart; None: detect
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
     export_bundle: bool = False
     export_formats: tuple[str, ...] = ("torchscript",)
     checkpoint_dir: str | None = None  # None: checkpoints/<run id> under the working dir
@@ -66,8 +70,9 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         # Accept any sequence for export_formats and a PathLike for checkpoint_dir, but
         # store canonical, hashable, YAML-friendly types.
-        if isinstance(self.export_formats, (list, tuple)):
-            object.__setattr__(self, "export_formats", tuple(self.export_formats))
+        for name in ("export_formats", "fsdp_wrap"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         for name in ("checkpoint_dir", "tensorboard_dir"):
             if isinstance(getattr(self, name), os.PathLike):
                 object.__setattr__(self, name, os.fspath(getattr(self, name)))
@@ -79,6 +84,16 @@ class TrainingConfig:
             raise ValueError(
                 f"warmup_steps={self.warmup_steps} has no effect with use_lr_schedule=False: "
                 "set use_lr_schedule=True to warm up, or warmup_steps=0"
+            )
+        if self.fsdp_wrap is not None and self.parallelism != "fsdp" and not self.activation_checkpointing:
+            raise ValueError(
+                f"fsdp_wrap={list(self.fsdp_wrap)} has no effect with parallelism={self.parallelism!r}: set "
+                "parallelism='fsdp' (it names the blocks to shard) or activation_checkpointing=True (the blocks to recompute)"
+            )
+        if self.parallelism == "fsdp" and self.use_amp and self.amp_dtype == "float16":
+            raise ValueError(
+                "use_amp with amp_dtype='float16' is not supported with parallelism='fsdp' (its loss scaler would need every "
+                "rank to agree on overflow): use amp_dtype='bfloat16', or parallelism='ddp'"
             )
         if self.export_bundle and not self.export_formats:
             raise ValueError(
@@ -96,6 +111,7 @@ class TrainingConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["export_formats"] = list(self.export_formats)
+        d["fsdp_wrap"] = list(self.fsdp_wrap) if self.fsdp_wrap is not None else None
         return d
 
     @classmethod
@@ -247,6 +263,11 @@ def _device(name, v):
         raise _bad(name, v, "must be None (auto), 'cpu', 'cuda', 'cuda:N' or 'mps'")
 
 
+def _class_names(name, v):
+    if v is not None and (not isinstance(v, tuple) or not v or not all(isinstance(c, str) and c.isidentifier() for c in v)):
+        raise _bad(name, list(v) if isinstance(v, tuple) else v, "must be a list of module class names (e.g. ['Block']), or None to detect the repeated blocks")
+
+
 def _formats(name, v):
     if not isinstance(v, tuple) or any(f not in EXPORT_FORMATS for f in v):
         raise _bad(name, list(v) if isinstance(v, tuple) else v, f"must be a list drawn from {list(EXPORT_FORMATS)}")
@@ -275,6 +296,9 @@ _VALIDATORS = {
     "peak_flops": _optional_positive_number,
     "export_bundle": _boolean,
     "export_formats": _formats,
+    "parallelism": _one_of(PARALLELISMS),
+    "fsdp_wrap": _class_names,
+    "activation_checkpointing": _boolean,
     "checkpoint_dir": _optional_text,
     "checkpoint_every_n_steps": _optional_positive_int,
     "keep_last_n_checkpoints": _optional_positive_int,

@@ -14,6 +14,8 @@ from typing import Any, ContextManager, Sequence
 import torch
 from torch import nn
 
+from trainyard.engine import shards
+
 
 class RunContext:
     """Interface. `rank`, `world_size` and `device` are plain attributes."""
@@ -49,6 +51,24 @@ class RunContext:
     def checkpoint_to_resume(self) -> Path | None:
         """A checkpoint the environment wants the run to resume from (after a restart)."""
         return None
+
+    # -- sharded state (FSDP): every rank holds, writes and reads a part ------------------------
+
+    shards_state: bool = False  # True: each checkpoint's model/optimizer state is written by every rank
+
+    def save_state(self, directory: Path, model: nn.Module, optimizer: Any, grads: bool) -> None:
+        """Write this rank's part of the model and optimizer state (and, mid-window, of the
+        gradients) into `directory` (only when `shards_state`)."""
+        shards.save_state(directory, model, optimizer, grads)
+
+    def load_state(self, directory: Path, model: nn.Module, optimizer: Any, grads: bool) -> None:
+        """Read a sharded checkpoint into this rank's model and optimizer, resharded to how
+        they are laid out here (any world size, or one unsharded process)."""
+        shards.load_state(directory, model, optimizer, grads)
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's `value` (a picklable object), in rank order."""
+        return [value]
 
 
 class LocalContext(RunContext):

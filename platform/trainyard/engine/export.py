@@ -213,14 +213,19 @@ class ExportBundle(Observer):
         self.train_dataset = train_dataset
 
     def on_train_end(self, trainer, results) -> None:
-        if not trainer.context.is_main:
+        if not trainer.context.is_main or trainer.context.shards_state:  # a shard is no model: the driver exports it
             return
-        samples = [self.train_dataset[i] for i in range(min(2, len(self.train_dataset)))]
-        example = Collator(trainer.pad_token_id)(samples)["input_ids"]
-        spec = trainer.task_spec.to_dict() if trainer.task_spec is not None else {"name": results["task"]}
-        cfg = trainer.training_config
-        path = export_model(
-            trainer.model, example, Path(results["run_dir"]) / "export", cfg.export_formats,
-            training_config=cfg.to_dict(), task_spec=spec, model_config=model_config_dict(trainer.config),
-        )
-        results["export_path"] = str(path)
+        results["export_path"] = str(export_trained(trainer, self.train_dataset, Path(results["run_dir"]) / "export", results["task"]))
+
+
+def export_trained(trainer: Any, train_dataset: Any, out_dir: Path, task: str) -> Path:
+    """Export `trainer.model` with its configs, the first two training samples as the
+    example input."""
+    samples = [train_dataset[i] for i in range(min(2, len(train_dataset)))]
+    example = Collator(trainer.pad_token_id)(samples)["input_ids"]
+    spec = trainer.task_spec.to_dict() if trainer.task_spec is not None else {"name": task}
+    cfg = trainer.training_config
+    return export_model(
+        trainer.model, example, out_dir, cfg.export_formats,
+        training_config=cfg.to_dict(), task_spec=spec, model_config=model_config_dict(trainer.config),
+    )

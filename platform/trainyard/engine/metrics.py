@@ -98,9 +98,17 @@ def evaluation_sums(
     device: torch.device,
     forward_kwargs: Sequence[str] = (),
     amp_dtype: torch.dtype | None = None,
+    padding_forwards: int = 0,
+    padding_batch: dict[str, torch.Tensor] | None = None,
 ) -> MetricSums:
     """Sums of `model` over collated batches, in eval mode and without gradients (the
-    model's train/eval mode is restored afterwards)."""
+    model's train/eval mode is restored afterwards). `padding_forwards` more forwards of
+    `padding_batch` are run and not counted: a sharded model's ranks must all run as many."""
+    def forward(batch: dict[str, torch.Tensor]) -> tuple[Any, dict[str, torch.Tensor]]:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            return model(batch["input_ids"], **{k: batch[k] for k in forward_kwargs if k in batch}), batch
+
     was_training = model.training
     model.eval()
     sums = RunningSums(MetricSums(), device)  # on the device: read back once, at the end
@@ -108,10 +116,10 @@ def evaluation_sums(
         with torch.no_grad():
             for batch in batches:
                 count = count_targets(task, prepare_targets(task, batch, pad_token_id))  # on the host copy
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    output = model(batch["input_ids"], **{k: batch[k] for k in forward_kwargs if k in batch})
+                output, batch = forward(batch)
                 sums.add(compute_loss(task, extract_logits(output), prepare_targets(task, batch, pad_token_id)), count)
+            for _ in range(padding_forwards):
+                forward(padding_batch)
     finally:
         model.train(was_training)
     return sums.host()

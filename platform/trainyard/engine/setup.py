@@ -6,12 +6,15 @@
     try_compile(model, mode)           torch.compile, or eager with one warning
     run_directory(cfg, loaded)         where checkpoints go, never over another run's
     run_id()                           the timestamp-uuid id of every run name
+    blocks(model, class_names)         the repeated blocks (sharded apart under FSDP, recomputed
+                                       by activation_checkpointing)
     determinism(enabled, device)       deterministic algorithms for the run, restored after
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import os
 import time
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from trainyard.engine import checkpoint as ckpt
@@ -41,6 +45,40 @@ def load_model_state(model: nn.Module, loaded: ckpt.LoadedCheckpoint) -> None:
         model.load_state_dict(loaded.model)
     except RuntimeError as e:
         raise ckpt.CheckpointError(f"checkpoint {loaded.path} does not fit this model: {e}") from e
+
+
+def blocks(model: nn.Module, class_names: tuple[str, ...] | None = None) -> list[nn.Module]:
+    """The model's repeated blocks: the children of its nn.ModuleLists (transformer layers),
+    or, with `class_names`, every module of those classes. Outermost only: a block inside
+    another block is part of it."""
+    if class_names:
+        found = [m for m in model.modules() if type(m).__name__ in class_names]
+        if not found:
+            classes = sorted({type(m).__name__ for m in model.modules()})
+            raise ValueError(f"fsdp_wrap={list(class_names)} matches no module of {type(model).__name__}; its module classes are {classes}")
+    else:
+        found = [child for m in model.modules() if isinstance(m, nn.ModuleList) for child in m]
+    inner = {id(sub) for block in found for sub in block.modules() if sub is not block}
+    return [b for b in found if id(b) not in inner]
+
+
+def checkpoint_activations(model: nn.Module, class_names: tuple[str, ...] | None = None) -> int:
+    """Recompute each block's activations in the backward pass instead of keeping them
+    (non-reentrant torch.utils.checkpoint; random state is replayed, so dropout masks and
+    results are the same). Returns how many blocks; refuses a model with none."""
+    found = blocks(model, class_names)
+    if not found:
+        raise ValueError(
+            f"activation_checkpointing=True found no repeated blocks in {type(model).__name__} (no nn.ModuleList children): "
+            "name the block classes with fsdp_wrap=['MyBlock'], or set activation_checkpointing=False"
+        )
+    for block in found:
+        block.forward = functools.partial(_checkpointed, block.forward)
+    return len(found)
+
+
+def _checkpointed(forward, *args, **kwargs):
+    return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
 
 def forward_kwargs(model: nn.Module) -> tuple[str, ...]:

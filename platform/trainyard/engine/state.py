@@ -92,11 +92,16 @@ class Run:
         return torch.autocast(self.ctx.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
 
 
-def save_checkpoint(run: Run, state: TrainState, cfg: TrainingConfig, task_spec: TaskSpec | None, model_config: Any) -> Path:
-    """Write the position and everything needed to continue from it; prune old ones."""
+def save_checkpoint(
+    run: Run, state: TrainState, cfg: TrainingConfig, task_spec: TaskSpec | None, model_config: Any, ranks: list[dict] | None = None
+) -> Path:
+    """Write the position and everything needed to continue from it; prune old ones. With
+    sharded state every rank calls it, and writes its part. `ranks`: each rank's own sums
+    (epoch so far, cut window), on more than one rank."""
     rng_tensors, rng_plain = rng.capture()
+    mid_window = run.progress.window is not None  # saved mid-accumulation: the gradients so far are state
     grads = None
-    if run.progress.window is not None:  # saved mid-accumulation: the gradients so far are state
+    if mid_window and not run.ctx.shards_state:  # sharded gradients are written with the sharded state
         grads = [None if p.grad is None else p.grad.detach().cpu() for p in run.raw_model.parameters()]
     extra = {"scaler": run.scaler.state_dict() if run.scaler is not None else None, "rng": rng_tensors, "grads": grads}
     meta = {
@@ -110,9 +115,15 @@ def save_checkpoint(run: Run, state: TrainState, cfg: TrainingConfig, task_spec:
         "model_config": model_config_dict(model_config),
         "train_size": len(run.train_ds),
         "world_size": run.ctx.world_size,
+        "ranks": ranks,
     }
     name = ckpt.checkpoint_name(state.epoch, state.batch_in_epoch)
-    path = ckpt.save(run.run_dir, name, run.raw_model.state_dict(), run.optimizer.state_dict(), extra, meta)
+    if run.ctx.shards_state:  # every rank writes its part
+        meta["sharded_grads"] = mid_window
+        write = lambda directory: run.ctx.save_state(directory, run.raw_model, run.optimizer, grads=mid_window)  # noqa: E731
+        path = ckpt.save_sharded(run.run_dir, name, write, extra, meta, run.ctx.gather, run.ctx.is_main)
+    else:
+        path = ckpt.save(run.run_dir, name, run.raw_model.state_dict(), run.optimizer.state_dict(), extra, meta)
     run.last_checkpoint = path
     ckpt.prune(run.run_dir, cfg.keep_last_n_checkpoints, protect=path)
     return path
@@ -138,6 +149,16 @@ def check_resumable(loaded: ckpt.LoadedCheckpoint, cfg: TrainingConfig, n_train:
         )
 
 
+def average_partial_gradients(run: Run) -> None:
+    """A stop inside an accumulation window under DDP: each rank holds only its own gradients
+    so far (the window's last micro-batch would average them). Average them now, so the one
+    copy the main rank saves is every rank's to resume with: the window's remaining
+    micro-batches then add theirs, averaged at its end, to the same sum. A collective."""
+    for p in run.trainable:
+        partial = p.grad if p.grad is not None else torch.zeros_like(p)
+        p.grad = run.ctx.sum_tensor(partial) / run.ctx.world_size
+
+
 def restore(run: Run, loaded: ckpt.LoadedCheckpoint) -> TrainState:
     """The inverse of `save_checkpoint` (weights and optimizer are loaded in setup); returns
     the position to continue from. Call last: it restores the RNG streams."""
@@ -145,11 +166,13 @@ def restore(run: Run, loaded: ckpt.LoadedCheckpoint) -> TrainState:
     state = TrainState(**s["position"])
     if state.epoch_complete:
         state = TrainState(epoch=state.epoch + 1, global_step=state.global_step)
-    run.progress = Progress(history=s["history"], epoch_sums=MetricSums(**s["epoch_sums"]))
-    if loaded.extra.get("grads") is not None:
+    ranks = s.get("ranks")  # mid-epoch, the world size is the same (checked); at an epoch end the sums start afresh
+    own = ranks[run.ctx.rank] if ranks and len(ranks) == run.ctx.world_size else s
+    run.progress = Progress(history=s["history"], epoch_sums=MetricSums(**own["epoch_sums"]))
+    run.progress.window = own["window"]  # saved mid-window: what this rank has summed of it
+    if loaded.extra.get("grads") is not None:  # sharded gradients were read with the sharded state
         for p, g in zip(run.raw_model.parameters(), loaded.extra["grads"]):
             p.grad = None if g is None else g.to(p.device)
-        run.progress.window = s["window"]
     run.last_checkpoint = loaded.path
     # Last, so nothing before it (model construction above all) disturbs the streams.
     rng.restore(loaded.extra["rng"], s["rng"])

@@ -21,6 +21,8 @@ def optimizer_step(run: Run, cfg: TrainingConfig, state: TrainState, loss: torch
     if run.scaler is not None:
         run.scaler.unscale_(run.optimizer)
     norm = torch.nn.utils.clip_grad_norm_(run.trainable, cfg.max_grad_norm or float("inf"))  # skips those without a grad
+    if hasattr(norm, "full_tensor"):  # sharded parameters: the norm of the whole gradient, over all shards
+        norm = norm.full_tensor()
     for group in run.optimizer.param_groups:
         group["lr"] = learning_rate(cfg, state.global_step, run.batches_per_epoch)
     # A fused optimizer skips its update on the device when told the step is not finite, so

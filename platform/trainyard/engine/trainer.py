@@ -32,7 +32,7 @@ from trainyard.engine.hooks import Event, HookDispatcher, TrainingHooks
 from trainyard.engine.metrics import MetricSums, RunningSums, evaluation_sums
 from trainyard.engine.observers import builtin_observers
 from trainyard.engine.results import build_results
-from trainyard.engine.state import Run, TrainState, check_resumable, restore, save_checkpoint
+from trainyard.engine.state import Run, TrainState, average_partial_gradients, check_resumable, restore, save_checkpoint
 from trainyard.engine.telemetry import EpochTelemetry, compute_dtype, flops_per_token_fn, input_tokens, peak_flops, sequence_length
 from trainyard.engine.task import (
     TaskSpec,
@@ -104,10 +104,20 @@ class Trainer:
         `resume_from` is a checkpoint directory, a run directory (its newest valid
         checkpoint is used) or a `ray.train.Checkpoint`.
         """
+        if self.training_config.parallelism == "fsdp":
+            raise ValueError(
+                "parallelism='fsdp' shards the model across Ray Train workers, and this process is one: pass "
+                "scaling=N to the Trainer (e.g. scaling=2), or use parallelism='ddp' to train here"
+            )
         return self.run(LocalContext(self.training_config.device), train_data, val_data, resume_from)
 
     def run(self, ctx: RunContext, train_data: Any, val_data: Any = None, resume_from: Any = None) -> dict[str, Any]:
         """The loop itself, in the environment `ctx` describes."""
+        if self.training_config.parallelism == "fsdp" and not ctx.shards_state:
+            raise ValueError(
+                f"parallelism='fsdp' needs a run context that shards the model, and {type(ctx).__name__} does not: in a Ray "
+                "Train worker use create_run_context(training_config=training_config), or use parallelism='ddp'"
+            )
         self._stop_reason = None
         self.context = ctx
         with setup.determinism(self.training_config.deterministic, ctx.device):
@@ -143,13 +153,18 @@ class Trainer:
             rng.seed_everything(cfg.random_seed)  # before the factory: model init is seeded too
 
         raw_model = setup.build_model(self.model_or_factory)
-        if loaded is not None:
+        if loaded is not None and not loaded.sharded:
             setup.load_model_state(raw_model, loaded)
+        if cfg.activation_checkpointing:
+            setup.checkpoint_activations(raw_model, cfg.fsdp_wrap)
         model = ctx.prepare_model(raw_model)
         amp_dtype, scaler = setup.amp_policy(cfg, ctx.device)
         optimizer = setup.build_optimizer(raw_model, cfg)
-        if loaded is not None:
+        if loaded is not None and loaded.sharded:  # read into the sharded model and optimizer, resharded
+            ctx.load_state(loaded.path, raw_model, optimizer, grads=bool(loaded.state.get("sharded_grads")))
+        elif loaded is not None:
             optimizer.load_state_dict(loaded.optimizer)
+        if loaded is not None:
             if scaler is not None and loaded.extra.get("scaler"):
                 scaler.load_state_dict(loaded.extra["scaler"])
         self.model, self.optimizer = raw_model, optimizer
@@ -242,7 +257,11 @@ class Trainer:
         run.next_count = None
         scale = ctx.world_size / window_count.clamp(min=1)
         if run.flops_per_token is None and run.peak_flops is not None and not run.flops_counted:
-            run.flops_per_token, run.flops_counted = flops_per_token_fn(run.raw_model, window[0].tensors, run.forward_kwargs, run.autocast), True
+            # Counting runs an extra forward and backward: a sharded model's would all-gather
+            # and reduce-scatter, so there only a model's own flops_per_token gives MFU.
+            count = not run.ctx.shards_state or callable(getattr(run.raw_model, "flops_per_token", None))
+            run.flops_per_token = flops_per_token_fn(run.raw_model, window[0].tensors, run.forward_kwargs, run.autocast) if count else None
+            run.flops_counted = True
         for i, batch in enumerate(window):
             self.hooks.fire(Event.BATCH_BEGIN, self, batch.tensors)
             last = i == len(window) - 1
@@ -338,14 +357,26 @@ class Trainer:
         cfg, ctx = self.training_config, run.ctx
         batches = eval_batches(len(run.val_ds), cfg.batch_size, ctx.rank, ctx.world_size)
         loader = make_loader(run.val_ds, batches, run.collate, cfg.num_workers, ctx.device.type == "cuda")
-        sums = evaluation_sums(run.model, loader, run.task, run.collate.pad_token_id, ctx.device, run.forward_kwargs, run.amp_dtype)
+        padding = 0
+        if ctx.shards_state:  # every forward gathers the shards, so every rank runs as many (the extra ones count nothing)
+            padding = max(len(eval_batches(len(run.val_ds), cfg.batch_size, r, ctx.world_size)) for r in range(ctx.world_size)) - len(batches)
+        sums = evaluation_sums(
+            run.model, loader, run.task, run.collate.pad_token_id, ctx.device, run.forward_kwargs, run.amp_dtype,
+            padding_forwards=padding, padding_batch=run.collate([run.val_ds[0]]),
+        )
         return sums.reduced(ctx).metrics("val", run.task)
 
     def _checkpoint(self, run: Run, metrics: dict[str, Any]) -> None:
         """Save the position (main rank) and report it; every rank reports, the same number of times."""
         if run.running is not None:
             run.progress.epoch_sums = run.running.host()
-        path = save_checkpoint(run, self.state, self.training_config, self.task_spec, self.config) if run.ctx.is_main else None
+        ranks = None
+        if run.ctx.world_size > 1:  # what each rank summed itself (the epoch so far, a cut window) is saved per rank
+            ranks = run.ctx.gather({"epoch_sums": vars(run.progress.epoch_sums).copy(), "window": run.progress.window})
+            if run.progress.window is not None and not run.ctx.shards_state:
+                average_partial_gradients(run)
+        writes = run.ctx.is_main or run.ctx.shards_state  # sharded: every rank writes its part
+        path = save_checkpoint(run, self.state, self.training_config, self.task_spec, self.config, ranks) if writes else None
         run.ctx.report(metrics, path)
-        if path is not None:
+        if path is not None and run.ctx.is_main:
             self.hooks.fire(Event.CHECKPOINT, self, str(path))

@@ -2,6 +2,8 @@
 
     ray_env.py    connecting (an existing cluster, else a quiet local instance), verbosity
     contexts.py   the run contexts of Ray Train workers and Tune trials; create_run_context
+    parallel.py   DDP or FSDP2 on any torch.distributed process group (no Ray), and its run
+                  context, which Ray Train's extends
     launch.py     fit(): the one way a Ray Train run starts (Trainer(scaling=), sweeps with
                   workers_per_trial > 1, final training, job-queue jobs)
     configs.py    Ray Train's ScalingConfig / RunConfig / CheckpointConfig, built in one place

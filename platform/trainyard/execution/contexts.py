@@ -13,22 +13,27 @@ trainable) runs the engine loop in its environment: the loop itself never asks w
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from trainyard.engine.checkpoint import local_path
+from trainyard.engine.config import TrainingConfig
 from trainyard.engine.context import LocalContext, RunContext
+from trainyard.execution.parallel import ProcessGroupContext
 
 KINDS = ("auto", "local", "ray_train", "tune")
 
 
-class RayTrainContext(RunContext):
-    def __init__(self, delete_local_checkpoints: bool):
+class RayTrainContext(ProcessGroupContext):
+    """A Ray Train worker: the rank, device and process group are Ray's; DDP through
+    `ray.train.torch.prepare_model`, FSDP as any process group's (`parallelism`). Every rank
+    reports each checkpoint (sharded: its own part; Ray Train merges them into one)."""
+
+    def __init__(self, delete_local_checkpoints: bool, training_config: TrainingConfig | None = None):
         import ray.train
         import ray.train.torch
 
@@ -37,37 +42,20 @@ class RayTrainContext(RunContext):
         self.world_size = context.get_world_size()
         self.device = ray.train.torch.get_device()
         self._delete_local = delete_local_checkpoints
+        self.use(training_config)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
+        if self.shards_state:
+            return super().prepare_model(model)
         import ray.train.torch
 
         return ray.train.torch.prepare_model(model)
 
-    def no_sync(self, model: nn.Module):
-        return model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel) else contextlib.nullcontext()
-
-    def all_reduce_sum(self, values: Sequence[float]) -> list[float]:
-        if self.world_size == 1:
-            return [float(v) for v in values]
-        import torch.distributed as dist
-
-        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return t.tolist()
-
-    def sum_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.world_size == 1:
-            return tensor
-        import torch.distributed as dist
-
-        tensor = tensor.clone()
-        dist.all_reduce(tensor)
-        return tensor
-
     def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
         import ray.train
 
-        # A barrier: every rank calls it, rank 0 alone with the checkpoint it wrote.
+        # A barrier: every rank calls it, with the checkpoint it wrote (rank 0 alone, unless sharded:
+        # then every rank, each with its part, merged by Ray Train under the same directory name).
         ray.train.report(
             _plain(metrics),
             checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint)) if checkpoint is not None else None,
@@ -115,16 +103,18 @@ def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if v is None or isinstance(v, (int, float, str, bool))}
 
 
-def create_run_context(kind: str = "auto", *, device: str | None = None, delete_local_checkpoints: bool = True) -> RunContext:
+def create_run_context(
+    kind: str = "auto", *, device: str | None = None, delete_local_checkpoints: bool = True, training_config: TrainingConfig | None = None
+) -> RunContext:
     """A `RunContext`. `kind="auto"` detects the environment; `device` applies to local
     runs; in Ray Train, `delete_local_checkpoints` removes a checkpoint's local copy once
-    Ray has persisted it."""
+    Ray has persisted it, and `training_config` picks DDP or FSDP (`parallelism`)."""
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r} must be one of {list(KINDS)}")
     if kind == "auto":
         kind = detect_environment()
     if kind == "ray_train":
-        return RayTrainContext(delete_local_checkpoints=delete_local_checkpoints)
+        return RayTrainContext(delete_local_checkpoints=delete_local_checkpoints, training_config=training_config)
     if kind == "tune":
         return TuneTrialContext()
     return LocalContext(device)

@@ -78,6 +78,13 @@ def fit(trainer: Any, train_data: Any, val_data: Any = None, resume_from: Any = 
     if result.checkpoint is not None:
         results["checkpoint_path"] = result.checkpoint.path
         trainer.model = _final_model(trainer.model_or_factory, result.checkpoint)
+        if training_config.export_bundle and training_config.parallelism == "fsdp" and "://" not in result.path:
+            from trainyard.engine.data import as_dataset
+            from trainyard.engine.export import export_trained
+
+            # The workers hold shards, not a model: the bundle is made here, from the gathered weights.
+            out = Path(result.path) / "export"
+            results["export_path"] = str(export_trained(trainer, as_dataset(train_data, "train_data"), out, results["task"]))
     return results
 
 
@@ -94,7 +101,7 @@ def _train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         staging = tempfile.mkdtemp(prefix="trainyard-ckpt-")
     training_config = p.training_config.replace(checkpoint_dir=os.path.join(staging, uuid.uuid4().hex[:8]))
     trainer = EngineTrainer(p.model, p.config, training_config, p.task_spec, hooks=p.hooks)
-    ctx = RayTrainContext(delete_local_checkpoints=temporary)
+    ctx = RayTrainContext(delete_local_checkpoints=temporary, training_config=training_config)
     try:
         results = trainer.run(ctx, p.train_data, p.val_data, resume_from=p.resume_from)
     finally:
@@ -116,11 +123,15 @@ def _quiet_worker_logs() -> None:
 
 
 def _final_model(model_or_factory: Any, checkpoint: Any):
-    """The trained weights on the driver, as an in-process run leaves them in `trainer.model`."""
-    import torch
+    """The trained weights on the driver, as an in-process run leaves them in `trainer.model`
+    (gathered whole from the shards of an FSDP run)."""
     from torch import nn
+
+    from trainyard.engine import checkpoint as ckpt
+    from trainyard.engine.shards import full_model_state
 
     model = model_or_factory if isinstance(model_or_factory, nn.Module) else model_or_factory()
     with checkpoint.as_directory() as d:
-        model.load_state_dict(torch.load(Path(d) / "model.pt", map_location="cpu", weights_only=True))
+        loaded = ckpt.load(d)
+        model.load_state_dict(full_model_state(Path(d), model) if loaded.sharded else loaded.model)
     return model

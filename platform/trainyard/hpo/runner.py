@@ -152,6 +152,8 @@ def _validate(space, base, model_factory, config, val_data, num_samples, schedul
             raise ValueError(f"{label}={value!r} must be an integer >= 1")
     if max_concurrent is not None and (not isinstance(max_concurrent, int) or max_concurrent < 1):
         raise ValueError(f"max_concurrent={max_concurrent!r} must be an integer >= 1, or None")
+    if base.parallelism == "fsdp" and workers_per_trial == 1:
+        raise ValueError("training_config.parallelism='fsdp' shards each trial's model across workers: set workers_per_trial >= 2 (each trial a Ray Train run), or parallelism='ddp'")
     if space.metric.startswith("val/") and val_data is None:
         raise ValueError(f"the sweep optimises {space.metric!r} but val_data is None: pass val_data, or use metric: train/loss")
     space.check_model_keys(model_config_dict(config))

@@ -55,6 +55,8 @@ class JobConfig:
             raise TypeError(f"JobConfig.training_config must be a TrainingConfig or a dict, got {type(self.training_config).__name__}")
         if not isinstance(self.num_workers, int) or isinstance(self.num_workers, bool) or self.num_workers < 1:
             raise ValueError(f"JobConfig.num_workers={self.num_workers!r} must be an integer >= 1")
+        if self.training_config.parallelism == "fsdp" and self.num_workers == 1:
+            raise ValueError("JobConfig.training_config.parallelism='fsdp' shards the model across workers: set num_workers >= 2, or parallelism='ddp'")
 
 
 class JobQueue:
