@@ -14,9 +14,9 @@ Sections, each in its own process (a fresh CUDA context; one failing does not st
     fp16        use_amp with float16: a GradScaler, losses finite, the scale adapts
     resume      deterministic=True: a run stopped mid-epoch and resumed gives bit-identical
                 losses and weights to the uninterrupted run
-    fsdp        a world-size-1 FSDP2 step (fully_shard per block, bf16 mixed precision, NCCL
-                on a local process group) matches the unsharded step: the pre-flight for
-                trainyard's FSDP support
+    fsdp        trainyard's FSDP path on one device (NCCL, a local process group of 1): the
+                engine loop sharded per block with bf16 mixed precision matches the unsharded
+                loop, and a mid-epoch sharded (DCP) checkpoint resumes to the same losses
     profile     torch.profiler over a few eager steps of each loop: GPU kernel time, the
                 share of the step the GPU is busy, the kernels that differ most
 
@@ -352,12 +352,22 @@ def section_resume(args) -> dict:
 
 
 def section_fsdp(args) -> dict:
+    """trainyard's own FSDP path on one device: the engine loop with a world-size-1 sharding
+    context (what a Ray Train worker uses, without Ray): fully_shard per block, bf16 mixed
+    precision, accumulation and clipping, a sharded (DCP) checkpoint mid-epoch and a resume
+    from it."""
     import torch
     import torch.distributed as dist
-    import torch.nn.functional as F
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    from trainyard import Trainer, TrainingConfig, TrainingHooks
+    from trainyard.engine.context import LocalContext
+    from trainyard.execution.parallel import ProcessGroupContext
     from trainyard.models import GPT
+
+    class StopAt(TrainingHooks):
+        def on_batch_end(self, trainer, batch, outputs):
+            if trainer.state.epoch == 2 and trainer.state.batch_in_epoch == 3:  # mid window
+                trainer.request_stop("checking a sharded resume")
 
     device = _device()
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -367,30 +377,31 @@ def section_fsdp(args) -> dict:
     try:
         config = {**_model_config(True), "max_seq_len": 128, "d_model": 256, "n_layers": 4} if not args.smoke else _model_config(True)
         seq, vocab = GPT(config).config.max_seq_len, GPT(config).config.vocab_size
-        x = _tokens(8, seq + 1, vocab, seed=3).to(device)
-        losses = {}
-        for sharded in (False, True):
-            torch.manual_seed(0)
-            model = GPT(config).to(device)
-            if sharded:
-                policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-                for block in model.blocks:
-                    fully_shard(block, mp_policy=policy)
-                fully_shard(model, mp_policy=policy)
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-            steps = []
-            for _ in range(3):
-                with contextlib.nullcontext() if sharded else torch.autocast(device.type, dtype=torch.bfloat16):
-                    logits = model(x[:, :-1])
-                loss = F.cross_entropy(logits.float().reshape(-1, vocab), x[:, 1:].reshape(-1))
-                loss.backward()
-                opt.step()
-                opt.zero_grad()
-                steps.append(loss.item())
-            losses["fsdp" if sharded else "plain"] = steps
-            del model, opt
-        diff = max(abs(a - b) for a, b in zip(losses["plain"], losses["fsdp"]))
-        return {"backend": backend, "losses": losses, "max_abs_diff": diff, "close": diff < 2e-2}
+        data = {"input_ids": _tokens(48, seq, vocab, seed=3)}
+
+        def settings(parallelism, path):
+            return TrainingConfig(learning_rate=1e-3, batch_size=4, gradient_accumulation_steps=2, max_grad_norm=0.5, epochs=3,
+                                  use_amp=True, amp_dtype="bfloat16", parallelism=parallelism, checkpoint_dir=path, random_seed=5)
+
+        def train(parallelism, path, hooks=(), resume_from=None):
+            cfg = settings(parallelism, path)
+            trainer = Trainer(lambda: GPT(config), config, cfg, hooks=list(hooks))
+            ctx = ProcessGroupContext(cfg) if parallelism == "fsdp" else LocalContext()
+            return trainer.run(ctx, data, resume_from=resume_from)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            plain = train("ddp", f"{tmp}/plain")
+            full = train("fsdp", f"{tmp}/full")
+            cut = train("fsdp", f"{tmp}/cut", hooks=[StopAt()])
+            files = sorted(p.name for p in Path(cut["checkpoint_path"]).iterdir())
+            resumed = train("fsdp", f"{tmp}/cut", resume_from=f"{tmp}/cut")
+        diff = max(abs(a - b) for a, b in zip(plain["loss_history"], full["loss_history"]))
+        resume_diff = max(abs(a - b) for a, b in zip(full["loss_history"], resumed["loss_history"]))
+        return {
+            "backend": backend, "steps": len(full["loss_history"]), "max_abs_diff": diff, "close": diff < 2e-2,
+            "checkpoint_files": files, "resume_max_abs_diff": resume_diff, "resume_close": resume_diff < 1e-3,
+            "plain_peak_gb": plain["telemetry"].get("memory/peak_gb"), "fsdp_peak_gb": full["telemetry"].get("memory/peak_gb"),
+        }
     finally:
         dist.destroy_process_group()
 
@@ -455,7 +466,7 @@ def table(results: dict) -> str:
     lines.append("| check | result | seconds |")
     lines.append("| --- | --- | --- |")
     for name, keys in (("fp16", ("losses_finite", "loss_fell", "grad_scaler")), ("resume", ("losses_bit_identical", "weights_bit_identical")),
-                       ("fsdp", ("backend", "close", "max_abs_diff"))):
+                       ("fsdp", ("backend", "close", "max_abs_diff", "resume_close", "resume_max_abs_diff"))):
         r = results.get(name, {})
         shown = r.get("error") or ", ".join(f"{k} {_fmt(r.get(k))}" for k in keys)
         lines.append(f"| {name} | {shown} | {_fmt(r.get('seconds', float('nan')), 3)} |")

@@ -32,16 +32,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(ROOT / "platform"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from measure import peak_rss_mb  # noqa: E402
 
 HF = {"n_layer": 2, "n_embd": 128, "n_head": 4, "vocab_size": 512, "n_positions": 64, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
 SEQ, BATCH, LR = 64, 16, 3e-4
-
-
-def _peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 # -- hf: in-process, against the Hugging Face Trainer ---------------------------------------------
@@ -95,7 +91,7 @@ def child_hf_trainer(steps: int) -> dict:
     )
     start = time.perf_counter()
     Sequential(model=model, args=args, train_dataset=Ordered(), callbacks=[Clock()]).train()
-    return {"ends": ends, "wall": time.perf_counter() - start, "losses": losses, "peak_rss_mb": _peak_rss_mb()}
+    return {"ends": ends, "wall": time.perf_counter() - start, "losses": losses, "peak_rss_mb": peak_rss_mb()}
 
 
 def child_trainyard(steps: int) -> dict:
@@ -112,7 +108,7 @@ def child_trainyard(steps: int) -> dict:
                         random_seed=0, checkpoint_dir=tempfile.mkdtemp(), keep_last_n_checkpoints=1)
     start = time.perf_counter()
     results = Trainer(model, {"pad_token_id": None}, tc, task_spec="language_modeling", hooks=Clock()).train({"input_ids": data})
-    return {"ends": ends, "wall": time.perf_counter() - start, "losses": results["loss_history"], "peak_rss_mb": _peak_rss_mb()}
+    return {"ends": ends, "wall": time.perf_counter() - start, "losses": results["loss_history"], "peak_rss_mb": peak_rss_mb()}
 
 
 def compare_hf(args) -> dict:
