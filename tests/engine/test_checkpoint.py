@@ -141,6 +141,35 @@ def test_loading_never_runs_code_from_a_checkpoint(tmp_path):
         ck.load(path)
 
 
+@pytest.mark.parametrize("listed", [[], ["state.pt", "trainer_state.json", "optimizer.pt"]], ids=["no-files", "model-unlisted"])
+def test_a_marker_must_list_every_file_loading_reads(tmp_path, listed):
+    r = finished_run(tmp_path / "run", epochs=1)
+    path = ck.Path(r["checkpoint_path"])
+    marker = json.loads((path / ck.MARKER).read_text())
+    marker["files"] = {name: d for name, d in marker["files"].items() if name in listed}
+    (path / ck.MARKER).write_text(json.dumps(marker))
+    torch.save({"w": torch.zeros(1)}, path / "model.pt")  # modified, and the marker cannot tell
+    with pytest.raises(CheckpointError, match=r"marker does not list .*model\.pt.*which loading reads"):
+        ck.load(path)
+
+
+@pytest.mark.parametrize("drop", ["history", "position.global_step"])
+def test_a_trainer_state_with_missing_fields_names_the_file_and_the_fields(tmp_path, drop):
+    r = finished_run(tmp_path / "run", epochs=1)
+    path = ck.Path(r["checkpoint_path"])
+    state = json.loads((path / ck.STATE_JSON).read_text())
+    if "." in drop:
+        del state["position"][drop.split(".")[1]]
+    else:
+        del state[drop]
+    (path / ck.STATE_JSON).write_text(json.dumps(state))
+    marker = json.loads((path / ck.MARKER).read_text())
+    marker["files"][ck.STATE_JSON] = ck.describe(path / ck.STATE_JSON)  # consistent: only the content is short
+    (path / ck.MARKER).write_text(json.dumps(marker))
+    with pytest.raises(CheckpointError, match=rf"file trainer_state.json lacks {drop.replace('.', '[.]')}: "):
+        Trainer(lm_factory(), CONFIG, TrainingConfig(epochs=2, checkpoint_dir=str(tmp_path / "run"))).train(lm_samples(), resume_from=str(path))
+
+
 def test_a_checkpoint_from_a_newer_format_is_refused(tmp_path):
     r = finished_run(tmp_path / "run", epochs=1)
     path = ck.Path(r["checkpoint_path"])
@@ -158,3 +187,32 @@ def test_a_checkpoint_of_another_model_is_a_clear_error(tmp_path):
     tc = TrainingConfig(epochs=2, checkpoint_dir=str(tmp_path / "run"))
     with pytest.raises(CheckpointError, match="does not fit this model"):
         Trainer(TinyLM(dim=8), CONFIG, tc).train(lm_samples(), resume_from=r["checkpoint_path"])
+
+
+def test_an_unwritable_checkpoint_dir_is_refused_before_the_first_step(tmp_path):
+    from trainyard import TrainingHooks
+
+    class Count(TrainingHooks):
+        batches = 0
+
+        def on_batch_begin(self, trainer, batch):
+            Count.batches += 1
+
+    (tmp_path / "a_file").write_text("not a directory")
+    tc = TrainingConfig(epochs=1, checkpoint_dir=str(tmp_path / "a_file" / "run"))
+    with pytest.raises(ValueError, match=r"checkpoint_dir .*a_file/run cannot be written \(.*\): choose a checkpoint_dir"):
+        Trainer(lm_factory(), CONFIG, tc, hooks=Count()).train(lm_samples())
+    assert Count.batches == 0
+
+
+def test_what_a_killed_save_left_is_tidied_when_the_run_is_resumed(tmp_path):
+    r = finished_run(tmp_path / "run", epochs=1)
+    run, newest = tmp_path / "run", ck.Path(r["checkpoint_path"])
+    (run / ".tmp-checkpoint_e0002_b0000001-0123abcd").mkdir()  # killed while writing
+    moved = run / f".tmp-old-{newest.name}-89abcdef"  # killed between moving the old copy aside and renaming the new one
+    newest.rename(moved)
+    tc = TrainingConfig(epochs=2, checkpoint_dir=str(run))
+    resumed = Trainer(lm_factory(), CONFIG, tc).train(lm_samples(), resume_from=str(run))
+    assert list(resumed["metrics_summary"]["epoch"]) == [1, 2]  # resumed from the epoch-1 checkpoint, put back
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".tmp-")]
+    assert ck.verify(newest)

@@ -456,3 +456,22 @@ def test_a_progress_bar_is_shown_only_on_a_terminal(ckdir, monkeypatch, tmp_path
     monkeypatch.setattr("sys.stderr", pipe)
     train(ckdir=str(tmp_path / "other"), epochs=2)
     assert pipe.text == ""  # no bar; the epoch lines go through the logger only
+
+
+def test_a_stop_inside_a_window_after_a_nan_saves_nothing_of_it(tmp_path):
+    """The NaN comes in the first micro-batch of a window and a stop is requested right
+    after it: the window's sums and gradients are not finite, and are never checkpointed."""
+    from trainyard.engine import checkpoint as ck
+
+    class StopThere(TrainingHooks):
+        def on_batch_end(self, trainer, batch, outputs):
+            if (trainer.state.epoch, trainer.state.batch_in_epoch) == (2, 3):
+                trainer.request_stop("cancelled")
+
+    run = tmp_path / "run"
+    # batch 4, accumulation 2: 3 windows an epoch; forward 9 is epoch 2's third micro-batch, the first of step 5.
+    with pytest.raises(FloatingPointError, match=r"the loss is not finite at epoch 2, step 5 \(a stop was requested inside"):
+        train(model=NaNAfter(8), ckdir=str(run), batch_size=4, gradient_accumulation_steps=2, use_lr_schedule=False, hooks=StopThere())
+    saved = ck.list_checkpoints(run)
+    assert [p.name for p in saved] == ["checkpoint_e0001_b0000006"]
+    assert ck.load(saved[-1]).state["window"] is None

@@ -131,8 +131,28 @@ def load(path: str | os.PathLike, map_location: Any = "cpu") -> LoadedCheckpoint
             tensors[fname] = torch.load(path / fname, map_location=map_location, weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
             raise CheckpointError(f"checkpoint {path}: cannot load {fname} ({type(e).__name__}: {e})") from e
-    state = json.loads((path / STATE_JSON).read_text())
-    return LoadedCheckpoint(path, tensors["model.pt"], tensors["optimizer.pt"], tensors["state.pt"], state)
+    return LoadedCheckpoint(path, tensors["model.pt"], tensors["optimizer.pt"], tensors["state.pt"], _read_state(path))
+
+
+# What restoring reads from trainer_state.json (a "ranks" list of per-rank sums is optional).
+STATE_FIELDS = ("position", "epoch_sums", "window", "history", "rng", "training_config", "train_size", "world_size")
+POSITION_KEYS = ("epoch", "batch_in_epoch", "global_step", "epoch_complete")
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    try:
+        state = json.loads((path / STATE_JSON).read_text())
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {path}: file {STATE_JSON} is not valid JSON ({e})") from e
+    missing = [f for f in STATE_FIELDS if f not in state] if isinstance(state, dict) else list(STATE_FIELDS)
+    if not missing and isinstance(state["position"], dict):
+        missing = [f"position.{k}" for k in POSITION_KEYS if k not in state["position"]]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {path}: file {STATE_JSON} lacks {', '.join(missing)}: it was not written by trainyard's save, "
+            "or by a version that saved less; resume from another checkpoint"
+        )
+    return state
 
 
 def verify(path: Path) -> dict[str, Any]:
@@ -154,6 +174,12 @@ def verify(path: Path) -> dict[str, Any]:
             f"checkpoint {path} has format version {marker['format_version']}, newer than this trainyard "
             f"reads ({FORMAT_VERSION}); upgrade trainyard"
         )
+    unlisted = sorted(set(read_by_loader(path, bool(marker.get("sharded")))) - set(files))
+    if unlisted:
+        raise CheckpointError(
+            f"checkpoint {path}: its {MARKER} marker does not list {', '.join(unlisted)}, which loading reads: "
+            "the marker is damaged or was written by hand, so nothing in it can be trusted"
+        )
     for fname, expected in files.items():
         fpath = path / fname
         if not fpath.is_file():
@@ -167,6 +193,14 @@ def verify(path: Path) -> dict[str, Any]:
         if actual["sha256"] != expected["sha256"]:
             raise CheckpointError(f"checkpoint {path}: file {fname} is corrupt (its sha256 does not match)")
     return marker
+
+
+def read_by_loader(path: Path, sharded: bool) -> list[str]:
+    """The files loading a checkpoint reads: each must be listed (and hashed) in its marker.
+    A sharded one's shards are every `*.distcp` present, and its DCP index."""
+    if sharded:
+        return ["state.pt", STATE_JSON, ".metadata", *(p.name for p in path.glob("*.distcp"))]
+    return [*TENSOR_FILES, STATE_JSON]
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -196,6 +230,7 @@ def resolve(path: str | os.PathLike, warn=None) -> Path:
         raise CheckpointError(f"checkpoint {path} does not exist")
     if _looks_like_checkpoint(path):
         return path
+    put_back_moved_aside(path)
     found = latest_valid(path, warn)
     if found is None:
         raise CheckpointError(f"checkpoint: no valid checkpoint found in run directory {path}")
@@ -216,6 +251,37 @@ def local_path(source: Any) -> Path:
     if isinstance(source, (str, os.PathLike)):
         return Path(source)
     raise TypeError(f"resume_from must be a path or a ray.train.Checkpoint, got {type(source).__name__}")
+
+
+def open_for_writing(run_dir: Path) -> None:
+    """Create `run_dir` and prove it writable now, before the work a failed first save would
+    waste; tidy what a save killed part-way left (a run directory has one writer): its
+    temporary directory is removed, and a checkpoint it had moved aside to replace is put
+    back."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f"{_TMP_PREFIX}probe-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(
+            f"checkpoint_dir {run_dir} cannot be written ({type(e).__name__}: {e.strerror or e}): "
+            "choose a checkpoint_dir on a writable filesystem, not inside a file"
+        ) from None
+    put_back_moved_aside(run_dir)
+    for p in run_dir.iterdir():
+        if p.name.startswith(_TMP_PREFIX) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def put_back_moved_aside(run_dir: Path) -> None:
+    """A save that replaces a checkpoint of the same name moves the old one aside first; if
+    it was killed before the new one took the name, put the old one back."""
+    aside = f"{_TMP_PREFIX}old-"
+    for p in run_dir.iterdir() if run_dir.is_dir() else ():
+        original = run_dir / p.name[len(aside) :].rsplit("-", 1)[0]
+        if p.name.startswith(aside) and p.is_dir() and not original.exists():
+            os.rename(p, original)
 
 
 def prune(run_dir: Path, keep: int | None, protect: Path | None = None) -> None:

@@ -149,7 +149,8 @@ def run_id() -> str:
 
 def run_directory(cfg: TrainingConfig, loaded: ckpt.LoadedCheckpoint | None) -> Path:
     """`checkpoint_dir`, else the resumed checkpoint's run, else `checkpoints/<timestamp-id>`;
-    a fresh run never writes beside another run's checkpoints."""
+    a fresh run never writes beside another run's checkpoints. Created and checked writable
+    here, before any training."""
     if cfg.checkpoint_dir is not None:
         run_dir = Path(cfg.checkpoint_dir).resolve()
     elif loaded is not None:
@@ -161,6 +162,7 @@ def run_directory(cfg: TrainingConfig, loaded: ckpt.LoadedCheckpoint | None) -> 
             f"checkpoint_dir {run_dir} already holds checkpoints of an earlier run; pass "
             f"resume_from={str(run_dir)!r} to continue it, or choose a new checkpoint_dir"
         )
+    ckpt.open_for_writing(run_dir)
     return run_dir
 
 

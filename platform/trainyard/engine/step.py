@@ -1,6 +1,7 @@
 """The optimizer step: NaN checks, unscale, clip, schedule, step.
 
     loss, norm = optimizer_step(run, cfg, state, loss)   # after the window's backward passes
+    check_cut_window(run, state, window_loss)            # before a stop saves a window part-way
 """
 
 from __future__ import annotations
@@ -63,3 +64,24 @@ def learning_rate(cfg: TrainingConfig, step: int, batches_per_epoch: int) -> flo
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
     floor = cfg.min_lr_ratio * cfg.learning_rate
     return floor + (cfg.learning_rate - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def check_cut_window(run: Run, state: TrainState, window_loss: torch.Tensor) -> None:
+    """A stop inside an accumulation window saves what the window has summed so far: refuse,
+    as the step would, when that is not finite on any rank (its loss, or without a loss
+    scaler its gradients). A collective: every rank stopping there calls it."""
+    loss_bad = (~torch.isfinite(window_loss.detach())).any()
+    grads_bad = torch.zeros_like(loss_bad)
+    if run.scaler is None:  # with a scaler, non-finite gradients are skipped at the step, as they would have been
+        for p in run.trainable:
+            if p.grad is not None:
+                grad = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad  # a shard: this rank's part
+                grads_bad = grads_bad | (~torch.isfinite(grad)).any()
+    loss_bad, grads_bad = run.ctx.sum_tensor(torch.stack([loss_bad, grads_bad]).double()).tolist()
+    if loss_bad or grads_bad:
+        what = "loss is" if loss_bad else "gradients are"
+        raise FloatingPointError(
+            f"the {what} not finite at epoch {state.epoch}, step {state.global_step + 1} (a stop was requested inside its "
+            f"accumulation window); no checkpoint was written for this state (the last good one is {run.last_checkpoint}). "
+            "Lower learning_rate, set max_grad_norm, or check the data for invalid values"
+        )

@@ -107,7 +107,7 @@ class Trainer:
         if self.training_config.parallelism == "fsdp":
             raise ValueError(
                 "parallelism='fsdp' shards the model across Ray Train workers, and this process is one: pass "
-                "scaling=N to the Trainer (e.g. scaling=2), or use parallelism='ddp' to train here"
+                "scaling=N to the Trainer (e.g. scaling=2; --workers N on the command line), or use parallelism='ddp' to train here"
             )
         return self.run(LocalContext(self.training_config.device), train_data, val_data, resume_from)
 
@@ -277,6 +277,7 @@ class Trainer:
             outputs = {"loss": stats.loss_sum.detach() / max(batch.count, 1), "logits": logits.detach(), "model_output": output}
             self.hooks.fire(Event.BATCH_END, self, batch.tensors, outputs)
             if self.stop_requested and not last:
+                step.check_cut_window(run, state, window_loss)
                 count, loss = torch.stack([window_count, window_loss]).tolist()
                 progress.window = {"count": count, "loss": loss}
                 self._checkpoint(run, self._position_metrics(None))
