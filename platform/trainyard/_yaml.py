@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -23,5 +25,32 @@ _FLOAT = re.compile(
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
 
-def load(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+def load(text: str, source: str = "YAML") -> Any:
+    """Parse YAML text; a syntax error names `source` (a file, an override), the line and
+    the column, in one line."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        context = getattr(e, "context", None)
+        raise ValueError(f"{source}{where}: invalid YAML: {problem}" + (f" ({context})" if context else "")) from None
+
+
+def load_file(path: str | os.PathLike, what: str = "config") -> Any:
+    """Parse a YAML file; a missing file, a directory, a binary file or a syntax error is
+    a one-line error naming the file."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a directory: give the YAML file inside it")
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found")
+    data = path.read_bytes()
+    try:
+        if b"\x00" in data:
+            raise UnicodeDecodeError("utf-8", data, data.index(b"\x00"), data.index(b"\x00") + 1, "a NUL byte")
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} {path} is not a text file (YAML is UTF-8 text): is it the right file?") from None
+    return load(text, str(path))

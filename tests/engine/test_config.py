@@ -43,18 +43,18 @@ BAD_VALUES = [
     ("use_amp", "yes"), ("deterministic", 1), ("use_lr_schedule", None), ("export_bundle", "no"),
     ("amp_dtype", "int8"),
     ("gradient_accumulation_steps", 0),
-    ("random_seed", -1),
+    ("random_seed", -1), ("random_seed", 2**32),
     ("warmup_steps", -5),
     ("min_lr_ratio", 1.5),
     ("compile_mode", "fastest"),
-    ("device", "tpu"),
+    ("device", "tpu"), ("device", "cuda:x"), ("device", "cuda: 0"),
     ("num_workers", -1),
     ("wandb_project", ""), ("wandb_project", True),
     ("mlflow_experiment", " "), ("tensorboard_dir", 3),
     ("peak_flops", 0), ("peak_flops", float("inf")), ("peak_flops", "989e12"),
     ("parallelism", "zero3"), ("fsdp_wrap", []), ("fsdp_wrap", ["not a name"]), ("activation_checkpointing", "yes"),
     ("export_formats", ["pickle"]),
-    ("checkpoint_dir", ""),
+    ("checkpoint_dir", ""), ("checkpoint_dir", "runs\x00/x"), ("tensorboard_dir", "tb\x00"),
     ("checkpoint_every_n_steps", 0),
     ("keep_last_n_checkpoints", 0),
 ]
@@ -71,6 +71,18 @@ def test_bad_values_raise_valueerror_naming_field_value_and_rule(field, value):
 def test_every_field_has_a_bad_value_case():
     tested = {f for f, _ in BAD_VALUES}
     assert tested == set(FIELD_NAMES), f"untested fields: {set(FIELD_NAMES) - tested}"
+
+
+def test_numpy_numbers_are_accepted_and_stored_as_plain_numbers():
+    import numpy as np
+
+    cfg = TrainingConfig(batch_size=np.int64(8), epochs=np.int32(2), learning_rate=np.float32(1e-3), max_grad_norm=np.float64(1.0))
+    assert (cfg.batch_size, cfg.epochs) == (8, 2) and type(cfg.batch_size) is int and type(cfg.epochs) is int
+    assert type(cfg.learning_rate) is float and cfg.learning_rate == pytest.approx(1e-3)
+    assert TrainingConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="use_amp"):
+        TrainingConfig(use_amp=np.bool_(True))  # a flag stays a bool
+    TrainingConfig(device="cuda:1"), TrainingConfig(device="cpu")
 
 
 def test_cross_field_rule_names_the_fix():

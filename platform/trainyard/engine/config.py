@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import numbers
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -76,6 +78,12 @@ class TrainingConfig:
         for name in ("checkpoint_dir", "tensorboard_dir"):
             if isinstance(getattr(self, name), os.PathLike):
                 object.__setattr__(self, name, os.fspath(getattr(self, name)))
+        for f in dataclasses.fields(self):  # numpy scalars (np.int64(8), np.float32(1e-3)) as plain numbers
+            v = getattr(self, f.name)
+            if isinstance(v, numbers.Integral) and not isinstance(v, (bool, int)):
+                object.__setattr__(self, f.name, int(v))
+            elif isinstance(v, numbers.Real) and not isinstance(v, (bool, int, float)):
+                object.__setattr__(self, f.name, float(v))
         if _is_int(self.learning_rate):
             object.__setattr__(self, "learning_rate", float(self.learning_rate))
         for f in dataclasses.fields(self):
@@ -133,8 +141,7 @@ class TrainingConfig:
         """Load from a YAML file path, or from YAML text."""
         from trainyard import _yaml
 
-        text = Path(source).read_text() if _looks_like_path(source) else str(source)
-        data = _yaml.load(text) or {}
+        data = (_yaml.load_file(source, "TrainingConfig YAML") if _looks_like_path(source) else _yaml.load(str(source), "TrainingConfig YAML")) or {}
         if not isinstance(data, Mapping):
             raise ValueError(f"TrainingConfig YAML must be a mapping of field: value, got {data!r}")
         return cls.from_dict(data)
@@ -256,10 +263,21 @@ def _optional_text(name, v):
         raise _bad(name, v, "must be a non-empty string, or None")
 
 
+def _optional_path(name, v):
+    _optional_text(name, v)
+    if v is not None and "\x00" in v:
+        raise _bad(name, v, "must not contain a NUL byte (no filesystem accepts one)")
+
+
+def _seed(name, v):
+    if not _is_int(v) or not 0 <= v < 2**32:
+        raise _bad(name, v, "must be an integer in [0, 2**32 - 1] (NumPy's generators take no larger seed)")
+
+
 def _device(name, v):
     if v is None:
         return
-    if not isinstance(v, str) or v.split(":")[0] not in ("cpu", "cuda", "mps", "xpu"):
+    if not isinstance(v, str) or not re.fullmatch(r"(cpu|cuda|mps|xpu)(:\d+)?", v):
         raise _bad(name, v, "must be None (auto), 'cpu', 'cuda', 'cuda:N' or 'mps'")
 
 
@@ -282,7 +300,7 @@ _VALIDATORS = {
     "use_amp": _boolean,
     "amp_dtype": _one_of(AMP_DTYPES),
     "gradient_accumulation_steps": _positive_int,
-    "random_seed": _non_negative_int,
+    "random_seed": _seed,
     "deterministic": _boolean,
     "use_lr_schedule": _boolean,
     "warmup_steps": _non_negative_int,
@@ -292,14 +310,14 @@ _VALIDATORS = {
     "num_workers": _non_negative_int,
     "wandb_project": _optional_text,
     "mlflow_experiment": _optional_text,
-    "tensorboard_dir": _optional_text,
+    "tensorboard_dir": _optional_path,
     "peak_flops": _optional_positive_number,
     "export_bundle": _boolean,
     "export_formats": _formats,
     "parallelism": _one_of(PARALLELISMS),
     "fsdp_wrap": _class_names,
     "activation_checkpointing": _boolean,
-    "checkpoint_dir": _optional_text,
+    "checkpoint_dir": _optional_path,
     "checkpoint_every_n_steps": _optional_positive_int,
     "keep_last_n_checkpoints": _optional_positive_int,
 }

@@ -95,7 +95,7 @@ def build_training_config(args: Any = None, config_dir: str | Path = ".") -> dic
         for section in ("model", "data", "training"):
             file = config_dir / f"{section}.yaml"
             if file.is_file():
-                content = _yaml.load(file.read_text()) or {}
+                content = _yaml.load_file(file, f"{section} config") or {}
                 if not isinstance(content, Mapping):
                     raise ValueError(f"{file}: a section file holds a mapping of {section} settings")
                 spec[section] = {**(spec.get(section) or {}), **content}

@@ -23,9 +23,7 @@ SECTIONS = ("model", "data", "task", "training", "source")  # source: provenance
 
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"experiment config {path} not found")
-    spec = _yaml.load(path.read_text()) or {}
+    spec = _yaml.load_file(path, "experiment config") or {}
     if not isinstance(spec, Mapping):
         raise ValueError(f"{path}: an experiment config is a mapping with sections {list(SECTIONS)}")
     unknown = set(spec) - set(SECTIONS)
@@ -46,7 +44,7 @@ def apply_overrides(spec: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         if section not in SECTIONS or section == "task":
             raise ValueError(f"override {item!r}: section {section!r} is not one of model, data, training")
         spec.setdefault(section, {})
-        spec[section][field] = _yaml.load(raw)
+        spec[section][field] = _yaml.load(raw, f"override {item!r}")
     return spec
 
 

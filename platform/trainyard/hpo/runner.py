@@ -10,10 +10,12 @@ named sweep that already exists under `storage_path` is restored, finished trial
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
 import inspect
 import logging
 import math
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -96,6 +98,8 @@ def sweep(
     space = space if isinstance(space, SearchSpace) else load_search_space(space)
     base = training_config or TrainingConfig()
     _validate(space, base, model_factory, config, val_data, num_samples, scheduler, workers_per_trial, max_concurrent)
+    _check_metric(space, task_spec, train_data)
+    _check_model_values(space, model_factory, config)
 
     from ray import tune
 
@@ -169,6 +173,45 @@ def _validate(space, base, model_factory, config, val_data, num_samples, schedul
                     base.replace(**{p.name: value})
                 except (ValueError, TypeError) as e:
                     raise ValueError(f"{space.source}: parameter {p.name!r} = {value!r} does not fit the base training_config: {e}") from None
+
+
+def _check_metric(space: SearchSpace, task_spec: Any, train_data: Any) -> None:
+    """The metric must be a column the trials' task reports (known here when the task is
+    given, or the data is in memory; a path is read by the trials)."""
+    from trainyard.engine.data import as_dataset
+    from trainyard.engine.metrics import MetricSums
+    from trainyard.engine.task import detect_task
+    from trainyard.engine.telemetry import TELEMETRY_KEYS
+
+    task = getattr(task_spec, "name", None) or (task_spec.get("name") if isinstance(task_spec, Mapping) else task_spec)
+    if not isinstance(task, str):
+        if isinstance(train_data, (str, os.PathLike)):
+            return
+        task = detect_task(as_dataset(train_data, "train_data")[0])[0]
+    columns = sorted({*MetricSums().metrics("train", task), *MetricSums().metrics("val", task), "train/learning_rate", *TELEMETRY_KEYS})
+    if space.metric not in columns:
+        close = difflib.get_close_matches(space.metric, columns, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"{space.source}: metric {space.metric!r} is not a column a {task} run reports; {hint}its columns are {columns}")
+
+
+def _check_model_values(space: SearchSpace, model_factory: Callable, config: Any) -> None:
+    """Build the model once (on the meta device: no memory, no init cost) for each edge or
+    choice of every model.* parameter, the others at the base config: a value the model
+    rejects fails here, before Ray starts, instead of in every trial that draws it."""
+    import torch
+
+    if not _takes_config(model_factory):
+        return
+    for p in space.params:
+        if not p.is_model:
+            continue
+        for value in p.sample_values():
+            try:
+                with torch.device("meta"):
+                    model_factory(_with_overrides(config, {p.name[len("model.") :]: value}))
+            except Exception as e:  # noqa: BLE001 - whatever the model raises is the user's answer
+                raise ValueError(f"{space.source}: parameter {p.name!r} = {value!r} is rejected by the model: {type(e).__name__}: {e}") from None
 
 
 def _takes_config(factory: Callable) -> bool:

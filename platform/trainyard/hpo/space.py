@@ -99,9 +99,7 @@ def load_search_space(source: str | Path | Mapping[str, Any]) -> SearchSpace:
         from trainyard import _yaml
 
         path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"search space {path} not found")
-        data, name = _yaml.load(path.read_text()) or {}, str(path)
+        data, name = _yaml.load_file(path, "search space") or {}, str(path)
     if not isinstance(data, Mapping):
         raise ValueError(f"{name}: a search space is a mapping with keys metric, mode, params")
     unknown = set(data) - {"metric", "mode", "params"}

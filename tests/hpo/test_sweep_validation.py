@@ -1,0 +1,35 @@
+"""Mistakes a sweep can know before Ray starts: refused then, naming the fix."""
+
+import pytest
+
+from tests.helpers import VOCAB, lm_samples
+from trainyard import TrainingConfig
+from trainyard.hpo import sweep
+from trainyard.models import GPT
+
+CONFIG = {"vocab_size": VOCAB, "max_seq_len": 8, "d_model": 16, "n_layers": 1, "n_heads": 2}
+
+
+@pytest.fixture(autouse=True)
+def no_ray(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the sweep started Ray before refusing")
+
+    monkeypatch.setattr("trainyard.execution.ray_env.ensure_ray", refuse)
+
+
+def run(params, metric="val/loss", **kwargs):
+    sweep(lambda model_config: GPT(model_config), CONFIG, lm_samples(8), lm_samples(4, seed=2),
+          space={"metric": metric, "params": params}, training_config=TrainingConfig(epochs=1), **kwargs)
+
+
+def test_a_metric_the_task_does_not_report_is_refused_with_the_columns():
+    with pytest.raises(ValueError, match=r"metric 'val/acc' is not a column a language_modeling run reports; did you mean 'val/accuracy'\?"):
+        run({"learning_rate": {"loguniform": [1e-4, 1e-2]}}, metric="val/acc")
+    with pytest.raises(ValueError, match=r"metric 'val/exact_match' is not a column a classification run reports"):
+        run({"learning_rate": {"loguniform": [1e-4, 1e-2]}}, metric="val/exact_match", task_spec={"name": "classification"})
+
+
+def test_a_model_value_the_model_rejects_is_refused_naming_it():
+    with pytest.raises(ValueError, match=r"parameter 'model.n_heads' = 3 is rejected by the model: ValueError: GPTConfig.d_model=16 is not divisible by n_heads=3"):
+        run({"model.n_heads": {"choice": [2, 3, 4]}})
