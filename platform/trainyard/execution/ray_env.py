@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 from trainyard._logging import get_logger
 
@@ -34,6 +35,41 @@ def ensure_ray(num_cpus: int | None = None, py_modules: list[str] | None = None)
 
     if ray.is_initialized():
         return
+    with _CONNECTING:  # threads connecting at once (a first use of the job queue) connect once
+        if ray.is_initialized():
+            return
+        if threading.current_thread() is threading.main_thread():
+            _connect(ray, num_cpus, py_modules)
+        else:
+            _connect_from_a_lasting_thread(ray, num_cpus, py_modules)
+
+
+_CONNECTING = threading.Lock()
+
+
+def _connect_from_a_lasting_thread(ray, num_cpus: int | None, py_modules: list[str] | None) -> None:
+    """A local Ray's processes are started with PR_SET_PDEATHSIG: the kernel kills them when
+    the *thread* that started them ends. Started from a short-lived thread (a request
+    handler, a submitting thread), the whole instance would die with it, so start it from
+    a thread that lives as long as the process."""
+    started, failure = threading.Event(), []
+
+    def keep() -> None:
+        try:
+            _connect(ray, num_cpus, py_modules)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            failure.append(e)
+        finally:
+            started.set()
+        threading.Event().wait()  # never set: this thread holds the instance's processes
+
+    threading.Thread(target=keep, name="trainyard-ray", daemon=True).start()
+    started.wait()
+    if failure:
+        raise failure[0]
+
+
+def _connect(ray, num_cpus: int | None, py_modules: list[str] | None) -> None:
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)
     options = {

@@ -12,6 +12,7 @@ from typing import Any
 
 from trainyard._logging import get_logger
 from trainyard.engine.config import TrainingConfig
+from trainyard.execution.ray_env import ensure_ray
 from trainyard.execution.remote import dumps, loads
 from trainyard.execution.tasks import RemoteTask, start_task
 from trainyard.job_queue.records import (
@@ -78,6 +79,7 @@ class JobQueue:
             payload = dumps(job_config)
         except Exception as e:  # noqa: BLE001 - any pickling failure
             raise TypeError(f"the job cannot be stored: {type(e).__name__}: {e}. Keep open files, locks and connections out of it") from e
+        ensure_ray()  # first: a job is recorded only once it can be launched
         job_id = uuid.uuid4().hex[:12]
         checkpoint_dir = str(Path(self.storage_path) / job_id)
         with self._engine.begin() as c:
@@ -85,7 +87,12 @@ class JobQueue:
                 id=job_id, name=job_config.name, state="pending", submitted_at=time.time(), attempts=1,
                 checkpoint_dir=checkpoint_dir, owner=owner(), payload=payload,
             ))
-        self._launch(job_id, job_config, payload)
+        try:
+            self._launch(job_id, job_config, payload)
+        except BaseException:  # the caller gets no id: leave no row that reads as a job
+            with self._engine.begin() as c:
+                c.execute(self._table.delete().where(self._table.c.id == job_id))
+            raise
         log.info("job %s submitted%s", job_id, f" ({job_config.name})" if job_config.name else "")
         return job_id
 
@@ -94,12 +101,19 @@ class JobQueue:
         record = self.get_job(job_id)
         if record.state not in ("cancelled", "failed", "interrupted"):
             raise ValueError(f"job {job_id} is {record.state}; only cancelled, failed or interrupted jobs can be resumed")
-        payload = self._row(job_id)["payload"]
+        row = self._row(job_id)
+        payload, before = row["payload"], {k: row[k] for k in ("state", "error", "finished_at", "attempts", "owner")}
+        ensure_ray()
         with self._engine.begin() as c:
             c.execute(self._table.update().where(self._table.c.id == job_id).values(
                 state="pending", error=None, finished_at=None, attempts=record.attempts + 1, owner=owner(),
             ))
-        self._launch(job_id, loads(payload), payload)
+        try:
+            self._launch(job_id, loads(payload), payload)
+        except BaseException:  # not relaunched: it is as it was
+            with self._engine.begin() as c:
+                c.execute(self._table.update().where(self._table.c.id == job_id).values(**before))
+            raise
 
     def cancel_job(self, job_id: str) -> bool:
         """Stop a pending or running job (a running one saves a checkpoint first, so

@@ -63,10 +63,15 @@ def open_table(url: str):
         sa.Column("payload", sa.LargeBinary, nullable=False),
         sa.Column("results", sa.LargeBinary),
     )
-    try:
-        meta.create_all(engine)
-    except sa.exc.OperationalError as e:
-        raise ValueError(f"JobQueue cannot open {url!r}: {e.orig}") from None
+    for attempt in range(5):
+        try:
+            meta.create_all(engine)  # checks first, then creates: two processes can both decide to create
+            break
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError) as e:
+            if "already exists" in str(e.orig) or isinstance(e, sa.exc.IntegrityError):  # the other one won: look again
+                time.sleep(0.05 * (attempt + 1))
+                continue
+            raise ValueError(f"JobQueue cannot open {url!r}: {e.orig}") from None
     return engine, table
 
 
