@@ -76,3 +76,15 @@ def test_a_nan_under_fsdp_stops_at_its_step_and_no_sharded_checkpoint_holds_it(p
     assert saved and all(ck.load(p).state["position"]["global_step"] <= 4 for p in saved)
     for p in saved:
         assert all(torch.isfinite(t).all() for t in full_model_state(p, GPT(CONFIG)).values())
+
+
+def test_a_sharded_checkpoint_resumes_unsharded_in_process(process_group_of_one, tmp_path):
+    first = TrainingConfig(epochs=1, batch_size=4, learning_rate=1e-2, parallelism="fsdp", checkpoint_dir=str(tmp_path / "fsdp"))
+    saved = Trainer(lambda: GPT(CONFIG), CONFIG, first).run(ProcessGroupContext(first), DATA)["checkpoint_path"]
+    resumed = {}
+    for parallelism in ("fsdp", "ddp"):  # sharded again, or one whole model in this process
+        cfg = first.replace(epochs=2, parallelism=parallelism, checkpoint_dir=str(tmp_path / f"again-{parallelism}"))
+        ctx = ProcessGroupContext(cfg) if parallelism == "fsdp" else LocalContext("cpu")
+        resumed[parallelism] = Trainer(lambda: GPT(CONFIG), CONFIG, cfg).run(ctx, DATA, resume_from=saved)
+    assert list(resumed["ddp"]["metrics_summary"]["epoch"]) == [1, 2]
+    assert resumed["ddp"]["loss_history"] == pytest.approx(resumed["fsdp"]["loss_history"], abs=1e-6)
