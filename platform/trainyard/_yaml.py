@@ -46,11 +46,10 @@ def load_file(path: str | os.PathLike, what: str = "config") -> Any:
         raise ValueError(f"{what} {path} is a directory: give the YAML file inside it")
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} not found")
-    data = path.read_bytes()
     try:
-        if b"\x00" in data:
-            raise UnicodeDecodeError("utf-8", data, data.index(b"\x00"), data.index(b"\x00") + 1, "a NUL byte")
-        text = data.decode("utf-8")
+        text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
-        raise ValueError(f"{what} {path} is not a text file (YAML is UTF-8 text): is it the right file?") from None
+        text = None
+    if text is None or "\x00" in text:
+        raise ValueError(f"{what} {path} is not a text file (YAML is UTF-8 text): is it the right file?")
     return load(text, str(path))

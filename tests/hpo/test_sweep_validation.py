@@ -33,3 +33,20 @@ def test_a_metric_the_task_does_not_report_is_refused_with_the_columns():
 def test_a_model_value_the_model_rejects_is_refused_naming_it():
     with pytest.raises(ValueError, match=r"parameter 'model.n_heads' = 3 is rejected by the model: ValueError: GPTConfig.d_model=16 is not divisible by n_heads=3"):
         run({"model.n_heads": {"choice": [2, 3, 4]}})
+
+
+def test_a_model_that_cannot_be_built_on_the_meta_device_is_built_for_real():
+    """A factory that reads weights (here: refuses the meta device) is not refused for it."""
+    import torch
+
+    def reads_weights(model_config):
+        if torch.empty(0).device.type == "meta":
+            raise NotImplementedError("Cannot copy out of meta tensor")
+        return GPT(model_config)
+
+    with pytest.raises(AssertionError, match="started Ray"):  # every check passed: the sweep went on to start Ray
+        sweep(reads_weights, CONFIG, lm_samples(8), lm_samples(4, seed=2), training_config=TrainingConfig(epochs=1),
+              space={"params": {"model.n_heads": {"choice": [2, 4]}}})
+    with pytest.raises(ValueError, match=r"'model.n_heads' = 3 is rejected by the model: ValueError"):
+        sweep(reads_weights, CONFIG, lm_samples(8), lm_samples(4, seed=2), training_config=TrainingConfig(epochs=1),
+              space={"params": {"model.n_heads": {"choice": [2, 3]}}})

@@ -123,18 +123,19 @@ def load_state(directory: Path, model: nn.Module, optimizer: Any, grads: bool) -
     # first window: gradients existed) holds no optimizer state: read none into this one either.
     with _read_errors(directory):
         saved = _safe_reader(directory).read_metadata().state_dict_metadata
-    placeholders = []
+    placeholders: set[int] = set()
     if not any(key.startswith("optimizer.state.") for key in saved):
-        placeholders = [p for p in model.parameters() if p.requires_grad and p.grad is None]
-        for p in placeholders:
-            p.grad = torch.zeros_like(p)
+        for p in model.parameters():
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
+                placeholders.add(id(p))
     state = _state(model, optimizer, grads)
     _read(state, directory)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     for name, p in model.named_parameters():
         if grads:
             p.grad = state["grads"][name]
-        elif any(p is q for q in placeholders):
+        elif id(p) in placeholders:
             p.grad = None
 
 

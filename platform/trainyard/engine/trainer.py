@@ -104,19 +104,16 @@ class Trainer:
         `resume_from` is a checkpoint directory, a run directory (its newest valid
         checkpoint is used) or a `ray.train.Checkpoint`.
         """
-        if self.training_config.parallelism == "fsdp":
-            raise ValueError(
-                "parallelism='fsdp' shards the model across Ray Train workers, and this process is one: pass "
-                "scaling=N to the Trainer (e.g. scaling=2; --workers N on the command line), or use parallelism='ddp' to train here"
-            )
         return self.run(LocalContext(self.training_config.device), train_data, val_data, resume_from)
 
     def run(self, ctx: RunContext, train_data: Any, val_data: Any = None, resume_from: Any = None) -> dict[str, Any]:
         """The loop itself, in the environment `ctx` describes."""
         if self.training_config.parallelism == "fsdp" and not ctx.shards_state:
             raise ValueError(
-                f"parallelism='fsdp' needs a run context that shards the model, and {type(ctx).__name__} does not: in a Ray "
-                "Train worker use create_run_context(training_config=training_config), or use parallelism='ddp'"
+                f"parallelism='fsdp' needs a run context that shards the model, and {type(ctx).__name__} does not: pass "
+                "scaling=N to the Trainer (e.g. scaling=2; --workers N on the command line) to shard across Ray Train "
+                "workers; in a hand-written Ray Train loop use create_run_context(training_config=training_config); "
+                "or use parallelism='ddp'"
             )
         self._stop_reason = None
         self.context = ctx
@@ -363,7 +360,7 @@ class Trainer:
             padding = max(len(eval_batches(len(run.val_ds), cfg.batch_size, r, ctx.world_size)) for r in range(ctx.world_size)) - len(batches)
         sums = evaluation_sums(
             run.model, loader, run.task, run.collate.pad_token_id, ctx.device, run.forward_kwargs, run.amp_dtype,
-            padding_forwards=padding, padding_batch=run.collate([run.val_ds[0]]),
+            padding_forwards=padding, padding_batch=run.collate([run.val_ds[0]]) if padding else None,
         )
         return sums.reduced(ctx).metrics("val", run.task)
 

@@ -180,13 +180,15 @@ def _check_metric(space: SearchSpace, task_spec: Any, train_data: Any) -> None:
     given, or the data is in memory; a path is read by the trials)."""
     from trainyard.engine.data import as_dataset
     from trainyard.engine.metrics import MetricSums
-    from trainyard.engine.task import detect_task
+    from trainyard.engine.task import as_task_spec, detect_task
     from trainyard.engine.telemetry import TELEMETRY_KEYS
 
-    task = getattr(task_spec, "name", None) or (task_spec.get("name") if isinstance(task_spec, Mapping) else task_spec)
-    if not isinstance(task, str):
-        if isinstance(train_data, (str, os.PathLike)):
-            return
+    spec = as_task_spec(task_spec)
+    if spec is not None:
+        task = spec.name
+    elif isinstance(train_data, (str, os.PathLike)):
+        return
+    else:
         task = detect_task(as_dataset(train_data, "train_data")[0])[0]
     columns = sorted({*MetricSums().metrics("train", task), *MetricSums().metrics("val", task), "train/learning_rate", *TELEMETRY_KEYS})
     if space.metric not in columns:
@@ -196,9 +198,10 @@ def _check_metric(space: SearchSpace, task_spec: Any, train_data: Any) -> None:
 
 
 def _check_model_values(space: SearchSpace, model_factory: Callable, config: Any) -> None:
-    """Build the model once (on the meta device: no memory, no init cost) for each edge or
-    choice of every model.* parameter, the others at the base config: a value the model
-    rejects fails here, before Ray starts, instead of in every trial that draws it."""
+    """Build the model once for each edge or choice of every model.* parameter, the others at
+    the base config: a value the model rejects fails here, before Ray starts, instead of in
+    every trial that draws it. On the meta device first (no memory, no init cost); a
+    factory that cannot build there (one that reads weights) is built for real."""
     import torch
 
     if not _takes_config(model_factory):
@@ -207,9 +210,15 @@ def _check_model_values(space: SearchSpace, model_factory: Callable, config: Any
         if not p.is_model:
             continue
         for value in p.sample_values():
+            model_config = _with_overrides(config, {p.name[len("model.") :]: value})
             try:
                 with torch.device("meta"):
-                    model_factory(_with_overrides(config, {p.name[len("model.") :]: value}))
+                    model_factory(model_config)
+                continue
+            except Exception:  # noqa: BLE001 - decided by the real build below
+                pass
+            try:
+                model_factory(model_config)
             except Exception as e:  # noqa: BLE001 - whatever the model raises is the user's answer
                 raise ValueError(f"{space.source}: parameter {p.name!r} = {value!r} is rejected by the model: {type(e).__name__}: {e}") from None
 
