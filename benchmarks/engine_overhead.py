@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DistributedSampler
 
+from measure import hand_written_step
 from trainyard import Trainer, TrainingConfig, TrainingHooks
 from trainyard.models import GPT
 
@@ -55,14 +55,7 @@ def raw_loop(data, config, args):
     losses, ends = [], []
     model.train()
     for i in range(0, len(order), args.batch):
-        x = data[order[i : i + args.batch]]
-        logits = model(x)
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(hand_written_step(model, opt, data[order[i : i + args.batch]]).item())
         ends.append(time.perf_counter())
     return losses, ends
 

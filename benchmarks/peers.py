@@ -34,7 +34,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(ROOT / "platform"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from measure import peak_rss_mb  # noqa: E402
+from measure import hand_written_step, peak_rss_mb  # noqa: E402
 
 HF = {"n_layer": 2, "n_embd": 128, "n_head": 4, "vocab_size": 512, "n_positions": 64, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
 SEQ, BATCH, LR = 64, 16, 3e-4
@@ -159,7 +159,6 @@ def stock_train_func(config: dict) -> dict:
     import ray.train
     import ray.train.torch
     import torch
-    import torch.nn.functional as F
 
     from trainyard.models import GPT
 
@@ -175,20 +174,14 @@ def stock_train_func(config: dict) -> dict:
         if ray.train.get_context().get_world_size() > 1:
             loader.sampler.set_epoch(epoch)
         for (x,) in loader:
-            logits = model(x)
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            loss.item()
+            loss = hand_written_step(model, opt, x).item()
             ends.append(time.time())
         with tempfile.TemporaryDirectory() as d:  # the same work: a checkpoint every epoch
             checkpoint = None
             if ray.train.get_context().get_world_rank() == 0:
                 torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, f"{d}/state.pt")
                 checkpoint = ray.train.Checkpoint.from_directory(d)
-            ray.train.report({"epoch": epoch, "loss": loss.item()}, checkpoint=checkpoint)
+            ray.train.report({"epoch": epoch, "loss": loss}, checkpoint=checkpoint)
     return {"ends": ends}
 
 
@@ -272,7 +265,6 @@ def _tune_data():
 def stock_trainable(config: dict, data=None) -> None:
     import ray.tune
     import torch
-    import torch.nn.functional as F
 
     from trainyard.models import GPT
 
@@ -285,14 +277,7 @@ def stock_trainable(config: dict, data=None) -> None:
         order = torch.randperm(len(data), generator=g)
         total = 0.0
         for i in range(0, len(order), BATCH):
-            x = data[order[i : i + BATCH]]
-            logits = model(x)
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            total += loss.item()
+            total += hand_written_step(model, opt, data[order[i : i + BATCH]]).item()
         ray.tune.report({"train/loss": total / (len(order) / BATCH)})
 
 
