@@ -52,3 +52,17 @@ def lm_factory(seed: int = 1, dropout: float = 0.1):
         return TinyLM(dropout=dropout)
 
     return factory
+
+
+def slow_batches(seconds: float):
+    """A hook that makes every batch take `seconds` longer: a job that is still running
+    when a test acts on it."""
+    import time
+
+    from trainyard import TrainingHooks
+
+    class SlowBatches(TrainingHooks):
+        def on_batch_end(self, trainer, batch, outputs):
+            time.sleep(seconds)
+
+    return SlowBatches()

@@ -3,7 +3,7 @@ included) is parsed with `ast`, and must follow the table below.
 
 A unit is a subpackage of trainyard (`engine`, `hpo`, ...) or a top-level module
 (`trainer`, `_logging`). Arrows only point down: a unit may import the units its row
-names, and the private helper modules (`_logging`, `_yaml`), nothing else of trainyard.
+names, and the private helper modules (`_logging`, `_trust`, `_yaml`), nothing else of trainyard.
 Ray may be imported only by the Ray layer (`execution`) and, for Tune alone, by `hpo`;
 Optuna only by `hpo`. README.md's layout section shows this same table (checked below).
 """
@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "platform" / "trainyard"
-HELPERS = ("_logging", "_yaml")
+HELPERS = ("_logging", "_trust", "_yaml")
 
 # unit -> the units it may import, top layer first (each row names only rows below it).
 LAYERS: dict[str, tuple[str, ...]] = {
@@ -148,7 +148,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def render_table() -> str:
     """The table as README.md shows it."""
     rows = [f"  {unit:<11} -> {', '.join(deps) if deps else '(nothing but the helpers)'}" for unit, deps in LAYERS.items() if unit != "__init__"]
-    return "\n".join(["trainyard/   (a unit may import only what its row names, and the helpers _logging, _yaml)", *rows])
+    return "\n".join(["trainyard/   (a unit may import only what its row names, and the helpers _logging, _trust, _yaml)", *rows])
 
 
 # -- the tests -----------------------------------------------------------------------------

@@ -205,6 +205,16 @@ def test_an_unwritable_checkpoint_dir_is_refused_before_the_first_step(tmp_path)
     assert Count.batches == 0
 
 
+def test_a_new_run_folder_is_owner_only_and_an_existing_one_keeps_its_mode(tmp_path):
+    import stat
+
+    finished_run(tmp_path / "run", epochs=1)
+    assert stat.S_IMODE((tmp_path / "run").stat().st_mode) == 0o700
+    (tmp_path / "team").mkdir(mode=0o750)
+    finished_run(tmp_path / "team", epochs=1)
+    assert stat.S_IMODE((tmp_path / "team").stat().st_mode) == 0o750
+
+
 def test_what_a_killed_save_left_is_tidied_when_the_run_is_resumed(tmp_path):
     r = finished_run(tmp_path / "run", epochs=1)
     run, newest = tmp_path / "run", ck.Path(r["checkpoint_path"])

@@ -50,3 +50,26 @@ def test_a_model_that_cannot_be_built_on_the_meta_device_is_built_for_real():
     with pytest.raises(ValueError, match=r"'model.n_heads' = 3 is rejected by the model: ValueError"):
         sweep(reads_weights, CONFIG, lm_samples(8), lm_samples(4, seed=2), training_config=TrainingConfig(epochs=1),
               space={"params": {"model.n_heads": {"choice": [2, 3]}}})
+
+
+def test_resuming_a_sweep_folder_others_can_write_is_refused_before_ray(tmp_path):
+    """Ray Tune unpickles a sweep folder's state when it resumes it: a folder others can
+    write is refused (naming it and the opt-out); a new one is made owner-only."""
+    import os
+    import stat
+
+    from trainyard._trust import SharedStorageError
+
+    shared = tmp_path / "sweeps" / "team"
+    shared.mkdir(parents=True)
+    (shared / "tuner.pkl").write_bytes(b"planted")
+    os.chmod(shared, 0o777)
+    with pytest.raises(SharedStorageError, match=rf"the sweep folder {shared} is world-writable.*allow_shared_storage=True"):
+        run({"learning_rate": {"loguniform": [1e-4, 1e-2]}}, storage_path=tmp_path / "sweeps", name="team")
+    os.chmod(shared, 0o755)
+    os.chmod(shared / "tuner.pkl", 0o666)
+    with pytest.raises(SharedStorageError, match=rf"{shared / 'tuner.pkl'} is world-writable"):
+        run({"learning_rate": {"loguniform": [1e-4, 1e-2]}}, storage_path=tmp_path / "sweeps", name="team")
+    with pytest.raises(AssertionError, match="started Ray"):  # a new folder passes the check
+        run({"learning_rate": {"loguniform": [1e-4, 1e-2]}}, storage_path=tmp_path / "sweeps", name="mine")
+    assert stat.S_IMODE((tmp_path / "sweeps" / "mine").stat().st_mode) == 0o700

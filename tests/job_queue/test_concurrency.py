@@ -2,6 +2,9 @@
 runs, or raises and leaves no row; a new database opens from many processes at once."""
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -9,6 +12,7 @@ import time
 import pytest
 
 from tests.conftest import ROOT
+from trainyard.job_queue.records import HEARTBEAT_S
 
 OPEN = """
 import sys, time
@@ -27,7 +31,7 @@ def test_a_new_database_opens_from_many_processes_at_once(tmp_path):
 
 
 SUBMIT = """
-import json, sys, threading, torch
+import json, os, sys, threading, time, torch
 from tests.helpers import lm_factory
 from trainyard import TrainingConfig
 from trainyard.job_queue import JobConfig, JobQueue
@@ -41,8 +45,11 @@ def submit():
     except Exception as e:
         errors.append(repr(e))
 threads = [threading.Thread(target=submit) for _ in range(int(sys.argv[3]))]
+time.sleep(max(0.0, float(os.environ.get("START_AT", 0)) - time.time()))  # every process starts together
 for t in threads: t.start()
 for t in threads: t.join()
+if os.environ.get("CANCEL"):  # what the test asks of these jobs is that they exist, once each
+    for i in ids: queue.cancel_job(i)
 states = [queue.wait(i, timeout=240) for i in ids]
 print("RESULT " + json.dumps({"ids": ids, "errors": errors, "states": states, "rows": [r.id for r in queue.list_jobs()]}))
 """
@@ -78,3 +85,98 @@ def test_a_submission_that_cannot_launch_leaves_no_row(ray_session, tmp_path, mo
     with pytest.raises(RuntimeError, match="the cluster refused the task"):
         queue.submit_job(job)
     assert queue.list_jobs() == []
+
+
+def _run_submitters(url, storage, processes, threads, env):
+    start = time.time() + 8  # after every interpreter has imported torch
+    procs = [subprocess.Popen([sys.executable, "-c", SUBMIT, url, str(storage), str(threads)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**env, "START_AT": str(start)})
+             for _ in range(processes)]
+    outs = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=600)
+        lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+        assert lines, stdout[-2000:] + stderr[-3000:]
+        outs.append(json.loads(lines[-1][len("RESULT "):]))
+    return outs
+
+
+def _env(**extra):
+    return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+
+
+@pytest.mark.slow
+def test_concurrent_submissions_from_many_processes_against_a_running_cluster(ray_session, tmp_path):
+    """4 processes x 25 threads, all submitting at once to one database and one cluster. The
+    jobs are cancelled once submitted (that every job runs to completion is the test above,
+    with 8): 100 jobs run in each submitter's own Ray workers would take minutes here."""
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    outs = _run_submitters(url, tmp_path / "jobs", 4, 25, _env(RAY_ADDRESS=ray_session.get_runtime_context().gcs_address, CANCEL="1"))
+    ids = [i for out in outs for i in out["ids"]]
+    assert [e for out in outs for e in out["errors"]] == []
+    assert len(ids) == len(set(ids)) == 100
+    from trainyard.job_queue import JobQueue
+
+    rows = JobQueue(url).list_jobs()
+    assert sorted(r.id for r in rows) == sorted(ids)  # 0 lost, 0 phantom
+    assert {r.state for r in rows} <= {"cancelled", "completed"}  # each ran, or was stopped as asked
+
+
+def test_with_ray_unreachable_every_submission_raises_at_once_and_leaves_no_row(tmp_path):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    began = time.monotonic()
+    (out,) = _run_submitters(url, tmp_path / "jobs", 1, 8, _env(RAY_ADDRESS=f"127.0.0.1:{port}"))
+    assert out["ids"] == [] and out["rows"] == []
+    assert len(out["errors"]) == 8 and all(f"no Ray cluster answers at 127.0.0.1:{port}" in e for e in out["errors"]), out["errors"][:1]
+    assert time.monotonic() - began < 120  # Ray itself would wait minutes per attempt
+
+
+KILLED = """
+import os, signal, sys, time, torch
+from tests.helpers import lm_factory, slow_batches
+from trainyard import TrainingConfig
+from trainyard.job_queue import JobConfig, JobQueue
+
+queue = JobQueue(sys.argv[1], storage_path=sys.argv[2])
+job_id = queue.submit_job(JobConfig(model_factory=lm_factory(), config={"vocab_size": 32}, train_data=[torch.arange(3, 11)] * 16,
+                                    training_config=TrainingConfig(epochs=3, batch_size=2), hooks=[slow_batches(0.15)]))
+print(job_id, flush=True)
+while queue.get_job_status(job_id) != "running":
+    time.sleep(0.05)
+time.sleep(1.0)  # past its first steps
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_submitters_job_is_interrupted_exactly_when_its_worker_is_gone(ray_session, tmp_path):
+    from trainyard.job_queue import JobQueue
+    from trainyard.job_queue.records import _alive
+
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED, url, str(tmp_path / "jobs")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT, env=_env(RAY_ADDRESS=ray_session.get_runtime_context().gcs_address))
+    job_id = proc.stdout.readline().strip()
+    assert job_id, proc.communicate(timeout=60)[1][-3000:]
+    queue = JobQueue(url)
+    deadline, seen = time.monotonic() + 120, []  # watched from before the kill to after it
+    while time.monotonic() < deadline:
+        row, state = queue._row(job_id), queue.get_job_status(job_id)
+        seen.append(state)
+        if state == "interrupted":  # never while the process that ran it is alive, unless that process recorded its stop
+            assert row["state"] == "interrupted" or not _alive(int(row["worker"].rsplit(":", 1)[1])), "reads interrupted while its worker still runs"
+            break
+        assert state in ("pending", "running"), (state, row["error"])
+        time.sleep(0.05)
+    assert seen[-1] == "interrupted", seen[-5:]
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    record = queue.get_job(job_id)
+    assert record.error is None or "the process that submitted it died" in record.error, record.error
+    time.sleep(2 * HEARTBEAT_S)
+    assert queue.get_job_status(job_id) == "interrupted"  # and it stays so: nothing finishes it as failed
+    queue.resume_job(job_id)
+    assert queue.wait(job_id, timeout=240) == "completed"
+    assert queue.get_job(job_id).attempts == 2

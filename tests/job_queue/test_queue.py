@@ -122,8 +122,9 @@ def test_a_job_whose_submitter_died_is_interrupted_and_can_be_resumed(ray_sessio
     job_id = queue.submit_job(_JobConfig(model_factory=ModelFactory(config), config=config, train_data=_data()))
     queue.wait(job_id, timeout=120)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
-    with queue._engine.begin() as c:  # as if a process that has since died had launched it
-        c.execute(queue._table.update().values(state="running", owner=f"{__import__('socket').gethostname()}:{dead}", results=None))
+    host = __import__("socket").gethostname()
+    with queue._engine.begin() as c:  # as if processes that have since died had launched and run it
+        c.execute(queue._table.update().values(state="running", owner=f"{host}:{dead}", worker=f"{host}:{dead}", results=None))
     assert queue.get_job_status(job_id) == "interrupted"
     with pytest.raises(RuntimeError, match="is interrupted"):
         queue.get_job_results(job_id)

@@ -259,7 +259,7 @@ def open_for_writing(run_dir: Path) -> None:
     temporary directory is removed, and a checkpoint it had moved aside to replace is put
     back."""
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # a new run folder is owner-only
         probe = run_dir / f"{_TMP_PREFIX}probe-{uuid.uuid4().hex[:8]}"
         probe.write_bytes(b"")
         probe.unlink()

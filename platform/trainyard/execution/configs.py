@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from trainyard._trust import make_private_dir
 from trainyard.engine.config import TrainingConfig
 from trainyard.execution.ray_env import cluster_resources, verbose
 from trainyard.execution.remote import run_name
@@ -54,6 +55,7 @@ def run_config(given: Any, training_config: TrainingConfig, *, name: str | None 
         changes["name"] = run_name("trainyard")
     if "://" not in str(given.storage_path):
         changes["storage_path"] = str(Path(given.storage_path).expanduser().resolve())
+        make_private_dir(Path(changes["storage_path"]) / changes.get("name", given.name))  # owner-only run folder
     if not verbose():
         changes["logging_config"] = LoggingConfig(log_level="WARNING")
     return dataclasses.replace(given, **changes)

@@ -83,6 +83,7 @@ def _connect(ray, num_cpus: int | None, py_modules: list[str] | None) -> None:
         logging.getLogger("ray").setLevel(logging.ERROR)
     address = os.environ.get("RAY_ADDRESS") or _running_cluster()
     if address:
+        _check_reachable(address)
         log.info("connecting to the Ray cluster at %s", address)
         ray.init(address=address, **options)
     else:
@@ -96,6 +97,26 @@ def cluster_resources() -> dict[str, float]:
     import ray
 
     return dict(ray.cluster_resources())
+
+
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Ray waits minutes, logging a warning every few seconds, for a cluster address that
+    nothing answers at: find that out in seconds and say what to do."""
+    import socket
+
+    target = address.split("://", 1)[-1]
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto" and the like: Ray resolves those itself
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return
+    except OSError as e:
+        raise ConnectionError(
+            f"no Ray cluster answers at {address} (RAY_ADDRESS; {e.strerror or type(e).__name__}). "
+            "Start one there (`ray start --head`), point RAY_ADDRESS at a running head, or unset "
+            "RAY_ADDRESS to run on a local Ray started in this process"
+        ) from None
 
 
 def _running_cluster() -> str | None:

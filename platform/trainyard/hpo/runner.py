@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from trainyard._logging import get_logger
+from trainyard._trust import check_private, make_private_dir
 from trainyard.engine.config import TrainingConfig, model_config_dict
 from trainyard.hpo.space import SearchSpace, load_search_space
 
@@ -84,8 +85,12 @@ def sweep(
     seed: int = 0,
     max_failures: int = 0,
     checkpoint_every_epoch: bool = True,
+    allow_shared_storage: bool = False,
 ) -> SweepResult:
     """Search `space` with `num_samples` trials; see the module docstring.
+
+    The sweep folder is created owner-only; resuming from one that another user owns or
+    can write is refused (Ray Tune unpickles its state) unless `allow_shared_storage=True`.
 
     `max_failures` > 0 retries a trial that raised, from its last checkpoint; with the
     default 0 it is recorded as failed and the sweep goes on. `checkpoint_every_epoch=False`
@@ -107,10 +112,15 @@ def sweep(
     from trainyard.execution.ray_env import ensure_ray
     from trainyard.execution.remote import absolute, check_picklable, run_name
 
-    ensure_ray()
-    _quiet_optuna()
     storage = absolute(storage_path or DEFAULT_STORAGE)
     name = name or run_name("sweep")
+    sweep_dir = f"{storage.rstrip('/')}/{name}"
+    if "://" not in sweep_dir:  # Tuner.restore unpickles what is there: it must be the user's own
+        make_private_dir(Path(sweep_dir))
+        check_private([Path(sweep_dir), *Path(sweep_dir).glob("*.pkl"), *Path(sweep_dir).glob("*.json")],
+                      "the sweep folder", allow=allow_shared_storage)
+    ensure_ray()
+    _quiet_optuna()
     resources = dict(resources_per_trial or {"cpu": 1})
     payload = _TrialInputs(
         model_factory, config, absolute(train_data), absolute(val_data), base.replace(checkpoint_every_n_steps=None),
@@ -118,7 +128,6 @@ def sweep(
     )
     check_picklable("model_factory", model_factory)
     trainable = tune.with_resources(tune.with_parameters(_trial, payload=payload), resources)
-    sweep_dir = f"{storage.rstrip('/')}/{name}"
     table = _live_table(space)
     if tune.Tuner.can_restore(sweep_dir):
         log.info("resuming sweep %s (finished trials are kept)", sweep_dir)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from trainyard._logging import get_logger
+from trainyard._trust import check_private, make_private_dir
 from trainyard.engine.config import TrainingConfig
 from trainyard.execution.ray_env import ensure_ray
 from trainyard.execution.remote import dumps, loads
@@ -20,6 +21,7 @@ from trainyard.job_queue.records import (
     JOB_STATES,
     JobRecord,
     absolute_sqlite,
+    database_files,
     default_storage,
     open_table,
     owner,
@@ -61,13 +63,21 @@ class JobConfig:
 
 
 class JobQueue:
-    def __init__(self, url: str = "sqlite:///training_jobs.db", storage_path: str | os.PathLike | None = None):
+    def __init__(self, url: str = "sqlite:///training_jobs.db", storage_path: str | os.PathLike | None = None,
+                 allow_shared_storage: bool = False):
         """`url`: a SQLAlchemy database URL. `storage_path`: where job checkpoints go
-        (default: beside a SQLite file, `<name>_jobs/`; else `runs/jobs`)."""
+        (default: beside a SQLite file, `<name>_jobs/`; else `runs/jobs`).
+
+        Jobs and results are stored as pickles, so the database is trusted code: a new
+        SQLite file is created owner-only, and one that another user owns or can write is
+        refused when a pickle is read from it, unless `allow_shared_storage=True` (or
+        TRAINYARD_ALLOW_SHARED_STORAGE=1) says everyone who can write it is trusted. On a
+        database server, its credentials are the boundary."""
         self.url = absolute_sqlite(url)  # the jobs' processes have other working directories
         self._engine, self._table = open_table(self.url)
         self.storage_path = str(Path(storage_path or default_storage(self._engine)).expanduser().resolve())
-        self._tasks: dict[str, RemoteTask] = {}  # jobs this object launched
+        self.allow_shared_storage = bool(allow_shared_storage)
+        self._tasks: dict[str, tuple[RemoteTask, int]] = {}  # jobs this object launched, and which attempt
 
     # -- submitting and controlling ------------------------------------------------------
 
@@ -88,7 +98,7 @@ class JobQueue:
                 checkpoint_dir=checkpoint_dir, owner=owner(), payload=payload,
             ))
         try:
-            self._launch(job_id, job_config, payload)
+            self._launch(job_id, 1, job_config, payload)
         except BaseException:  # the caller gets no id: leave no row that reads as a job
             with self._engine.begin() as c:
                 c.execute(self._table.delete().where(self._table.c.id == job_id))
@@ -103,16 +113,20 @@ class JobQueue:
             raise ValueError(f"job {job_id} is {record.state}; only cancelled, failed or interrupted jobs can be resumed")
         row = self._row(job_id)
         payload, before = row["payload"], {k: row[k] for k in ("state", "error", "finished_at", "attempts", "owner")}
+        job_config = self._unpickle(payload)
         ensure_ray()
-        with self._engine.begin() as c:
-            c.execute(self._table.update().where(self._table.c.id == job_id).values(
-                state="pending", error=None, finished_at=None, attempts=record.attempts + 1, owner=owner(),
-            ))
+        attempt, t = record.attempts + 1, self._table
+        with self._engine.begin() as c:  # only from the row just read: two resumes launch once
+            claimed = c.execute(t.update().where(
+                (t.c.id == job_id) & (t.c.attempts == record.attempts) & (t.c.state == row["state"])
+            ).values(state="pending", error=None, finished_at=None, attempts=attempt, owner=owner())).rowcount
+        if not claimed:
+            raise RuntimeError(f"job {job_id} changed while it was being resumed (another process resumed or launched it); queue.get_job({job_id!r}) shows it now")
         try:
-            self._launch(job_id, loads(payload), payload)
+            self._launch(job_id, attempt, job_config, payload)
         except BaseException:  # not relaunched: it is as it was
             with self._engine.begin() as c:
-                c.execute(self._table.update().where(self._table.c.id == job_id).values(**before))
+                c.execute(t.update().where((t.c.id == job_id) & (t.c.attempts == attempt)).values(**before))
             raise
 
     def cancel_job(self, job_id: str) -> bool:
@@ -124,7 +138,7 @@ class JobQueue:
             changed = c.execute(self._table.update().where(
                 (self._table.c.id == job_id) & self._table.c.state.in_(("pending", "running"))
             ).values(state="cancelled", finished_at=time.time())).rowcount
-        task = self._tasks.get(job_id)
+        task, _ = self._tasks.get(job_id, (None, None))
         if changed and task is not None and self._row(job_id)["started_at"] is None:
             task.cancel()  # not started: drop it from Ray's queue
         return bool(changed)
@@ -145,7 +159,7 @@ class JobQueue:
         if record.state != "completed":
             detail = f": {record.error.strip().splitlines()[-1]}" if record.error else ""
             raise RuntimeError(f"job {job_id} is {record.state}{detail}; results exist only for completed jobs (see queue.wait)")
-        return pickle.loads(self._row(job_id)["results"])  # noqa: S301 - written by this queue's own jobs
+        return self._unpickle(self._row(job_id)["results"], pickle.loads)
 
     def list_jobs(self, state: str | None = None) -> list[JobRecord]:
         if state is not None and state not in JOB_STATES:
@@ -177,23 +191,30 @@ class JobQueue:
             raise KeyError(f"no job {job_id!r} in {self.url}; queue.list_jobs() lists the jobs there")
         return dict(row)
 
+    def _unpickle(self, data: bytes, load=loads) -> Any:
+        """A pickle from the database, once the database is known to be the user's own."""
+        check_private(database_files(self._engine), "the job queue's database", allow=self.allow_shared_storage)
+        return load(data)  # noqa: S301 - from a database only this user can write
+
     def _reconcile(self, job_id: str) -> None:
         """A job task launched here that ended without recording its end (it could not
         even start, e.g. its payload failed to unpickle there) is failed, with Ray's error."""
-        task = self._tasks.get(job_id)
+        task, attempt = self._tasks.get(job_id, (None, None))
         if task is None or not task.done():
             return
         del self._tasks[job_id]
         error = task.failure()
         if error is not None:
+            t = self._table
             with self._engine.begin() as c:
-                c.execute(self._table.update().where(
-                    (self._table.c.id == job_id) & self._table.c.state.in_(("pending", "running"))
+                c.execute(t.update().where(
+                    (t.c.id == job_id) & (t.c.attempts == attempt) & t.c.state.in_(("pending", "running"))
                 ).values(state="failed", finished_at=time.time(), error=error))
 
-    def _launch(self, job_id: str, job_config: JobConfig, payload: bytes) -> None:
+    def _launch(self, job_id: str, attempt: int, job_config: JobConfig, payload: bytes) -> None:
+        make_private_dir(Path(self.storage_path))
         self._tasks[job_id] = start_task(
-            run_job, self.url, job_id, payload, self.storage_path,
+            run_job, self.url, job_id, attempt, payload, self.storage_path, self.allow_shared_storage,
             num_cpus=1, num_gpus=1 if job_config.use_gpu and job_config.num_workers == 1 else 0,
             on_this_node=self._engine.dialect.name == "sqlite",  # the database file is on this node
-        )
+        ), attempt

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainyard._trust import make_private_dir, make_private_file
+
 JOB_STATES = ("pending", "running", "completed", "failed", "cancelled", "interrupted")
 FINISHED = ("completed", "failed", "cancelled")
 HEARTBEAT_S = 2.0  # a running job touches its record this often
@@ -41,7 +43,9 @@ def open_table(url: str):
     if engine.dialect.name == "sqlite":
         database = engine.url.database
         if database and database != ":memory:":
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            file = Path(database).expanduser()
+            make_private_dir(file.parent)
+            make_private_file(file)  # owner-only: it holds pickles (see trainyard._trust)
         else:
             raise ValueError(f"JobQueue url {url!r}: an in-memory SQLite database is private to one process; give a file, e.g. sqlite:///training_jobs.db")
         sa.event.listen(engine, "connect", _sqlite_wal)
@@ -57,6 +61,7 @@ def open_table(url: str):
         sa.Column("heartbeat_at", sa.Float),
         sa.Column("attempts", sa.Integer, nullable=False, default=1),
         sa.Column("owner", sa.String(300)),  # host:pid of the process that launched it
+        sa.Column("worker", sa.String(300)),  # host:pid of the process running it
         sa.Column("error", sa.Text),
         sa.Column("checkpoint_dir", sa.Text, nullable=False),
         sa.Column("checkpoint_path", sa.Text),
@@ -72,7 +77,33 @@ def open_table(url: str):
                 time.sleep(0.05 * (attempt + 1))
                 continue
             raise ValueError(f"JobQueue cannot open {url!r}: {e.orig}") from None
+    _add_missing_columns(engine, table)
     return engine, table
+
+
+def _add_missing_columns(engine, table) -> None:
+    """A database written by an earlier version lacks the newer (nullable) columns: add them,
+    keeping every row."""
+    import sqlalchemy as sa
+
+    present = {c["name"] for c in sa.inspect(engine).get_columns(TABLE)}
+    for column in table.columns:
+        if column.name not in present:
+            kind = column.type.compile(dialect=engine.dialect)
+            try:
+                with engine.begin() as c:
+                    c.execute(sa.text(f"ALTER TABLE {TABLE} ADD COLUMN {column.name} {kind}"))
+            except (sa.exc.OperationalError, sa.exc.ProgrammingError) as e:
+                if "duplicate column" not in str(e.orig).lower() and "already exists" not in str(e.orig).lower():
+                    raise  # another process added it first otherwise
+
+
+def database_files(engine) -> list[Path]:
+    """The files a SQLite database reads (the trust check looks at each); none for a server."""
+    if engine.dialect.name != "sqlite":
+        return []
+    file = Path(engine.url.database).expanduser()
+    return [file, file.with_name(file.name + "-wal"), file.with_name(file.name + "-shm")]
 
 
 def absolute_sqlite(url: str) -> str:
@@ -116,16 +147,39 @@ def to_record(row: dict[str, Any]) -> JobRecord:
 
 
 def observed_state(row: dict[str, Any]) -> str:
-    """The stored state, or 'interrupted' for a pending/running job nobody runs any more."""
+    """The stored state, or 'interrupted' for a pending/running job nobody runs any more.
+
+    A job whose launching process died is interrupted (Ray stops the tasks of a dead
+    submitter), but not while its own process is still alive: it is still running, and
+    resuming it then would put two trainers in one checkpoint directory."""
     state = row["state"]
     if state not in ("pending", "running"):
         return state
-    host, _, pid = (row["owner"] or "").rpartition(":")
-    if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
-        return "interrupted"  # its launching process (and with it, the Ray task) is gone
-    if state == "running" and row["heartbeat_at"] is not None and time.time() - row["heartbeat_at"] > STALE_S:
-        return "interrupted"
-    return state
+    launcher_gone = _gone(row["owner"]) is True
+    silent = row["heartbeat_at"] is not None and time.time() - row["heartbeat_at"] > STALE_S
+    if not (launcher_gone or (state == "running" and silent)):
+        return state
+    if state == "running" and not _worker_gone(row):
+        return "running"  # being stopped, or wedged: not resumable until its process is gone
+    return "interrupted"
+
+
+def _worker_gone(row: dict[str, Any]) -> bool:
+    """The process running the job is known dead: on this host, by its pid; elsewhere, by
+    a heartbeat silent for three beats."""
+    silence = time.time() - row["heartbeat_at"] if row["heartbeat_at"] is not None else float("inf")
+    gone = _gone(row["worker"])
+    if gone is not None:
+        return gone or silence > STALE_S  # alive but a minute silent: its pid was reused
+    return silence > 3 * HEARTBEAT_S + 1
+
+
+def _gone(who: str | None) -> bool | None:
+    """Whether the process `host:pid` has ended; None when that cannot be known here."""
+    host, _, pid = (who or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    return not _alive(int(pid))
 
 
 def _alive(pid: int) -> bool:
@@ -138,7 +192,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def finish(engine, table, job_id: str, **values: Any) -> None:
-    """Record a running job's end (a cancelled record stays cancelled)."""
+def finish(engine, table, job_id: str, attempt: int, **values: Any) -> None:
+    """Record a running job's end (a cancelled record stays cancelled; a record launched
+    again since belongs to the newer attempt)."""
     with engine.begin() as c:
-        c.execute(table.update().where((table.c.id == job_id) & (table.c.state == "running")).values(finished_at=time.time(), **values))
+        c.execute(table.update().where(
+            (table.c.id == job_id) & (table.c.state == "running") & (table.c.attempts == attempt)
+        ).values(finished_at=time.time(), **values))

@@ -12,22 +12,29 @@ from trainyard.engine.checkpoint import latest_valid
 from trainyard.engine.hooks import TrainingHooks
 from trainyard.execution.configs import run_config, scaling_config
 from trainyard.execution.remote import loads
-from trainyard.job_queue.records import HEARTBEAT_S, finish, open_table
+from trainyard._trust import check_private
+from trainyard.job_queue.records import HEARTBEAT_S, database_files, finish, open_table, owner
 from trainyard.trainer import Trainer
 
 
-def run_job(url: str, job_id: str, payload: bytes, storage_path: str) -> None:
-    """Runs as a Ray task: the job's whole life, written to its record as it goes."""
+def run_job(url: str, job_id: str, attempt: int, payload: bytes, storage_path: str, allow_shared_storage: bool = False) -> None:
+    """Runs as a Ray task: the job's whole life, written to its record as it goes.
+
+    `attempt` fences the record: this task claims, heartbeats and finishes the job only
+    while the record still counts that attempt, so a task of an earlier launch that is
+    still dying never writes over (or trains beside) the run that resumed it."""
     engine, table = open_table(url)
+    mine = (table.c.id == job_id) & (table.c.attempts == attempt)
     with engine.begin() as c:
-        started = c.execute(table.update().where((table.c.id == job_id) & (table.c.state == "pending")).values(
-            state="running", started_at=time.time(), heartbeat_at=time.time(),
+        started = c.execute(table.update().where(mine & (table.c.state == "pending")).values(
+            state="running", started_at=time.time(), heartbeat_at=time.time(), worker=owner(),
         )).rowcount
-    if not started:  # cancelled before it began
+    if not started:  # cancelled before it began, or launched again since
         return
-    watch = _Watch(engine, table, job_id)
+    watch = _Watch(engine, table, job_id, attempt)
     watch.start()
     try:
+        check_private(database_files(engine), "the job queue's database", allow=allow_shared_storage)
         job = loads(payload)
         checkpoint_dir = job.training_config.checkpoint_dir or str(Path(storage_path) / job_id)
         training_config = job.training_config.replace(checkpoint_dir=checkpoint_dir)
@@ -46,29 +53,47 @@ def run_job(url: str, job_id: str, payload: bytes, storage_path: str) -> None:
             results = trainer.train(job.train_data, job.val_data, resume_from=resume)
         if watch.cancelled:
             return
-        finish(engine, table, job_id, state="completed", results=pickle.dumps(results), checkpoint_path=results.get("checkpoint_path"))
+        finish(engine, table, job_id, attempt, state="completed", results=pickle.dumps(results), checkpoint_path=results.get("checkpoint_path"))
+    except _Superseded:
+        return  # the record is the newer attempt's
+    except (SystemExit, KeyboardInterrupt) as e:
+        # Ray ends a task this way when the process that submitted it dies (or on ray.cancel)
+        finish(engine, table, job_id, attempt, state="interrupted", error=(
+            f"the job's process was told to exit ({type(e).__name__}: {e}) at {time.strftime('%Y-%m-%d %H:%M:%S')}, "
+            "most likely because the process that submitted it died; queue.resume_job(job_id) continues "
+            "from its last checkpoint"
+        ))
+        raise
     except BaseException:
-        finish(engine, table, job_id, state="failed", error=traceback.format_exc())
+        finish(engine, table, job_id, attempt, state="failed", error=traceback.format_exc())
         raise
     finally:
         watch.stop()
 
 
-class _Watch(threading.Thread):
-    """Touches the record's heartbeat and notices a cancellation from any process."""
+class _Superseded(Exception):
+    """The job was launched again (resumed) while this attempt still ran."""
 
-    def __init__(self, engine, table, job_id: str):
+
+class _Watch(threading.Thread):
+    """Touches the record's heartbeat and notices a cancellation, or a newer attempt, from
+    any process."""
+
+    def __init__(self, engine, table, job_id: str, attempt: int):
         super().__init__(daemon=True, name=f"trainyard-job-{job_id}")
-        self.engine, self.table, self.job_id = engine, table, job_id
-        self.cancelled = False
+        self.engine, self.table, self.job_id, self.attempt = engine, table, job_id, attempt
+        self.cancelled = self.superseded = False
         self._stop_event = threading.Event()
 
     def run(self) -> None:
+        t = self.table
         while not self._stop_event.wait(HEARTBEAT_S):
             with self.engine.begin() as c:
-                c.execute(self.table.update().where(self.table.c.id == self.job_id).values(heartbeat_at=time.time()))
-                state = c.execute(self.table.select().with_only_columns(self.table.c.state).where(self.table.c.id == self.job_id)).scalar()
-            if state == "cancelled":
+                c.execute(t.update().where((t.c.id == self.job_id) & (t.c.attempts == self.attempt)).values(heartbeat_at=time.time()))
+                row = c.execute(t.select().with_only_columns(t.c.state, t.c.attempts).where(t.c.id == self.job_id)).first()
+            if row is None or row.attempts != self.attempt:
+                self.superseded = self.cancelled = True
+            elif row.state == "cancelled":
                 self.cancelled = True
 
     def stop(self) -> None:
@@ -80,5 +105,7 @@ class _StopWhenCancelled(TrainingHooks):
         self.watch = watch
 
     def on_batch_end(self, trainer, batch, outputs) -> None:
+        if self.watch.superseded:  # stop at once, saving nothing: the directory is the newer run's
+            raise _Superseded(f"job {self.watch.job_id} was launched again (attempt > {self.watch.attempt})")
         if self.watch.cancelled and not trainer.stop_requested:
             trainer.request_stop("the job was cancelled")
