@@ -4,15 +4,21 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: train test test-fast bench bench-peers clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# CPU torch first: a dependency asking for plain `torch` must find it satisfied,
-	# or pip pulls the multi-gigabyte CUDA build.
-	$(BIN)/pip install --quiet torch==2.13.0
+	# CPU torch first: a dependency asking for plain `torch` must find it satisfied, or pip
+	# pulls the multi-gigabyte CUDA build. Without an NVIDIA GPU, from PyTorch's CPU index
+	# (the default index's Linux wheel is the CUDA build, ~3.5 GB with its nvidia-* packages);
+	# where that index is unreachable, from the default index, saying so.
+	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install --quiet torch==2.13.0; \
+	else $(BIN)/pip install --quiet --timeout 15 --retries 1 --index-url $(TORCH_CPU_INDEX) torch==2.13.0 2>/dev/null \
+	  || { echo "PyTorch's CPU index ($(TORCH_CPU_INDEX)) is unreachable: torch comes from the default index"; \
+	       $(BIN)/pip install --quiet torch==2.13.0; }; fi
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
@@ -21,6 +27,7 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m cluster  # alone: it starts a Ray head and ends with `ray stop`
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -26,6 +26,9 @@ except ImportError:  # a bare `--working-dir .`: use the checkout's source, and 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from trainyard.cli.deps import require
+
+    require("jobs/train.py")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="experiment YAML (jobs/configs/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=3 model.d_model=64")

@@ -21,6 +21,9 @@ except ImportError:  # a bare `--working-dir .`: use the checkout's source, and 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from trainyard.cli.deps import require
+
+    require("jobs/tune.py")
     from trainyard.cli import main as cli
 
     if SHIP_SOURCE is not None:  # trainyard must reach every trial's worker as well

@@ -14,3 +14,7 @@ It depends on the engine only; `hpo`, the job queue and everything above depend 
 Nothing here imports Ray until it is used, so the engine and `import trainyard` stay free
 of it.
 """
+
+from trainyard.execution.ray_env import token_auth_if_available
+
+token_auth_if_available()

@@ -18,6 +18,18 @@ from trainyard.execution.ray_env import cluster_resources, verbose
 from trainyard.execution.remote import run_name
 
 DEFAULT_STORAGE = "runs"  # relative to the working directory of the process that launches
+DURABLE_STORAGE = Path("~/trainyard-runs")  # inside a submitted job (see default_storage)
+
+
+def default_storage() -> str:
+    """Where runs persist when no storage_path is given: `runs/` in the working directory;
+    but a `ray job submit` job's working directory is Ray's temporary copy of the upload,
+    deleted with it, so there `~/trainyard-runs` (on the head node; give --storage-path
+    s3://... or a shared filesystem for a cluster of several nodes)."""
+    cwd = Path.cwd().parts
+    if "runtime_resources" in cwd and any(part.startswith("_ray_pkg_") for part in cwd):
+        return str(DURABLE_STORAGE.expanduser())
+    return DEFAULT_STORAGE
 _RAY_DEFAULT_NAME = re.compile(r"^ray_train_run-\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}$")
 
 
@@ -43,7 +55,7 @@ def run_config(given: Any, training_config: TrainingConfig, *, name: str | None 
     if given is None:
         given = ray.train.RunConfig(
             name=name,
-            storage_path=storage_path or DEFAULT_STORAGE,
+            storage_path=storage_path or default_storage(),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=training_config.keep_last_n_checkpoints),
             callbacks=callbacks,
         )

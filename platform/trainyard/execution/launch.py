@@ -25,7 +25,7 @@ from typing import Any
 from trainyard._logging import get_logger
 from trainyard.engine.trainer import Trainer as EngineTrainer
 from trainyard.execution.configs import run_config, scaling_config
-from trainyard.execution.ray_env import ensure_ray, verbose
+from trainyard.execution.ray_env import check_satisfiable, ensure_ray, verbose
 from trainyard.execution.remote import absolute, check_picklable
 
 log = get_logger("trainyard.execution")
@@ -68,6 +68,11 @@ def fit(trainer: Any, train_data: Any, val_data: Any = None, resume_from: Any = 
         check_picklable(name, getattr(payload, name))
     run = run_config(trainer.run_config, trainer.training_config)
     scaling = scaling_config(trainer.scaling)
+    check_satisfiable(
+        {key: total / scaling.max_workers for key, total in scaling.total_resources.items()}, scaling.max_workers,
+        f"training on {scaling.max_workers} Ray Train worker(s){' with a GPU each' if scaling.use_gpu else ''}",
+        "Use fewer workers (scaling=N, --workers N), drop the GPUs (use_gpu=False, no --gpu), or add nodes.",
+    )
     torch_trainer = TorchTrainer(_train_worker, train_loop_config={"payload": payload}, scaling_config=scaling, run_config=run)
     log.info("training on %d Ray Train worker(s); run %s in %s", scaling.num_workers, run.name, run.storage_path)
     start = time.perf_counter()

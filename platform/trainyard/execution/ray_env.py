@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import sys
 import threading
 
 from trainyard._logging import get_logger
@@ -18,6 +20,20 @@ _QUIET_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",
     "RAY_DEDUP_LOGS": "1",
 }
+
+
+def token_auth_if_available() -> None:
+    """Ray 2.60's `ray start` enables token authentication and writes the token to
+    ~/.ray/auth_token, but a client sends it only when RAY_AUTH_MODE=token, which Ray reads
+    once, when it is imported: set it when a token is there and the user chose no mode
+    (called when this package is imported, before any module here imports Ray)."""
+    from pathlib import Path
+
+    if "RAY_AUTH_MODE" in os.environ or "ray" in sys.modules:
+        return
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def verbose() -> bool:
@@ -85,11 +101,93 @@ def _connect(ray, num_cpus: int | None, py_modules: list[str] | None) -> None:
     if address:
         _check_reachable(address)
         log.info("connecting to the Ray cluster at %s", address)
-        ray.init(address=address, **options)
+        try:
+            ray.init(address=address, **options)
+        except ConnectionError as e:
+            if "AuthenticationError" not in repr(e.__cause__) and "InvalidAuthToken" not in str(e.__cause__):
+                raise
+            raise ConnectionError(
+                f"the Ray cluster at {address} refused this process's authentication token. Copy the "
+                "cluster's token (`ray get-auth-token` on the head) to ~/.ray/auth_token or RAY_AUTH_TOKEN, "
+                "and set RAY_AUTH_MODE=token before Python starts (Ray reads it when it is imported)"
+            ) from None
     else:
         # The dashboard serves the state API that Ray Train polls while shutting a run down;
         # without it every fit() waits out a 10 s timeout and logs a traceback.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, **options)
+    if not verbose():
+        _filter_worker_output()
+
+
+def check_satisfiable(per_unit: dict[str, float], count: int, what: str, fix: str) -> None:
+    """Refuse `count` bundles of `per_unit` resources that this cluster can never provide:
+    without an autoscaler, Ray waits for them forever ("No available node types can fulfill
+    resource request"). With an autoscaler configured it may add nodes, so anything goes."""
+    import ray
+    from ray._private import state as ray_state
+
+    try:
+        if ray_state.state.get_max_resources_from_cluster_config():
+            return  # an autoscaler can add nodes (and Ray Train checks its maximum itself)
+    except Exception:  # noqa: BLE001 - an older head without the key: judge by the nodes
+        pass
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    for key, amount in per_unit.items():
+        if not amount:
+            continue
+        total = sum(node.get(key, 0) for node in nodes)
+        largest = max((node.get(key, 0) for node in nodes), default=0)
+        if total < amount * count or largest < amount:
+            per_node = f", at most {largest:g} on one node" if len(nodes) > 1 else ""
+            raise ValueError(
+                f"{what} needs {amount * count:g} {key} ({count} x {amount:g}), but this Ray cluster has "
+                f"{total:g} {key}{per_node} and no autoscaler to add nodes: Ray would wait for them forever. {fix}"
+            )
+
+
+# Lines Ray's own processes print for a run that is fine, each with why it is noise. A
+# matching line and the traceback lines that follow it in the same batch are dropped.
+RAY_NOISE = (
+    # Ray Train's controller creates its PreemptionWatcher with restartable constructor
+    # arguments in the object store; the core worker warns at ERROR level (ray#53727).
+    re.compile(r"core_worker\.cc:\d+: Actor with class name: 'PreemptionWatcher'"),
+    # At shutdown the controller stops its PlacementGroupCleaner, which is still inside a
+    # state-API query (10 s timeout, plus its 1 s poll) when the machine is loaded: the 12 s
+    # stop times out, after a successful run, and the cleaner exits anyway.
+    re.compile(r"Failed to stop PlacementGroupCleaner gracefully"),
+)
+_TRACEBACK_LINE = re.compile(r"^(Traceback \(most recent call last\)|\s|[\w.]+(Error|Exception|Exit)\b|The above exception|During handling)")
+
+
+def without_noise(lines: list[str]) -> list[str]:
+    """`lines` (one batch of a worker's output) less RAY_NOISE and the tracebacks under it."""
+    kept, dropping = [], False
+    for line in lines:
+        if any(pattern.search(line) for pattern in RAY_NOISE):
+            dropping = True
+        elif not (dropping and (not line.strip() or _TRACEBACK_LINE.match(line))):
+            dropping = False
+            kept.append(line)
+    return kept
+
+
+def _filter_worker_output() -> None:
+    """Wrap Ray's printer of worker output on this driver with `without_noise`."""
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        return
+
+    def filtered(handle):
+        def emit(data):
+            lines = without_noise(list(data.get("lines", ())))
+            if lines:
+                handle({**data, "lines": lines})
+
+        return emit
+
+    with dispatcher._lock:
+        dispatcher.handlers = [(name, filtered(h) if name == "ray_print_logs" else h) for name, h in dispatcher.handlers]
 
 
 def cluster_resources() -> dict[str, float]:

@@ -29,6 +29,7 @@ from trainyard.hpo.space import SearchSpace, load_search_space
 
 log = get_logger("trainyard.hpo")
 SCHEDULERS = ("asha", "median", "none")
+_RAY_RESOURCE = {"cpu": "CPU", "gpu": "GPU"}  # resources_per_trial's keys, as Ray names them
 
 
 @dataclass
@@ -108,11 +109,11 @@ def sweep(
 
     from ray import tune
 
-    from trainyard.execution.configs import DEFAULT_STORAGE
-    from trainyard.execution.ray_env import ensure_ray
+    from trainyard.execution.configs import default_storage
+    from trainyard.execution.ray_env import check_satisfiable, ensure_ray
     from trainyard.execution.remote import absolute, check_picklable, run_name
 
-    storage = absolute(storage_path or DEFAULT_STORAGE)
+    storage = absolute(storage_path or default_storage())
     name = name or run_name("sweep")
     sweep_dir = f"{storage.rstrip('/')}/{name}"
     if "://" not in sweep_dir:  # Tuner.restore unpickles what is there: it must be the user's own
@@ -122,6 +123,15 @@ def sweep(
     ensure_ray()
     _quiet_optuna()
     resources = dict(resources_per_trial or {"cpu": 1})
+    check_satisfiable(
+        {_RAY_RESOURCE.get(k, k): v for k, v in resources.items()}, 1, f"one trial (resources_per_trial={resources})",
+        "Ask for less per trial (resources_per_trial, --gpus-per-trial), or add nodes.",
+    )
+    if workers_per_trial > 1:
+        check_satisfiable(
+            {"CPU": 1, "GPU": 1 if resources.get("gpu") else 0}, workers_per_trial,
+            f"one trial's Ray Train run (workers_per_trial={workers_per_trial})", "Use fewer workers per trial, or add nodes.",
+        )
     payload = _TrialInputs(
         model_factory, config, absolute(train_data), absolute(val_data), base.replace(checkpoint_every_n_steps=None),
         task_spec, space, workers_per_trial, bool(resources.get("gpu")), checkpoint_every_epoch,

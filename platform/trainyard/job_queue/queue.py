@@ -13,7 +13,7 @@ from typing import Any
 from trainyard._logging import get_logger
 from trainyard._trust import check_private, make_private_dir
 from trainyard.engine.config import TrainingConfig
-from trainyard.execution.ray_env import ensure_ray
+from trainyard.execution.ray_env import check_satisfiable, ensure_ray
 from trainyard.execution.remote import dumps, loads
 from trainyard.execution.tasks import RemoteTask, start_task
 from trainyard.job_queue.records import (
@@ -90,6 +90,11 @@ class JobQueue:
         except Exception as e:  # noqa: BLE001 - any pickling failure
             raise TypeError(f"the job cannot be stored: {type(e).__name__}: {e}. Keep open files, locks and connections out of it") from e
         ensure_ray()  # first: a job is recorded only once it can be launched
+        check_satisfiable(
+            {"CPU": 1, "GPU": 1 if job_config.use_gpu else 0}, job_config.num_workers,
+            f"JobConfig(num_workers={job_config.num_workers}{', use_gpu=True' if job_config.use_gpu else ''})",
+            "Use fewer workers, use_gpu=False, or add nodes to the cluster.",
+        )
         job_id = uuid.uuid4().hex[:12]
         checkpoint_dir = str(Path(self.storage_path) / job_id)
         with self._engine.begin() as c:

@@ -1,0 +1,59 @@
+"""Requests the cluster can never satisfy (no autoscaler here: 4 CPUs, no GPU) are refused at
+once with what was asked, what there is, and the fix, instead of Ray waiting forever."""
+
+import time
+
+import pytest
+
+from tests.helpers import VOCAB, lm_factory, lm_samples
+from trainyard import Trainer, TrainingConfig
+
+QUICK = 60  # seconds: a refusal, not a wait for resources
+
+
+def test_more_workers_or_gpus_than_the_cluster_has_are_refused(ray_session, tmp_path):
+    import ray.train
+
+    began = time.monotonic()
+    with pytest.raises(ValueError, match=r"training on 2 Ray Train worker\(s\) with a GPU each needs 2 GPU \(2 x 1\), but this Ray cluster has 0 GPU and no autoscaler.*drop the GPUs"):
+        Trainer(lm_factory(), {"vocab_size": VOCAB}, TrainingConfig(epochs=1), scaling=ray.train.ScalingConfig(num_workers=2, use_gpu=True)).train(lm_samples())
+    with pytest.raises(ValueError, match=r"training on 9 Ray Train worker\(s\) needs 9 CPU \(9 x 1\), but this Ray cluster has 4 CPU.*Use fewer workers"):
+        Trainer(lm_factory(), {"vocab_size": VOCAB}, TrainingConfig(epochs=1), scaling=9).train(lm_samples())
+    assert time.monotonic() - began < QUICK
+
+
+def test_a_sweep_whose_trial_cannot_fit_is_refused(ray_session, tmp_path):
+    from trainyard.hpo import sweep
+    from trainyard.models import GPT
+
+    config = {"vocab_size": VOCAB, "max_seq_len": 8, "d_model": 16, "n_layers": 1, "n_heads": 2}
+    with pytest.raises(ValueError, match=r"one trial \(resources_per_trial=\{'cpu': 1, 'gpu': 1\}\) needs 1 GPU .* has 0 GPU"):
+        sweep(lambda c: GPT(c), config, lm_samples(8), lm_samples(4, seed=2), space={"params": {"learning_rate": {"loguniform": [1e-4, 1e-2]}}},
+              training_config=TrainingConfig(epochs=1), resources_per_trial={"cpu": 1, "gpu": 1}, storage_path=tmp_path, num_samples=1)
+
+
+def test_a_job_that_cannot_fit_is_refused_and_leaves_no_row(ray_session, tmp_path):
+    from trainyard.job_queue import JobConfig, JobQueue
+
+    queue = JobQueue(f"sqlite:///{tmp_path}/jobs.db")
+    with pytest.raises(ValueError, match=r"JobConfig\(num_workers=1, use_gpu=True\) needs 1 GPU"):
+        queue.submit_job(JobConfig(model_factory=lm_factory(), config={"vocab_size": VOCAB}, train_data=lm_samples(), use_gpu=True))
+    assert queue.list_jobs() == []
+
+
+def test_rays_noise_after_a_good_run_is_dropped_and_everything_else_kept():
+    from trainyard.execution.ray_env import without_noise
+
+    batch = [
+        "[trainyard] epoch 1/1 | train/loss 1.477",
+        "Failed to stop PlacementGroupCleaner gracefully.",
+        "Traceback (most recent call last):",
+        '  File "/ray/train/v2/_internal/callbacks/placement_group_callback.py", line 127, in _stop_cleaner',
+        "    ray.get(self._cleaner.stop.remote(), timeout=self._stop_timeout)",
+        "ray.exceptions.GetTimeoutError: Get timed out: some object(s) not ready.",
+        "[2026-11-26 05:16:27,436 E 32737 32767] core_worker.cc:2465: Actor with class name: 'PreemptionWatcher' and ID: '2ac9' has constructor arguments",
+        "final_loss 1.3788; checkpoint /runs/x",
+        "Traceback (most recent call last):",  # a real failure is never dropped
+        "ValueError: bad",
+    ]
+    assert without_noise(batch) == [batch[0], "final_loss 1.3788; checkpoint /runs/x", "Traceback (most recent call last):", "ValueError: bad"]
