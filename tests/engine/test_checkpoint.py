@@ -226,3 +226,29 @@ def test_what_a_killed_save_left_is_tidied_when_the_run_is_resumed(tmp_path):
     assert list(resumed["metrics_summary"]["epoch"]) == [1, 2]  # resumed from the epoch-1 checkpoint, put back
     assert not [p.name for p in run.iterdir() if p.name.startswith(".tmp-")]
     assert ck.verify(newest)
+
+
+def test_resuming_says_when_the_run_is_finished_and_what_changed(tmp_path, caplog):
+    import logging
+
+    finished_run(tmp_path / "run", epochs=1, learning_rate=1e-3)
+    with caplog.at_level(logging.INFO, logger="trainyard"):
+        again = Trainer(lm_factory(), CONFIG, TrainingConfig(epochs=1, checkpoint_dir=str(tmp_path / "run"), learning_rate=1e-3)).train(
+            lm_samples(), resume_from=str(tmp_path / "run"))
+    assert "is the end of a finished run: all 1 epochs are trained, nothing is left to do (raise epochs to train further)" in caplog.text
+    assert len(again["loss_history"]) == 6 and "changed since" not in caplog.text
+    caplog.clear()
+    tc = TrainingConfig(epochs=2, checkpoint_dir=str(tmp_path / "run"), learning_rate=5e-2, weight_decay=0.5)
+    with caplog.at_level(logging.INFO, logger="trainyard"):
+        trainer = Trainer(lm_factory(), CONFIG, tc)
+        trainer.train(lm_samples()[:12], resume_from=str(tmp_path / "run"))
+    text = caplog.text
+    assert "epochs 1 -> 2: the run now ends after epoch 2 and the learning-rate schedule is recomputed" in text
+    assert "learning_rate 0.001 -> 0.05: the remaining steps use the new rate (on the schedule)" in text
+    assert "weight_decay 0.01 -> 0.5 is not applied" in text
+    assert "training samples 24 -> 12" in text
+    # what the messages claim: the new rate is the one used, the old weight decay the one kept
+    from trainyard.engine.step import learning_rate
+
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(learning_rate(tc, trainer.state.global_step - 1, trainer.batches_per_epoch))
+    assert trainer.optimizer.param_groups[0]["weight_decay"] == 0.01

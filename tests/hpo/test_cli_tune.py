@@ -17,8 +17,17 @@ def test_trainyard_tune_prints_the_best_config_as_yaml(ray_session, tmp_path, ca
     out = capsys.readouterr().out
     yaml_text = "\n".join(line for line in out.splitlines() if not line.startswith("#"))
     best = TrainingConfig.from_yaml(yaml_text)
-    assert best == TrainingConfig.from_yaml(tmp_path / "cli" / "best_config.yaml")
     assert best.epochs == 2 and "# model: {'d_model':" in out
+    # best_config.yaml is the whole experiment, winners filled in: `trainyard train` runs it as is
+    from trainyard.experiment import build, load_spec
+
+    best_file = tmp_path / "cli" / "best_config.yaml"
+    exp = build(load_spec(best_file))
+    assert exp.training_config == best
+    winner = eval(out.split("# model: ", 1)[1].splitlines()[0])  # noqa: S307 - the dict this test's own run printed
+    assert {k: exp.model_config[k] for k in winner} == winner
+    assert exp.spec["data"] == {"name": "addition", "digits": 2, "train_size": 128, "val_size": 32, "seed": 0}
+    assert main(["train", str(best_file), "--results", str(tmp_path / "r.json")]) == 0
 
 
 def test_a_bad_space_fails_before_ray_work_with_a_one_line_error(tmp_path, capsys):

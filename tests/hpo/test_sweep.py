@@ -26,13 +26,20 @@ SPACE = {
 }
 
 
-def test_a_four_trial_sweep_returns_consistent_results(ray_session, tmp_path):
+def test_a_four_trial_sweep_returns_consistent_results(ray_session, tmp_path, caplog):
+    import logging
+    import re
+
     from trainyard.hpo import sweep
 
-    result = sweep(tiny_gpt, CONFIG, TRAIN, VAL, space=SPACE, training_config=TrainingConfig(epochs=2),
-                   num_samples=4, storage_path=tmp_path, name="four", seed=1)
+    with caplog.at_level(logging.INFO, logger="trainyard"):
+        result = sweep(tiny_gpt, CONFIG, TRAIN, VAL, space=SPACE, training_config=TrainingConfig(epochs=2),
+                       num_samples=4, storage_path=tmp_path, name="four", seed=1)
     df = result.dataframe
     assert len(df) == 4 and set(df["state"]) <= {"COMPLETE", "PRUNED"}
+    # the console's last word on each trial agrees with its state: a pruned trial never reads "done"
+    ends = re.findall(r"\| (done|pruned after epoch 1 of 2)$", caplog.text, re.M)
+    assert sorted(ends) == sorted("done" if s == "COMPLETE" else "pruned after epoch 1 of 2" for s in df["state"])
     best_row = df.loc[df["val/loss"].idxmin()]
     assert result.best_metrics["val/loss"] == pytest.approx(best_row["val/loss"])
     assert result.best_params == {k: best_row[k] for k in ("learning_rate", "batch_size", "model.d_model")}

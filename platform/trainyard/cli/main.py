@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -52,10 +54,40 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args)
         if args.command == "tune":
             return _tune(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"trainyard: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("trainyard: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - sorted below: the user's mistakes, or ours
+        cause = user_error(e)
+        if cause is None:
+            raise
+        if getattr(args, "verbose", False):
+            import traceback
+
+            traceback.print_exception(e)
+        print(f"trainyard: error: {cause}", file=sys.stderr)
         return 2
     return 1
+
+
+def user_error(e: BaseException) -> BaseException | None:
+    """The user-caused error inside `e` (Ray wraps a worker's exception in its own), or None
+    for a defect, which keeps its traceback."""
+    from trainyard._trust import SharedStorageError
+    from trainyard.engine.checkpoint import CheckpointError
+
+    expected = (ValueError, TypeError, FileNotFoundError, CheckpointError, SharedStorageError, ConnectionError, FloatingPointError)
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, expected) and type(e).__module__.split(".")[0] != "ray":
+            return e
+        inner = getattr(e, "cause", None)  # ray.exceptions.RayTaskError
+        failures = getattr(e, "worker_failures", None)  # ray.train's TrainingFailedError
+        if isinstance(failures, dict) and failures:
+            inner = next(iter(failures.values()))
+        e = inner if isinstance(inner, BaseException) else (e.__cause__ or e.__context__)
+    return None
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -65,15 +97,22 @@ def _train(args: argparse.Namespace) -> int:
     if args.workers < 0:
         raise ValueError(f"--workers {args.workers}: give 0 (this process) or a number of Ray Train workers")
     log = get_logger("trainyard.cli")
-    results = run_experiment(
-        args.config,
-        args.overrides,
-        workers=args.workers,
-        gpu=args.gpu,
-        name=args.name,
-        storage_path=args.storage_path,
-        resume_from=args.resume,
-    )
+    interrupt = _stop_on_interrupt() if not args.workers else None
+    with interrupt or contextlib.nullcontext():
+        results = run_experiment(
+            args.config,
+            args.overrides,
+            workers=args.workers,
+            gpu=args.gpu,
+            name=args.name,
+            storage_path=args.storage_path,
+            resume_from=args.resume,
+            hooks=[interrupt] if interrupt else None,
+        )
+    if interrupt is not None and interrupt.stopped:
+        resume = " ".join(["trainyard train", args.config, *args.overrides, "--resume", str(results["checkpoint_path"])])
+        log.info("interrupted: the position is saved in %s. Resume with:\n  %s", results["checkpoint_path"], resume)
+        return 130
     summary = results["metrics_summary"]
     last = summary.iloc[-1].to_dict() if len(summary) else {}
     log.info("done in %.1fs: final_loss %.4f, best epoch %d; checkpoint %s", results["training_time"], results["final_loss"], results["best_epoch"], results["checkpoint_path"])
@@ -84,6 +123,37 @@ def _train(args: argparse.Namespace) -> int:
         out["metrics_summary"] = summary.to_dict(orient="records")
         Path(args.results).write_text(json.dumps(out, indent=1, default=str))
     return 0
+
+
+def _stop_on_interrupt():
+    """A hook for an in-process run: the first Ctrl-C asks the trainer to stop after the
+    current batch, saving a checkpoint of that position (as `request_stop` does); a second
+    one interrupts at once. Use it as a context manager around the run."""
+    from trainyard.engine.hooks import TrainingHooks
+
+    class StopOnInterrupt(TrainingHooks):
+        def __init__(self) -> None:
+            self.stopped = False
+            self._trainer = None
+
+        def __enter__(self) -> "StopOnInterrupt":
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            signal.signal(signal.SIGINT, self._previous)
+
+        def _handle(self, signum: int, frame: object) -> None:
+            if self.stopped or self._trainer is None:
+                raise KeyboardInterrupt
+            self.stopped = True
+            self._trainer.request_stop("interrupted (Ctrl-C)")
+            print("\ntrainyard: stopping after this batch and saving its position (Ctrl-C again to quit at once)", file=sys.stderr)
+
+        def on_train_begin(self, trainer, train_dataset, val_dataset) -> None:
+            self._trainer = trainer
+
+    return StopOnInterrupt()
 
 
 def _tune(args: argparse.Namespace) -> int:

@@ -18,16 +18,18 @@ def run_experiment(
     storage_path: str | None = None,
     ship_source: Path | None = None,
     resume_from: Any = None,
+    hooks: list | None = None,
 ) -> dict[str, Any]:
     """Build the experiment and train it: in this process (workers=0) or on Ray."""
     exp = build(load_spec(config_path, overrides))
     if not workers:
-        return exp.trainer().train(exp.train_data, exp.val_data, resume_from=resume_from)
+        return exp.trainer(hooks=hooks).train(exp.train_data, exp.val_data, resume_from=resume_from)
     from trainyard.execution.configs import run_config, scaling_config
     from trainyard.execution.ray_env import ensure_ray
 
     ensure_ray(py_modules=[str(ship_source)] if ship_source else None)
     trainer = exp.trainer(
+        hooks=hooks,
         scaling=scaling_config(workers, use_gpu=gpu),
         run_config=run_config(None, exp.training_config, name=name, storage_path=storage_path),
     )
@@ -54,7 +56,7 @@ def run_sweep(
     space = load_search_space(space_path)  # validated before Ray starts
     exp = build(load_spec(config_path, overrides))
     resources = {"cpu": 1, "gpu": gpus_per_trial} if gpus_per_trial else None
-    return sweep(
+    result = sweep(
         exp.model_builder,
         exp.model_config,
         exp.train_data,
@@ -71,3 +73,27 @@ def run_sweep(
         name=name,
         seed=seed,
     )
+    write_best_experiment(result, exp.spec, space)
+    return result
+
+
+def write_best_experiment(result: Any, spec: dict[str, Any], space: Any) -> None:
+    """`best_config.yaml` in the sweep directory: the experiment config the sweep started
+    from (model, data and training sections) with the winning values filled in, so that
+    `trainyard train <sweep>/best_config.yaml` trains the winner as it is."""
+    import copy
+
+    import yaml
+
+    from trainyard.experiment.spec import plain
+
+    if "://" in result.path:
+        return
+    training, model = space.split(result.best_params)
+    best = copy.deepcopy(dict(spec))
+    best["training"] = {**(best.get("training") or {}), **training}
+    if model:
+        best["model"] = {**(best.get("model") or {}), **model}
+    header = (f"# The best trial ({result.best_trial}) of the sweep in {result.path}: {result.metric} = "
+              f"{result.best_metrics.get(result.metric)!r}.\n# Train it: trainyard train {Path(result.path) / 'best_config.yaml'}\n")
+    (Path(result.path) / "best_config.yaml").write_text(header + yaml.safe_dump(plain(best), sort_keys=False))

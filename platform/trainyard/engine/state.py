@@ -149,6 +149,29 @@ def check_resumable(loaded: ckpt.LoadedCheckpoint, cfg: TrainingConfig, n_train:
         )
 
 
+def describe_changes(loaded: ckpt.LoadedCheckpoint, cfg: TrainingConfig, n_train: int) -> list[str]:
+    """What differs between the run a checkpoint was saved by and this one, and what each
+    difference means for the resumed run."""
+    s, changes = loaded.state, []
+    saved = s["training_config"]
+    schedule = " and the learning-rate schedule is recomputed for the new length (the rate moves to its value at this step)" if cfg.use_lr_schedule else ""
+    if saved.get("epochs") != cfg.epochs:
+        changes.append(f"epochs {saved.get('epochs')} -> {cfg.epochs}: the run now ends after epoch {cfg.epochs}{schedule}")
+    if saved.get("learning_rate") != cfg.learning_rate:
+        changes.append(
+            f"learning_rate {saved.get('learning_rate')} -> {cfg.learning_rate}: the remaining steps use the new rate"
+            f"{' (on the schedule)' if cfg.use_lr_schedule else ''}; the optimizer's moment estimates are kept"
+        )
+    if saved.get("weight_decay") != cfg.weight_decay:
+        changes.append(
+            f"weight_decay {saved.get('weight_decay')} -> {cfg.weight_decay} is not applied: the optimizer resumes with the "
+            f"weight decay it saved; start a new run (no resume) to use {cfg.weight_decay}"
+        )
+    if s.get("train_size") not in (None, n_train):
+        changes.append(f"training samples {s['train_size']} -> {n_train} (the remaining epochs see the new data; an epoch now has other batches)")
+    return changes
+
+
 def average_partial_gradients(run: Run) -> None:
     """A stop inside an accumulation window under DDP: each rank holds only its own gradients
     so far (the window's last micro-batch would average them). Average them now, so the one

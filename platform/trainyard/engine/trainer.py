@@ -32,7 +32,7 @@ from trainyard.engine.hooks import Event, HookDispatcher, TrainingHooks
 from trainyard.engine.metrics import MetricSums, RunningSums, evaluation_sums
 from trainyard.engine.observers import builtin_observers
 from trainyard.engine.results import build_results
-from trainyard.engine.state import Run, TrainState, average_partial_gradients, check_resumable, restore, save_checkpoint
+from trainyard.engine.state import Run, TrainState, average_partial_gradients, check_resumable, describe_changes, restore, save_checkpoint
 from trainyard.engine.telemetry import EpochTelemetry, compute_dtype, flops_per_token_fn, input_tokens, peak_flops, sequence_length
 from trainyard.engine.task import (
     TaskSpec,
@@ -183,7 +183,13 @@ class Trainer:
                 self.task_spec = TaskSpec.from_dict(loaded.state["task_spec"])
             self.state = restore(run, loaded)
             run.task_confirmed = True
-            log.info("resumed from %s (epoch %d, step %d)", loaded.path, self.state.epoch, self.state.global_step)
+            changes = describe_changes(loaded, cfg, len(train_ds))
+            if self.state.epoch > cfg.epochs:
+                log.info("%s is the end of a finished run: all %d epochs are trained, nothing is left to do (raise epochs to train further)", loaded.path, cfg.epochs)
+            else:
+                log.info("resumed from %s (epoch %d, step %d)", loaded.path, self.state.epoch, self.state.global_step)
+            for change in changes:
+                log.info("changed since that checkpoint: %s", change)
         else:
             self.state = TrainState()
         if self.task_spec is not None:

@@ -29,6 +29,43 @@ def validate(spec: Mapping[str, Any]) -> None:
         raise ValueError(f"the model section must be a mapping, got {model!r}")
     if "name_or_path" not in model and "factory" not in model:
         model_builder(dict(model))  # raises for an unknown built-in name
+        _check_keys("model", model, _model_fields(model))
+    data = spec.get("data") or {}
+    if not isinstance(data, Mapping):
+        raise ValueError(f"the data section must be a mapping, got {data!r}")
+    _check_keys("data", data, _data_fields(data))
+
+
+def _model_fields(section: Mapping[str, Any]) -> list[str]:
+    """The keys a built-in model's section may hold: its config's fields, and the choosers."""
+    from trainyard.models import CONFIGS
+
+    config = CONFIGS.get(section.get("name", "gpt"))
+    fields = [f.name for f in dataclasses.fields(config)] if config is not None else []
+    return [*fields, *_NOT_MODEL_CONFIG, "preset"]
+
+
+def _data_fields(section: Mapping[str, Any]) -> list[str]:
+    """The keys a data section may hold: the built-in dataset's parameters, or the paths."""
+    if "name" in section:
+        import inspect
+
+        from trainyard.data import DATASETS
+
+        loader = DATASETS.get(section["name"])
+        return ["name", *inspect.signature(loader).parameters] if loader is not None else ["name"]
+    return ["train", "val"]
+
+
+def _check_keys(section: str, given: Mapping[str, Any], allowed: list[str]) -> None:
+    """Refuse a key nobody reads (a typo would otherwise be ignored), naming the closest."""
+    import difflib
+
+    for key in given:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f"did you mean {section}.{close[0]}?" if close else f"the keys are {', '.join(allowed)}"
+            raise ValueError(f"{section}.{key} is not a {section} setting here: {hint}")
 
 
 # -- the model -----------------------------------------------------------------------------

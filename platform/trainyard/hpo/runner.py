@@ -138,7 +138,7 @@ def sweep(
     )
     check_picklable("model_factory", model_factory)
     trainable = tune.with_resources(tune.with_parameters(_trial, payload=payload), resources)
-    table = _live_table(space)
+    table = _live_table(space, base.epochs)
     if tune.Tuner.can_restore(sweep_dir):
         log.info("resuming sweep %s (finished trials are kept)", sweep_dir)
         tuner = tune.Tuner.restore(sweep_dir, trainable=trainable, resume_unfinished=True, resume_errored=False)
@@ -410,7 +410,7 @@ def _history(result, metric: str) -> dict[int, float]:
     return out
 
 
-def _live_table(space: SearchSpace):
+def _live_table(space: SearchSpace, epochs: int):
     """A Tune callback printing one compact line per trial event instead of Tune's wall
     (defined here so that importing this module does not import Ray)."""
     from ray.tune import Callback
@@ -430,7 +430,11 @@ def _live_table(space: SearchSpace):
             log.info("%s | epoch %s %s %s", self._label(trial), result.get("training_iteration"), self.space.metric, _fmt(value))
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            log.info("%s | done", self._label(trial))
+            ran = int((trial.last_result or {}).get("training_iteration") or 0)
+            if ran < epochs:  # the scheduler stopped it
+                log.info("%s | pruned after epoch %d of %d", self._label(trial), ran, epochs)
+            else:
+                log.info("%s | done", self._label(trial))
 
         def on_trial_error(self, iteration, trials, trial, **info):
             log.info("%s | FAILED (the sweep goes on)", self._label(trial))

@@ -1,0 +1,35 @@
+"""Every key a user writes is read by something: a typo in the model or data section is
+refused before any work, with the closest valid name (it used to train the defaults)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+from trainyard.experiment import build, load_spec
+
+CONFIG = ROOT / "jobs" / "configs" / "addition.yaml"
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.d_modle=64", "model.d_modle is not a model setting here: did you mean model.d_model?"),
+    ("model.n_head=2", "model.n_head is not a model setting here: did you mean model.n_heads?"),
+    ("data.train_sise=100", "data.train_sise is not a data setting here: did you mean data.train_size?"),
+    ("data.shuffle=true", "data.shuffle is not a data setting here: the keys are name, train_size, val_size, digits, seed"),
+])
+def test_a_mistyped_key_is_refused_with_the_closest_name(override, message):
+    with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("?", r"\?")):
+        build(load_spec(CONFIG, [override]))
+
+
+def test_the_valid_keys_still_build():
+    exp = build(load_spec(CONFIG, ["model.d_model=32", "data.train_size=64", "data.val_size=16"]))
+    assert exp.model_config["d_model"] == 32 and len(exp.train_data["input_ids"]) == 64
+
+
+def test_the_cli_says_it_in_one_line_with_exit_code_2():
+    proc = subprocess.run([sys.executable, "-m", "trainyard.cli.main", "train", str(CONFIG), "model.d_modle=64"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "trainyard: error: model.d_modle is not a model setting here: did you mean model.d_model?"
