@@ -118,6 +118,8 @@ def _train(args: argparse.Namespace) -> int:
     log.info("done in %.1fs: final_loss %.4f, best epoch %d; checkpoint %s", results["training_time"], results["final_loss"], results["best_epoch"], results["checkpoint_path"])
     if "val/exact_match" in last:
         log.info("validation exact-match accuracy: %.1f%%", 100 * last["val/exact_match"])
+    if results.get("export_path"):
+        log.info("export bundle: %s (try: python %s --help)", results["export_path"], Path(results["export_path"]) / "inference.py")
     if args.results:
         out = {k: v for k, v in results.items() if k != "metrics_summary"}
         out["metrics_summary"] = summary.to_dict(orient="records")

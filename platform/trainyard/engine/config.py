@@ -64,7 +64,7 @@ class TrainingConfig:
     fsdp_wrap: tuple[str, ...] | None = None  # block class names to shard (and checkpoint) apart; None: detect
     activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
     export_bundle: bool = False
-    export_formats: tuple[str, ...] = ("torchscript",)
+    export_formats: tuple[str, ...] = ("onnx", "torchscript")
     checkpoint_dir: str | None = None  # None: checkpoints/<run id> under the working dir
     checkpoint_every_n_steps: int | None = None  # None: at each epoch end only
     keep_last_n_checkpoints: int | None = 3  # None keeps all

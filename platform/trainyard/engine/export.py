@@ -4,7 +4,8 @@
     model.onnx             ONNX (torch.export-based exporter), dynamic batch / sequence length
     model.torchscript.pt   TorchScript (traced)
     model_config.json  training_config.yaml  task_spec.json
-    inference.py  requirements.txt  README.md  Dockerfile
+    tokenizer.json or tokenizer/   the tokenizer, when the trainer has one (experiments do)
+    inference.py  requirements.txt  README.md  Dockerfile   (inference.py: bundle_inference.py)
     torchserve/config.properties  torchserve/handler.py
     MANIFEST.json          size and sha256 of every file
 
@@ -49,6 +50,7 @@ def export_model(
     training_config: dict | None = None,
     task_spec: dict | None = None,
     model_config: dict | None = None,
+    tokenizer: Any = None,
 ) -> Path:
     """Write an export bundle for `model` into `out_dir` (replaced atomically)."""
     out_dir = Path(out_dir)
@@ -61,7 +63,7 @@ def export_model(
                 _EXPORTERS[fmt](wrapped, example, tmp)
             except Exception as e:  # noqa: BLE001 - report which format failed and why
                 raise RuntimeError(f"export to {fmt} failed ({type(e).__name__}: {e}); drop {fmt!r} from export_formats to skip it") from e
-        _write_metadata(tmp, formats, training_config, task_spec, model_config, example)
+        _write_metadata(tmp, formats, training_config, task_spec, model_config, example, tokenizer)
         manifest = {p.relative_to(tmp).as_posix(): describe(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=1))
     return out_dir
@@ -110,71 +112,84 @@ class _quiet:
         self._warnings.__exit__(*exc)
 
 
-def _write_metadata(out: Path, formats, training_config, task_spec, model_config, example: torch.Tensor) -> None:
+def _write_metadata(out: Path, formats, training_config, task_spec, model_config, example: torch.Tensor, tokenizer: Any) -> None:
     import yaml
 
     (out / "model_config.json").write_text(json.dumps(model_config or {}, indent=1))
     (out / "task_spec.json").write_text(json.dumps(task_spec or {}, indent=1))
     (out / "training_config.yaml").write_text(yaml.safe_dump(training_config or {}, sort_keys=False))
-    (out / "inference.py").write_text(_INFERENCE)
-    (out / "requirements.txt").write_text("torch\nnumpy\n" + ("onnxruntime\n" if "onnx" in formats else ""))
+    (out / "inference.py").write_text((Path(__file__).with_name("bundle_inference.py")).read_text())
+    tokenizer_line = _write_tokenizer(out, tokenizer)
+    (out / "requirements.txt").write_text(_requirements(formats, hf_tokenizer=(out / "tokenizer").is_dir()))
     shape = "x".join(["batch", "seq_len"][: example.dim()]) if example.dim() <= 2 else str(tuple(example.shape))
-    (out / "README.md").write_text(_README.format(formats=", ".join(formats) or "state_dict only", shape=shape, dtype=example.dtype))
+    (out / "README.md").write_text(_README.format(formats=", ".join(formats) or "state_dict only", shape=shape, tokenizer_line=tokenizer_line))
     (out / "Dockerfile").write_text(_DOCKERFILE)
     (out / "torchserve").mkdir()
     (out / "torchserve" / "config.properties").write_text(_TORCHSERVE_CONFIG)
     (out / "torchserve" / "handler.py").write_text(_TORCHSERVE_HANDLER)
 
 
-_INFERENCE = '''"""Run the exported model: python inference.py 1 2 3 4  (token ids)."""
-
-import sys
-from pathlib import Path
-
-import torch
-
-HERE = Path(__file__).resolve().parent
-
-
-def load():
-    if (HERE / "model.torchscript.pt").exists():
-        model = torch.jit.load(str(HERE / "model.torchscript.pt")).eval()
-        return lambda ids: model(torch.as_tensor(ids))
-    import numpy as np
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(HERE / "model.onnx"))
-    return lambda ids: torch.from_numpy(session.run(None, {"input_ids": np.asarray(ids)})[0])
+def _write_tokenizer(out: Path, tokenizer: Any) -> str:
+    """The tokenizer, so the bundle takes text: trainyard's character tokenizer as
+    tokenizer.json, a Hugging Face one as its own files in tokenizer/."""
+    if tokenizer is None:
+        return "No tokenizer came with the model: send token ids."
+    if hasattr(tokenizer, "itos"):
+        spec = {"itos": list(tokenizer.itos), "byte_level": bool(tokenizer.byte_level), "bos_token_id": tokenizer.bos_token_id,
+                "eos_token_id": tokenizer.eos_token_id, "n_special": 3}
+        (out / "tokenizer.json").write_text(json.dumps(spec))
+        return "The tokenizer (`tokenizer.json`) travels with it: send text or token ids."
+    if hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(str(out / "tokenizer"))
+        return "The Hugging Face tokenizer (`tokenizer/`) travels with it: send text or token ids."
+    return f"Its tokenizer ({type(tokenizer).__name__}) cannot be saved: send token ids."
 
 
-if __name__ == "__main__":
-    predict = load()
-    ids = [[int(t) for t in sys.argv[1:]] or [1]]
-    with torch.no_grad():
-        logits = predict(ids)
-    print("logits shape:", tuple(logits.shape))
-    print("argmax:", logits.argmax(-1).tolist())
-'''
+def _requirements(formats, hf_tokenizer: bool) -> str:
+    """What inference.py needs, pinned to the versions the bundle was exported (and
+    verified) with; PyTorch's CPU build, from its own index."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def pinned(name: str) -> str:
+        try:
+            return f"{name}=={version(name).split('+')[0]}"
+        except PackageNotFoundError:
+            return name
+
+    lines = ["# the versions this bundle was exported with; PyTorch's CPU build (a GPU machine: drop the index line)",
+             "--extra-index-url https://download.pytorch.org/whl/cpu", pinned("torch"), pinned("numpy")]
+    if "onnx" in formats:
+        lines.append(pinned("onnxruntime"))
+    if hf_tokenizer:
+        lines.append(pinned("transformers"))
+    return "\n".join(lines) + "\n"
+
 
 _README = """# Exported model
 
-Produced by trainyard. Formats: {formats}. Input `input_ids` ({shape}, {dtype}); output: logits.
+Produced by trainyard. Formats: {formats}. Input `input_ids` ({shape}, int64); output: logits.
+{tokenizer_line}
 
-    pip install -r requirements.txt
-    python inference.py 1 2 3        # token ids in, logits out
+    pip install -r requirements.txt      # the versions it was exported with; CPU PyTorch
+    python inference.py --text "..."     # or token ids: python inference.py 5 6 7
+    python inference.py --serve          # POST /predictions {{"text": "..."}} or {{"input_ids": [[...]]}}
 
 `model.pt` is the PyTorch state_dict; `model_config.json`, `task_spec.json` and
 `training_config.yaml` describe how it was built and trained. `MANIFEST.json` lists the
-sha256 of every file. Serve with Docker (`docker build -t model . && docker run -p 8080:8080 model`)
-or TorchServe (`torchserve/`).
+sha256 of every file. Docker serves the same HTTP API:
+`docker build -t model . && docker run -p 8080:8080 model`, then
+`curl -d '{{"input_ids": [[1, 2]]}}' localhost:8080/predictions`. TorchServe: `torchserve/`.
+Loading `model.torchscript.pt` runs the code in it: load bundles you trust.
 """
 
 _DOCKERFILE = """FROM python:3.11-slim
 WORKDIR /model
 COPY . /model
 RUN pip install --no-cache-dir -r requirements.txt
-CMD ["python", "inference.py"]
+EXPOSE 8080
+CMD ["python", "inference.py", "--serve", "--port", "8080"]
 """
+
 
 _TORCHSERVE_CONFIG = """inference_address=http://0.0.0.0:8080
 management_address=http://0.0.0.0:8081
@@ -228,4 +243,5 @@ def export_trained(trainer: Any, train_dataset: Any, out_dir: Path, task: str) -
     return export_model(
         trainer.model, example, out_dir, cfg.export_formats,
         training_config=cfg.to_dict(), task_spec=spec, model_config=model_config_dict(trainer.config),
+        tokenizer=getattr(trainer, "tokenizer", None),
     )

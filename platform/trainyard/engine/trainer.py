@@ -75,6 +75,7 @@ class Trainer:
         self.batches_per_epoch = 0  # micro-batches per epoch on this rank
         self.step_metrics: dict[str, float] = {}  # the last optimizer step's loss, grad norm, lr
         self._stop_reason: str | None = None
+        self.tokenizer: Any = None  # travels with the export bundle when set (experiments set it)
 
     # -- the handles hooks get ---------------------------------------------------------
 

@@ -43,6 +43,7 @@ class _Payload:
     train_data: Any
     val_data: Any
     resume_from: Any
+    tokenizer: Any = None
 
 
 def fit(trainer: Any, train_data: Any, val_data: Any = None, resume_from: Any = None) -> dict[str, Any]:
@@ -63,6 +64,7 @@ def fit(trainer: Any, train_data: Any, val_data: Any = None, resume_from: Any = 
         train_data=absolute(train_data),
         val_data=absolute(val_data),
         resume_from=absolute(resume_from),
+        tokenizer=trainer.tokenizer,
     )
     for name in ("hooks", "model", "config", "train_data", "val_data"):
         check_picklable(name, getattr(payload, name))
@@ -106,6 +108,7 @@ def _train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         staging = tempfile.mkdtemp(prefix="trainyard-ckpt-")
     training_config = p.training_config.replace(checkpoint_dir=os.path.join(staging, uuid.uuid4().hex[:8]))
     trainer = EngineTrainer(p.model, p.config, training_config, p.task_spec, hooks=p.hooks)
+    trainer.tokenizer = p.tokenizer
     ctx = RayTrainContext(delete_local_checkpoints=temporary, training_config=training_config)
     try:
         results = trainer.run(ctx, p.train_data, p.val_data, resume_from=p.resume_from)

@@ -44,7 +44,9 @@ class Experiment:
         self, training_config: TrainingConfig | None = None, *, hooks: list[TrainingHooks] | None = None, scaling: Any = None, run_config: Any = None
     ) -> Trainer:
         """The Trainer of this experiment (`training_config` replaces the spec's)."""
-        return Trainer(self.model_factory, self.model_config, training_config or self.training_config, self.task_spec, hooks=hooks, scaling=scaling, run_config=run_config)
+        trainer = Trainer(self.model_factory, self.model_config, training_config or self.training_config, self.task_spec, hooks=hooks, scaling=scaling, run_config=run_config)
+        trainer.tokenizer = self.tokenizer  # into the export bundle, so that it takes text
+        return trainer
 
 
 def build(config: Any, dataset: Any = None, base_dir: Path | None = None) -> Experiment:
