@@ -340,6 +340,8 @@ def _collect(grid, space: SearchSpace, base: TrainingConfig, sweep_dir: str) -> 
     import optuna
     import pandas as pd
 
+    from trainyard.hpo.report import trial_number
+
     names = [p.name for p in space.params]
     distributions = space.optuna_space()
     study = optuna.create_study(direction="minimize" if space.mode == "min" else "maximize", study_name=Path(sweep_dir).name)
@@ -364,7 +366,7 @@ def _collect(grid, space: SearchSpace, base: TrainingConfig, sweep_dir: str) -> 
             )
         )
         trial = metrics.get("trial_id") or Path(result.path).name
-        row = {"trial": trial, "state": state.name, **params, "epochs": epochs}
+        row = {"number": trial_number(trial, len(rows) + 1), "trial": trial, "state": state.name, **params, "epochs": epochs}
         row.update({k: v for k, v in metrics.items() if "/" in k or k == "time_total_s"})
         if result.error is not None:
             row["error"] = str(result.error).strip().splitlines()[-1][:200]
@@ -421,7 +423,9 @@ def _live_table(space: SearchSpace, epochs: int):
             self.numbers: dict[str, int] = {}
 
         def _label(self, trial) -> str:
-            number = self.numbers.setdefault(trial.trial_id, len(self.numbers) + 1)
+            from trainyard.hpo.report import trial_number
+
+            number = self.numbers.setdefault(trial.trial_id, trial_number(trial.trial_id, len(self.numbers) + 1))
             shown = " ".join(f"{p.name}={_fmt(trial.config.get(p.name))}" for p in self.space.params)
             return f"trial {number:>3} | {shown}"
 
