@@ -26,7 +26,7 @@ train: $(STAMP)
 	$(BIN)/trainyard train jobs/configs/addition.yaml --workers 2
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 	$(BIN)/python -m pytest -q -m cluster  # alone: it starts a Ray head and ends with `ray stop`
 
 test-fast: $(STAMP)

@@ -57,3 +57,46 @@ def test_rays_noise_after_a_good_run_is_dropped_and_everything_else_kept():
         "ValueError: bad",
     ]
     assert without_noise(batch) == [batch[0], "final_loss 1.3788; checkpoint /runs/x", "Traceback (most recent call last):", "ValueError: bad"]
+
+
+def test_with_an_autoscaler_configured_requests_are_left_to_it(ray_session, monkeypatch):
+    from ray._private import state as ray_state
+
+    from trainyard.execution.ray_env import check_satisfiable
+
+    with pytest.raises(ValueError, match="no autoscaler"):
+        check_satisfiable({"GPU": 1}, 2, "this", "fix")
+    monkeypatch.setattr(ray_state.state, "get_max_resources_from_cluster_config", lambda: {"CPU": 64, "GPU": 8})
+    check_satisfiable({"GPU": 1}, 2, "this", "fix")  # the autoscaler may add GPU nodes
+
+
+PROBE_OTHER_INSTANCE = """
+import time, ray
+ray.init(address="local", num_cpus=1, include_dashboard=False)
+print("up", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.slow
+def test_rays_own_actors_find_the_state_api_with_another_ray_on_the_machine(ray_session):
+    """Ray Train's PlacementGroupCleaner polls the state API with no address; with a second
+    Ray instance on the machine that failed ("Found multiple active Ray instances") and
+    left a traceback after every good run."""
+    import subprocess
+    import sys
+
+    other = subprocess.Popen([sys.executable, "-c", PROBE_OTHER_INSTANCE], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "up"
+
+        @ray_session.remote(num_cpus=0)
+        def list_actors_without_an_address():
+            from ray.util.state import list_actors
+
+            return len(list_actors(limit=10)) >= 0
+
+        assert ray_session.get(list_actors_without_an_address.remote(), timeout=60)
+    finally:
+        other.terminate()
+        other.wait(timeout=60)

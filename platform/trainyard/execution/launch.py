@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from trainyard._logging import get_logger
+from trainyard.engine import checkpoint as ckpt
 from trainyard.engine.trainer import Trainer as EngineTrainer
 from trainyard.execution.configs import run_config, scaling_config
 from trainyard.execution.ray_env import check_satisfiable, ensure_ray, verbose
@@ -51,6 +52,9 @@ def fit(trainer: Any, train_data: Any, val_data: Any = None, resume_from: Any = 
     weights in `trainer.model` and returns rank 0's results dict."""
     from ray.train.torch import TorchTrainer
 
+    if isinstance(resume_from, (str, os.PathLike)) and not ckpt.is_ray_checkpoint(resume_from) and "://" not in str(resume_from):
+        # a missing or corrupt checkpoint is known here: say it once, before Ray and the workers start
+        ckpt.verify(ckpt.resolve(resume_from, warn=log.warning))
     ensure_ray()
     training_config = trainer.training_config
     if training_config.checkpoint_dir is not None:

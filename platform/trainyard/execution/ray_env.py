@@ -112,9 +112,13 @@ def _connect(ray, num_cpus: int | None, py_modules: list[str] | None) -> None:
                 "and set RAY_AUTH_MODE=token before Python starts (Ray reads it when it is imported)"
             ) from None
     else:
-        # The dashboard serves the state API that Ray Train polls while shutting a run down;
-        # without it every fit() waits out a 10 s timeout and logs a traceback.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, **options)
+        # The dashboard serves the state API that Ray Train's actors poll (the controller at
+        # shutdown, its PlacementGroupCleaner every second). They find it by looking for
+        # the Ray instance on this machine, which fails ("Found multiple active Ray
+        # instances") as soon as a second one runs here: give them its address instead.
+        port = _free_port()
+        options["runtime_env"]["env_vars"]["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_port=port, **options)
     if not verbose():
         _filter_worker_output()
 
@@ -151,9 +155,10 @@ RAY_NOISE = (
     # Ray Train's controller creates its PreemptionWatcher with restartable constructor
     # arguments in the object store; the core worker warns at ERROR level (ray#53727).
     re.compile(r"core_worker\.cc:\d+: Actor with class name: 'PreemptionWatcher'"),
-    # At shutdown the controller stops its PlacementGroupCleaner, which is still inside a
-    # state-API query (10 s timeout, plus its 1 s poll) when the machine is loaded: the 12 s
-    # stop times out, after a successful run, and the cleaner exits anyway.
+    # At shutdown the controller stops its PlacementGroupCleaner, which may still be inside a
+    # state-API query (10 s timeout, plus its 1 s poll) on a loaded machine: the 12 s stop
+    # times out after a successful run, and the cleaner exits anyway. (Its other failure,
+    # "Found multiple active Ray instances", is prevented: see _connect.)
     re.compile(r"Failed to stop PlacementGroupCleaner gracefully"),
 )
 _TRACEBACK_LINE = re.compile(r"^(Traceback \(most recent call last\)|\s|[\w.]+(Error|Exception|Exit)\b|The above exception|During handling)")
@@ -195,6 +200,14 @@ def cluster_resources() -> dict[str, float]:
     import ray
 
     return dict(ray.cluster_resources())
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _check_reachable(address: str, timeout: float = 10.0) -> None:
