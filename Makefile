@@ -8,14 +8,15 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: train test test-fast bench bench-peers clean
 
+# CPU torch first: a dependency asking for plain `torch` must find it satisfied, or pip
+# pulls the multi-gigabyte CUDA build. Without an NVIDIA GPU, from PyTorch's CPU index
+# (the default index's Linux wheel is the CUDA build, ~3.5 GB with its nvidia-* packages);
+# where that index is unreachable, from the default index, saying so.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# CPU torch first: a dependency asking for plain `torch` must find it satisfied, or pip
-	# pulls the multi-gigabyte CUDA build. Without an NVIDIA GPU, from PyTorch's CPU index
-	# (the default index's Linux wheel is the CUDA build, ~3.5 GB with its nvidia-* packages);
-	# where that index is unreachable, from the default index, saying so.
-	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install --quiet torch==2.13.0; \
+	@echo "installing PyTorch 2.13.0 (the CPU build where there is no nvidia-smi)"
+	@if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install --quiet torch==2.13.0; \
 	else $(BIN)/pip install --quiet --timeout 15 --retries 1 --index-url $(TORCH_CPU_INDEX) torch==2.13.0 2>/dev/null \
 	  || { echo "PyTorch's CPU index ($(TORCH_CPU_INDEX)) is unreachable: torch comes from the default index"; \
 	       $(BIN)/pip install --quiet torch==2.13.0; }; fi
