@@ -35,24 +35,29 @@ def test_the_cli_says_it_in_one_line_with_exit_code_2():
     assert proc.stderr.strip() == "trainyard: error: model.d_modle is not a model setting here: did you mean model.d_model?"
 
 
-def test_a_missing_or_corrupt_checkpoint_is_one_line_and_exit_code_2(tmp_path):
+def test_a_missing_or_corrupt_checkpoint_is_one_line_and_exit_code_2(tmp_path, capsys, monkeypatch):
+    import os
+
+    from trainyard.cli.main import main
+
+    monkeypatch.setenv("TRAINYARD_LOG_LEVEL", os.environ.get("TRAINYARD_LOG_LEVEL", "INFO"))  # --verbose below sets it: restored after
+
     tiny = ["data.train_size=64", "data.val_size=8", "model.n_layers=1", "model.d_model=16", "epochs=1", f"checkpoint_dir={tmp_path / 'run'}"]
 
     def train(*extra):
-        return subprocess.run([sys.executable, "-m", "trainyard.cli.main", "train", str(CONFIG), *tiny, *extra],
-                              capture_output=True, text=True, timeout=300, cwd=ROOT)
+        code = main(["train", str(CONFIG), *tiny, *extra])
+        return code, capsys.readouterr().err
 
-    for workers in ("0", "2"):  # in this process, and on Ray (refused before the workers start)
-        missing = train("--resume", str(tmp_path / "nowhere"), "--workers", workers)
-        assert missing.returncode == 2 and missing.stderr.strip() == f"trainyard: error: checkpoint {tmp_path / 'nowhere'} does not exist"
-    assert train().returncode == 0
+    for workers in ("0", "2"):  # in this process, and on Ray (refused before Ray or the workers start)
+        code, err = train("--resume", str(tmp_path / "nowhere"), "--workers", workers)
+        assert code == 2 and err.strip() == f"trainyard: error: checkpoint {tmp_path / 'nowhere'} does not exist"
+    assert train()[0] == 0
     checkpoint = next((tmp_path / "run").glob("checkpoint_*"))
     (checkpoint / "model.pt").write_bytes(b"not the saved weights")
     for workers in ("0", "2"):
-        corrupt = train("--resume", str(checkpoint), "--workers", workers)
-        assert corrupt.returncode == 2, corrupt.stderr
-        last = corrupt.stderr.strip().splitlines()[-1]
-        assert last.startswith(f"trainyard: error: checkpoint {checkpoint}") and "model.pt" in last
-        assert "Traceback" not in corrupt.stderr
-    verbose = train("--resume", str(checkpoint), "--verbose")
-    assert verbose.returncode == 2 and "Traceback" in verbose.stderr  # --verbose shows it
+        code, err = train("--resume", str(checkpoint), "--workers", workers)
+        assert code == 2, err
+        assert err.strip().startswith(f"trainyard: error: checkpoint {checkpoint}") and "model.pt" in err.strip().splitlines()[-1]
+        assert "Traceback" not in err
+    code, err = train("--resume", str(checkpoint), "--verbose")
+    assert code == 2 and "Traceback" in err  # --verbose shows it
