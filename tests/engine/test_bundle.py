@@ -108,6 +108,8 @@ def test_it_serves_http_as_the_dockerfile_says(bundle):
         status, error = post({"input_ids": [[1, 999]]})
         assert status == 400 and "token id 999 is not in this model's vocabulary" in error["error"]
         assert post({"nothing": 1})[0] == 400
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=30) as response:
+            assert json.loads(response.read()) == {"status": "ok"}
     finally:
         server.terminate()
         server.wait(timeout=30)

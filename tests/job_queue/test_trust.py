@@ -170,3 +170,20 @@ def test_a_database_from_before_the_worker_column_opens_with_its_rows(tmp_path):
     queue = JobQueue(f"sqlite:///{db}")
     assert [(r.id, r.state) for r in queue.list_jobs()] == [("old", "completed")]
     assert queue._row("old")["worker"] is None
+
+
+def test_a_database_writable_by_the_users_private_group_is_accepted(tmp_path):
+    """On umask-002 systems files are group-writable, and the group is the user's own
+    (named after them, nobody else in it): that shares nothing, so it is not refused."""
+    import grp
+    import pwd
+
+    user = pwd.getpwuid(os.getuid()).pw_name
+    group = grp.getgrgid(os.getgid())
+    if group.gr_name != user or set(group.gr_mem) - {user}:
+        pytest.skip(f"this user's primary group {group.gr_name!r} is not a private group")
+    queue, db, marker = _planted(tmp_path, "completed")
+    os.chown(db, -1, os.getgid())
+    os.chmod(db, 0o660)
+    queue.get_job_results("completed").close()
+    assert marker.exists()

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -110,7 +111,7 @@ def _train(args: argparse.Namespace) -> int:
             hooks=[interrupt] if interrupt else None,
         )
     if interrupt is not None and interrupt.stopped:
-        resume = " ".join(["trainyard train", args.config, *args.overrides, "--resume", str(results["checkpoint_path"])])
+        resume = shlex.join(["trainyard", "train", args.config, *args.overrides, "--resume", str(results["checkpoint_path"])])
         log.info("interrupted: the position is saved in %s. Resume with:\n  %s", results["checkpoint_path"], resume)
         return 130
     summary = results["metrics_summary"]

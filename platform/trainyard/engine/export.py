@@ -243,5 +243,5 @@ def export_trained(trainer: Any, train_dataset: Any, out_dir: Path, task: str) -
     return export_model(
         trainer.model, example, out_dir, cfg.export_formats,
         training_config=cfg.to_dict(), task_spec=spec, model_config=model_config_dict(trainer.config),
-        tokenizer=getattr(trainer, "tokenizer", None),
+        tokenizer=trainer.tokenizer,
     )

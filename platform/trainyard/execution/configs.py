@@ -30,6 +30,8 @@ def default_storage() -> str:
     if "runtime_resources" in cwd and any(part.startswith("_ray_pkg_") for part in cwd):
         return str(DURABLE_STORAGE.expanduser())
     return DEFAULT_STORAGE
+
+
 _RAY_DEFAULT_NAME = re.compile(r"^ray_train_run-\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}$")
 
 

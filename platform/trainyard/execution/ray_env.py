@@ -213,21 +213,28 @@ def _free_port() -> int:
 def _check_reachable(address: str, timeout: float = 10.0) -> None:
     """Ray waits minutes, logging a warning every few seconds, for a cluster address that
     nothing answers at: find that out in seconds and say what to do."""
-    import socket
-
-    target = address.split("://", 1)[-1]
-    host, sep, port = target.rpartition(":")
-    if not sep or not port.isdigit():
-        return  # "auto" and the like: Ray resolves those itself
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            return
-    except OSError as e:
+    e = _unanswered(address, timeout)
+    if e is not None:
         raise ConnectionError(
             f"no Ray cluster answers at {address} (RAY_ADDRESS; {e.strerror or type(e).__name__}). "
             "Start one there (`ray start --head`), point RAY_ADDRESS at a running head, or unset "
             "RAY_ADDRESS to run on a local Ray started in this process"
-        ) from None
+        )
+
+
+def _unanswered(address: str, timeout: float) -> OSError | None:
+    """Why nothing accepts a connection at `[scheme://]host:port`, or None if something does
+    (or the address is no host:port, like "auto", which Ray resolves itself)."""
+    import socket
+
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return None
+    except OSError as e:
+        return e
 
 
 def _running_cluster() -> str | None:
@@ -237,15 +244,14 @@ def _running_cluster() -> str | None:
     not, so it is never joined by accident. A stale file (a head stopped without
     `ray stop`) points at a dead port and is ignored.
     """
-    import socket
     import tempfile
     from pathlib import Path
 
     current = Path(os.environ.get("RAY_TMPDIR", tempfile.gettempdir()), "ray", "ray_current_cluster")
     try:
         address = current.read_text().strip()
-        host, port = address.rsplit(":", 1)
-        with socket.create_connection((host, int(port)), timeout=0.5):
-            return address
-    except (OSError, ValueError):
+    except OSError:
         return None
+    if not address.rpartition(":")[2].isdigit():
+        return None  # not host:port: not written by `ray start`
+    return address if _unanswered(address, timeout=0.5) is None else None

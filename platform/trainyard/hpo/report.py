@@ -171,8 +171,9 @@ def _parallel(plt, trials, result):
     norm = mpl.colors.Normalize(min(values), max(values) if max(values) > min(values) else min(values) + 1)
     cmap = mpl.colormaps["viridis" if result.mode == "min" else "viridis_r"]  # dark purple: the best end
     axes_ticks = []
+    labels = list(names)  # the axis names, with "(log scale)" where the range is drawn so
     columns = []
-    for name in names:
+    for i, name in enumerate(names):
         raw = [t["params"].get(name) for t in scored]
         choice = isinstance(distributions.get(name), optuna.distributions.CategoricalDistribution)
         if not choice and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw if v is not None):
@@ -183,7 +184,9 @@ def _parallel(plt, trials, result):
             def to(v, lo=scale(lo), hi=scale(hi), scale=scale):
                 return 0.5 if hi == lo else (scale(v) - lo) / (hi - lo)
 
-            axes_ticks.append([(0.0, f"{lo:.3g}"), (1.0, f"{hi:.3g}")] + ([(0.5, "(log)")] if log_scale else []))
+            axes_ticks.append([(0.0, f"{lo:.3g}"), (1.0, f"{hi:.3g}")])
+            if log_scale:
+                labels[i] += "\n(log scale)"
         else:
             levels = [str(v) for v in sorted({v for v in raw}, key=lambda v: (not isinstance(v, (int, float)), v if isinstance(v, (int, float)) else str(v)))]
             position = {level: (i / (len(levels) - 1) if len(levels) > 1 else 0.5) for i, level in enumerate(levels)}
@@ -204,7 +207,7 @@ def _parallel(plt, trials, result):
         ax.axvline(x, color="black", linewidth=0.8)
         for y, text in ticks:
             ax.text(x + 0.03, y, text, fontsize=8, va="center", bbox={"facecolor": "white", "edgecolor": "none", "pad": 1}, zorder=4)
-    ax.set_xticks(xs, names)
+    ax.set_xticks(xs, labels)
     ax.set_yticks([])
     ax.set_xlim(-0.2, len(names) - 0.5)
     ax.set_facecolor("white")

@@ -417,14 +417,14 @@ def _live_table(space: SearchSpace, epochs: int):
     (defined here so that importing this module does not import Ray)."""
     from ray.tune import Callback
 
+    from trainyard.hpo.report import trial_number
+
     class Table(Callback):
         def __init__(self):
             self.space = space
             self.numbers: dict[str, int] = {}
 
         def _label(self, trial) -> str:
-            from trainyard.hpo.report import trial_number
-
             number = self.numbers.setdefault(trial.trial_id, trial_number(trial.trial_id, len(self.numbers) + 1))
             shown = " ".join(f"{p.name}={_fmt(trial.config.get(p.name))}" for p in self.space.params)
             return f"trial {number:>3} | {shown}"
