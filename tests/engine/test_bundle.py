@@ -113,3 +113,90 @@ def test_it_serves_http_as_the_dockerfile_says(bundle):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+# inference.py under a guard: importing trainyard fails, and every module it did import must
+# come from a distribution that requirements.txt names, or from one of their dependencies.
+ISOLATED = """
+import json, runpy, sys
+sys.modules["trainyard"] = None
+sys.argv = ["inference.py", *sys.argv[1:]]
+try:
+    runpy.run_path("inference.py", run_name="__main__")
+except SystemExit as e:
+    assert not e.code, e.code
+from importlib.metadata import packages_distributions
+owners = packages_distributions()
+used = sorted({d for m, mod in list(sys.modules.items()) if mod is not None for d in owners.get(m.split(".")[0], [])})
+print(json.dumps(used))
+"""
+
+
+def _closure(names):
+    """`names` and every distribution they require, transitively (extras left out)."""
+    import re
+    from importlib.metadata import PackageNotFoundError, requires
+
+    def norm(name):
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    seen, todo = set(), [norm(n) for n in names]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            needs = requires(name) or []
+        except PackageNotFoundError:
+            continue
+        todo += [norm(re.split(r"[ ;<>=!~\[(]", r, maxsplit=1)[0]) for r in needs if "extra ==" not in r]
+    return seen
+
+
+def test_inference_runs_on_the_bundles_requirements_alone(bundle):
+    import re
+
+    proc = subprocess.run([sys.executable, "-I", "-c", ISOLATED, "--text", "123+456="], cwd=bundle, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    prediction, used = proc.stdout.strip().splitlines()
+    assert json.loads(prediction) == json.loads(run(bundle, "--text", "123+456=").stdout)
+    pinned = [re.split(r"[=<>]", line)[0] for line in (bundle / "requirements.txt").read_text().splitlines() if line and line[0].isalpha()]
+    allowed = _closure(pinned)
+    assert {re.sub(r"[-_.]+", "-", d).lower() for d in json.loads(used)} <= allowed, (json.loads(used), pinned)
+
+
+def test_manifest_records_each_graphs_parity_with_the_model(bundle):
+    from trainyard.engine.checkpoint import describe
+
+    manifest = json.loads((bundle / "MANIFEST.json").read_text())
+    assert all(describe(bundle / name) == info for name, info in manifest["files"].items())
+    assert "model.pt2" in manifest["files"] and "torchserve/handler.py" in manifest["files"]
+    assert set(manifest["parity"]) == {"onnx", "torchscript", "pt2"}
+    for fmt, check in manifest["parity"].items():
+        assert 0 <= check["max_abs_error"] <= check["tolerance"] == 1e-3, fmt
+        shapes = {tuple(s) for s in check["inputs"]}
+        assert len({b for b, _ in shapes}) == 2 and len({n for _, n in shapes}) == 2, shapes
+
+
+def test_torchserve_handler_answers_as_inference_py_under_the_handler_contract(bundle):
+    """TorchServe loads the one class in handler.py, calls initialize(context) with the
+    model directory (the .mar's files, unpacked), then handle(batch, context) where each
+    request is {"body": bytes}; it needs one reply per request."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("handler", bundle / "torchserve" / "handler.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    classes = [v for v in vars(module).values() if isinstance(v, type) and v.__module__ == "handler"]
+    assert len(classes) == 1
+    context = SimpleNamespace(system_properties={"model_dir": str(bundle), "gpu_id": None}, manifest={"model": {"modelName": "model"}})
+    handler = classes[0]()
+    handler.initialize(context)
+    batch = [{"body": json.dumps({"text": "123+456="}).encode()}, {"data": {"input_ids": [[1, 999]]}}, {"body": b"not json"}]
+    replies = handler.handle(batch, context)
+    assert len(replies) == 3
+    assert replies[0] == json.loads(run(bundle, "--text", "123+456=").stdout)
+    assert "token id 999 is not in this model's vocabulary" in replies[1]["error"]
+    assert replies[2]["error"].startswith("send {")

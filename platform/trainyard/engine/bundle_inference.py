@@ -78,7 +78,8 @@ class Bundle:
         return None
 
     def _model(self):
-        """ids (equal-length rows) -> logits (numpy): ONNX Runtime, else TorchScript."""
+        """ids (equal-length rows) -> logits (numpy): ONNX Runtime, else torch.export's
+        program, else TorchScript."""
         if (self.root / "model.onnx").exists():
             import onnxruntime
 
@@ -86,7 +87,10 @@ class Bundle:
             return lambda ids: session.run(None, {"input_ids": np.asarray(ids, dtype=np.int64)})[0]
         import torch
 
-        model = torch.jit.load(str(self.root / "model.torchscript.pt")).eval()
+        if (self.root / "model.pt2").exists():
+            model = torch.export.load(str(self.root / "model.pt2")).module()
+        else:
+            model = torch.jit.load(str(self.root / "model.torchscript.pt")).eval()
 
         def run(ids):
             with torch.no_grad():

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 from typing import Any, Mapping
 
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
-EXPORT_FORMATS = ("onnx", "torchscript")
+EXPORT_FORMATS = ("onnx", "torchscript", "pt2")
 AMP_DTYPES = (None, "bfloat16", "float16")
 PARALLELISMS = ("ddp", "fsdp")
 
@@ -64,7 +64,8 @@ class TrainingConfig:
     fsdp_wrap: tuple[str, ...] | None = None  # block class names to shard (and checkpoint) apart; None: detect
     activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
     export_bundle: bool = False
-    export_formats: tuple[str, ...] = ("onnx", "torchscript")
+    export_formats: tuple[str, ...] = ("onnx", "torchscript", "pt2")
+    export_tolerance: float = 1e-3  # max abs logit error of an exported graph against the model
     checkpoint_dir: str | None = None  # None: checkpoints/<run id> under the working dir
     checkpoint_every_n_steps: int | None = None  # None: at each epoch end only
     keep_last_n_checkpoints: int | None = 3  # None keeps all
@@ -314,6 +315,7 @@ _VALIDATORS = {
     "peak_flops": _optional_positive_number,
     "export_bundle": _boolean,
     "export_formats": _formats,
+    "export_tolerance": _positive_number,
     "parallelism": _one_of(PARALLELISMS),
     "fsdp_wrap": _class_names,
     "activation_checkpointing": _boolean,

@@ -2,15 +2,19 @@
 
     model.pt               state_dict (always)
     model.onnx             ONNX (torch.export-based exporter), dynamic batch / sequence length
-    model.torchscript.pt   TorchScript (traced)
+    model.torchscript.pt   TorchScript (traced; deprecated upstream since PyTorch 2.11, kept for TorchServe)
+    model.pt2              torch.export's ExportedProgram (`torch.export.load(path).module()`)
     model_config.json  training_config.yaml  task_spec.json
     tokenizer.json or tokenizer/   the tokenizer, when the trainer has one (experiments do)
     inference.py  requirements.txt  README.md  Dockerfile   (inference.py: bundle_inference.py)
     torchserve/config.properties  torchserve/handler.py
-    MANIFEST.json          size and sha256 of every file
+    MANIFEST.json          size and sha256 of every file, and each graph's measured parity
 
 The exported graphs take `input_ids` and return logits, whatever the model's own output
-type. Export failures name the format and keep everything else.
+type. Each one is loaded back (ONNX through ONNX Runtime) and run on held-out inputs of two
+batch sizes and two sequence lengths; its largest absolute difference from the eager model
+goes into MANIFEST.json, and over `tolerance` the export fails naming the format. Export
+failures name the format and write nothing.
 """
 
 from __future__ import annotations
@@ -45,8 +49,9 @@ def export_model(
     model: nn.Module,
     example_input: torch.Tensor,
     out_dir: str | Path,
-    formats: tuple[str, ...] = ("onnx", "torchscript"),
+    formats: tuple[str, ...] = ("onnx", "torchscript", "pt2"),
     *,
+    tolerance: float = 1e-3,
     training_config: dict | None = None,
     task_spec: dict | None = None,
     model_config: dict | None = None,
@@ -63,10 +68,50 @@ def export_model(
                 _EXPORTERS[fmt](wrapped, example, tmp)
             except Exception as e:  # noqa: BLE001 - report which format failed and why
                 raise RuntimeError(f"export to {fmt} failed ({type(e).__name__}: {e}); drop {fmt!r} from export_formats to skip it") from e
+        parity = verify(wrapped, tmp, formats, example, tolerance, vocab_size=(model_config or {}).get("vocab_size"))
         _write_metadata(tmp, formats, training_config, task_spec, model_config, example, tokenizer)
-        manifest = {p.relative_to(tmp).as_posix(): describe(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=1))
+        files = {p.relative_to(tmp).as_posix(): describe(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        (tmp / "MANIFEST.json").write_text(json.dumps({"files": files, "parity": parity}, indent=1))
     return out_dir
+
+
+def verify(model: nn.Module, bundle: Path, formats, example: torch.Tensor, tolerance: float, vocab_size: int | None = None) -> dict:
+    """Load each exported graph from `bundle` and compare its logits with `model`'s on held-out
+    inputs (batch sizes 1 and 3; the example's sequence length and about half of it). Returns
+    {format: {"max_abs_error", "tolerance", "inputs"}}; raises naming the first format over
+    `tolerance`."""
+    inputs = held_out_inputs(example, vocab_size)
+    with torch.no_grad():
+        expected = [model(x) for x in inputs]
+    parity = {}
+    for fmt in formats:
+        run = _LOADERS[fmt](bundle)
+        error = 0.0
+        for x, want in zip(inputs, expected):
+            with torch.no_grad():
+                got = torch.as_tensor(run(x))
+            if got.shape != want.shape:
+                raise RuntimeError(f"export to {fmt} gives logits of shape {tuple(got.shape)} for input {tuple(x.shape)}, the model {tuple(want.shape)}")
+            error = max(error, (got.float() - want.float()).abs().max().item())
+        if not error <= tolerance:  # NaN fails too
+            raise RuntimeError(
+                f"export to {fmt} does not reproduce the model: max abs logit error {error:.3g} > tolerance {tolerance:g} "
+                f"on inputs {[tuple(x.shape) for x in inputs]}; drop {fmt!r} from export_formats, or raise export_tolerance"
+            )
+        parity[fmt] = {"max_abs_error": error, "tolerance": tolerance, "inputs": [list(x.shape) for x in inputs]}
+    return parity
+
+
+def held_out_inputs(example: torch.Tensor, vocab_size: int | None = None) -> list[torch.Tensor]:
+    """Four inputs unlike the export example: batch sizes 1 and 3 by two sequence lengths
+    (token ids drawn at random from the vocabulary, or from the example's ids)."""
+    generator = torch.Generator().manual_seed(1234)
+    if example.is_floating_point() or example.dim() < 2:
+        return [torch.randn((batch, *example.shape[1:]), generator=generator, dtype=example.dtype) for batch in (1, 3)]
+    length = example.shape[1]
+    lengths = sorted({length, max(1, length // 2)}, reverse=True)
+    pool = torch.arange(vocab_size) if isinstance(vocab_size, int) and vocab_size > 0 else example.unique()
+    return [pool[torch.randint(len(pool), (batch, n), generator=generator)] for batch in (1, 3) for n in lengths]
 
 
 def _onnx(model: nn.Module, example: torch.Tensor, out: Path) -> None:
@@ -93,7 +138,39 @@ def _torchscript(model: nn.Module, example: torch.Tensor, out: Path) -> None:
         traced.save(str(out / "model.torchscript.pt"))
 
 
-_EXPORTERS = {"onnx": _onnx, "torchscript": _torchscript}
+def _pt2(model: nn.Module, example: torch.Tensor, out: Path) -> None:
+    from torch.export import Dim
+
+    dims = {0: Dim.AUTO, 1: Dim.AUTO} if example.dim() >= 2 and not example.is_floating_point() else {0: Dim.AUTO}
+    with _quiet():
+        program = torch.export.export(model, (example,), dynamic_shapes={"input_ids": dims})
+        torch.export.save(program, str(out / "model.pt2"))
+
+
+_EXPORTERS = {"onnx": _onnx, "torchscript": _torchscript, "pt2": _pt2}
+
+
+def _load_onnx(bundle: Path):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(str(bundle / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"input_ids": x.numpy()})[0]
+
+
+def _load_torchscript(bundle: Path):
+    with _quiet():
+        scripted = torch.jit.load(str(bundle / "model.torchscript.pt")).eval()
+    return scripted
+
+
+def _load_pt2(bundle: Path):
+    program = torch.export.load(str(bundle / "model.pt2")).module()
+    return program
+
+
+_LOADERS = {"onnx": _load_onnx, "torchscript": _load_torchscript, "pt2": _load_pt2}
 
 
 class _quiet:
@@ -176,7 +253,8 @@ Produced by trainyard. Formats: {formats}. Input `input_ids` ({shape}, int64); o
 
 `model.pt` is the PyTorch state_dict; `model_config.json`, `task_spec.json` and
 `training_config.yaml` describe how it was built and trained. `MANIFEST.json` lists the
-sha256 of every file. Docker serves the same HTTP API:
+sha256 of every file and, under "parity", each graph's largest logit error against the
+trained model, measured when it was exported. `model.pt2`: `torch.export.load(path).module()`. Docker serves the same HTTP API:
 `docker build -t model . && docker run -p 8080:8080 model`, then
 `curl -d '{{"input_ids": [[1, 2]]}}' localhost:8080/predictions`. TorchServe: `torchserve/`.
 Loading `model.torchscript.pt` runs the code in it: load bundles you trust.
@@ -197,23 +275,67 @@ metrics_address=http://0.0.0.0:8082
 default_workers_per_model=1
 """
 
-_TORCHSERVE_HANDLER = '''"""TorchServe handler: a JSON body {"input_ids": [[...]]} -> logits."""
+_TORCHSERVE_HANDLER = '''"""TorchServe handler for this bundle: requests go through inference.py, as with --serve.
+
+    torch-model-archiver --model-name model --version 1.0 --handler torchserve/handler.py \\
+        --extra-files inference.py,model_config.json,task_spec.json,<model.onnx or model.pt2>,<tokenizer.json>
+    torchserve --start --model-store . --models model=model.mar --ts-config torchserve/config.properties
+
+A request body is {"text": "..."} or {"input_ids": [[...]]}; the reply is inference.py's
+JSON, or {"error": "..."} for a bad request. Needs no `ts` import: TorchServe calls
+initialize(context) and handle(data, context) on the one class defined here.
+"""
 
 import json
+import sys
+from pathlib import Path
 
-import torch
-from ts.torch_handler.base_handler import BaseHandler
 
+class Handler:
+    def __init__(self):
+        self.initialized = False
+        self.bundle = None
+        self.bad_input = ValueError
 
-class Handler(BaseHandler):
+    def initialize(self, context):
+        model_dir = Path(context.system_properties["model_dir"])
+        sys.path.insert(0, str(model_dir))
+        import inference
+
+        self.bundle = inference.Bundle(model_dir)
+        self.bad_input = inference.BadInput
+        self.initialized = True
+
     def preprocess(self, data):
-        body = data[0].get("body") or data[0].get("data")
-        if isinstance(body, (bytes, bytearray)):
-            body = json.loads(body)
-        return torch.as_tensor(body["input_ids"])
+        bodies = []
+        for row in data:
+            body = row.get("body") if row.get("body") is not None else row.get("data")
+            if isinstance(body, (bytes, bytearray)):
+                body = body.decode("utf-8")
+            if isinstance(body, str):
+                try:
+                    body = json.loads(body)
+                except ValueError:
+                    body = None
+            bodies.append(body)
+        return bodies
 
-    def postprocess(self, logits):
-        return [logits.tolist()]
+    def inference(self, bodies):
+        replies = []
+        for body in bodies:
+            try:
+                replies.append(self.bundle.predict(self.bundle.ids(body)))
+            except self.bad_input as e:
+                replies.append({"error": str(e)})
+        return replies
+
+    def postprocess(self, replies):
+        return replies  # one reply per request of the batch
+
+    def handle(self, data, context):
+        if not self.initialized:
+            self.initialize(context)
+        return self.postprocess(self.inference(self.preprocess(data)))
 '''
 
 
@@ -241,7 +363,7 @@ def export_trained(trainer: Any, train_dataset: Any, out_dir: Path, task: str) -
     spec = trainer.task_spec.to_dict() if trainer.task_spec is not None else {"name": task}
     cfg = trainer.training_config
     return export_model(
-        trainer.model, example, out_dir, cfg.export_formats,
+        trainer.model, example, out_dir, cfg.export_formats, tolerance=cfg.export_tolerance,
         training_config=cfg.to_dict(), task_spec=spec, model_config=model_config_dict(trainer.config),
         tokenizer=trainer.tokenizer,
     )

@@ -25,7 +25,7 @@ from trainyard.engine.config import FIELD_NAMES, TrainingConfig
 DISTRIBUTIONS = ("uniform", "loguniform", "quniform", "randint", "qrandint", "choice")
 MODES = ("min", "max")
 # Fields a sweep owns or that make no sense to search.
-_NOT_SEARCHABLE = {"checkpoint_dir", "checkpoint_every_n_steps", "wandb_project", "device", "export_bundle", "export_formats"}
+_NOT_SEARCHABLE = {"checkpoint_dir", "checkpoint_every_n_steps", "wandb_project", "device", "export_bundle", "export_formats", "export_tolerance"}
 
 
 @dataclass(frozen=True)
