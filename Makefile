@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: train test test-fast bench bench-peers clean
+.PHONY: run train test test-fast bench bench-peers clean
 
 # CPU torch first: a dependency asking for plain `torch` must find it satisfied, or pip
 # pulls the multi-gigabyte CUDA build. Without an NVIDIA GPU, from PyTorch's CPU index
@@ -23,7 +23,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-train: $(STAMP)
+run: $(STAMP)  # the main job: sweep -> final training on 2 Ray Train workers -> verified export -> report
+	$(BIN)/trainyard run jobs/configs/addition.yaml --space tune_spaces/addition_small.yaml --samples 6 --workers 2 epochs=2
+
+train: $(STAMP)  # one training run on 2 Ray Train workers
 	$(BIN)/trainyard train jobs/configs/addition.yaml --workers 2
 
 test: $(STAMP)

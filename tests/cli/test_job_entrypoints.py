@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import ROOT
 
 
-@pytest.mark.parametrize("entrypoint", ["jobs/train.py", "jobs/tune.py"])
+@pytest.mark.parametrize("entrypoint", ["jobs/train.py", "jobs/tune.py", "jobs/pipeline.py"])
 def test_a_python_without_the_dependencies_gets_what_to_do(tmp_path, entrypoint):
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True)
     bare = tmp_path / "bare" / "bin" / "python"

@@ -1,4 +1,4 @@
-"""`trainyard` command line: `trainyard train CONFIG [key=value ...]`."""
+"""`trainyard` command line: `train`, `tune`, `run` (the main job end to end), `report`."""
 
 from __future__ import annotations
 
@@ -40,6 +40,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune.add_argument("--storage-path", default=None, help="where the sweep directory goes (default runs/)")
     tune.add_argument("--seed", type=int, default=0)
     tune.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show Ray's own logs")
+    run = sub.add_parser("run", help="the main job: sweep, final training on Ray Train, verified export, report (resumable)")
+    run.add_argument("config", help="experiment YAML; its final: section changes the final training (e.g. epochs)")
+    run.add_argument("overrides", nargs="*", help="key=value overrides of the experiment config")
+    run.add_argument("--space", required=True, help="search space YAML, e.g. tune_spaces/addition_small.yaml")
+    run.add_argument("--samples", type=int, default=8, help="sweep trials")
+    run.add_argument("--workers", type=int, default=2, help="Ray Train workers of the final training")
+    run.add_argument("--gpu", action="store_true", help="a GPU per trial and per final worker")
+    run.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as CPUs allow)")
+    run.add_argument("--scheduler", default="asha", choices=["asha", "median", "none"])
+    run.add_argument("--seed", type=int, default=0, help="the searcher's seed")
+    run.add_argument("--name", default=None, help="run name (default: derived from the command, so rerunning it resumes)")
+    run.add_argument("--output-dir", default=None, help="where the run directory goes (default runs/)")
+    run.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show debug logs and Ray's own logs")
+    report = sub.add_parser("report", help="write report.html and report.md for a run, training or sweep directory")
+    report.add_argument("run_dir", help="a directory a trainyard command printed")
     # key=value overrides may come after options (`tune SPACE --config C epochs=3`),
     # which argparse's positional collection does not allow: gather them here.
     args, extra = parser.parse_known_args(argv)
@@ -55,8 +70,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args)
         if args.command == "tune":
             return _tune(args)
+        if args.command == "run":
+            return _run(args)
+        if args.command == "report":
+            from trainyard.pipeline.report import write_report
+
+            print(f"report: {write_report(args.run_dir)}")
+            return 0
     except KeyboardInterrupt:
-        print("trainyard: interrupted", file=sys.stderr)
+        again = " (run the same command again to resume)" if args.command == "run" else ""
+        print(f"trainyard: interrupted{again}", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - sorted below: the user's mistakes, or ours
         cause = user_error(e)
@@ -121,10 +144,15 @@ def _train(args: argparse.Namespace) -> int:
         log.info("validation exact-match accuracy: %.1f%%", 100 * last["val/exact_match"])
     if results.get("export_path"):
         log.info("export bundle: %s (try: python %s --help)", results["export_path"], Path(results["export_path"]) / "inference.py")
+    out = {k: v for k, v in results.items() if k != "metrics_summary"}
+    out["metrics_summary"] = json.loads(summary.to_json(orient="records"))
     if args.results:
-        out = {k: v for k, v in results.items() if k != "metrics_summary"}
-        out["metrics_summary"] = summary.to_dict(orient="records")
         Path(args.results).write_text(json.dumps(out, indent=1, default=str))
+    if results.get("run_dir") and "://" not in str(results["run_dir"]) and Path(results["run_dir"]).is_dir():
+        from trainyard.pipeline.report import write_report
+
+        (Path(results["run_dir"]) / "results.json").write_text(json.dumps(out, indent=1, default=str))
+        log.info("report: %s", write_report(results["run_dir"]))
     return 0
 
 
@@ -175,10 +203,25 @@ def _tune(args: argparse.Namespace) -> int:
         storage_path=args.storage_path,
         seed=args.seed,
     )
+    if "://" not in result.path:
+        from trainyard.pipeline.report import write_report
+
+        write_report(result.path)
     print(f"# best {result.metric} = {result.best_metrics.get(result.metric)!r} ({result.mode}); sweep in {result.path}")
     print(result.best_config.to_yaml(), end="")
     if result.best_params_model():
         print(f"# model: {result.best_params_model()}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from trainyard.pipeline.run import run_pipeline, summary
+
+    pipeline = run_pipeline(
+        args.config, args.space, args.overrides, samples=args.samples, workers=args.workers, gpu=args.gpu,
+        max_concurrent=args.max_concurrent, scheduler=args.scheduler, seed=args.seed, name=args.name, output_dir=args.output_dir,
+    )
+    print("\n".join(summary(pipeline)))
     return 0
 
 

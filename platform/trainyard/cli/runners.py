@@ -52,6 +52,7 @@ def run_sweep(
 ):
     """A Tune sweep over `space_path`, trials built from the experiment config."""
     from trainyard.hpo import load_search_space, sweep
+    from trainyard.hpo.report import write_best_experiment
 
     space = load_search_space(space_path)  # validated before Ray starts
     exp = build(load_spec(config_path, overrides))
@@ -75,25 +76,3 @@ def run_sweep(
     )
     write_best_experiment(result, exp.spec, space)
     return result
-
-
-def write_best_experiment(result: Any, spec: dict[str, Any], space: Any) -> None:
-    """`best_config.yaml` in the sweep directory: the experiment config the sweep started
-    from (model, data and training sections) with the winning values filled in, so that
-    `trainyard train <sweep>/best_config.yaml` trains the winner as it is."""
-    import copy
-
-    import yaml
-
-    from trainyard.experiment.spec import plain
-
-    if "://" in result.path:
-        return
-    training, model = space.split(result.best_params)
-    best = copy.deepcopy(dict(spec))
-    best["training"] = {**(best.get("training") or {}), **training}
-    if model:
-        best["model"] = {**(best.get("model") or {}), **model}
-    header = (f"# The best trial ({result.best_trial}) of the sweep in {result.path}: {result.metric} = "
-              f"{result.best_metrics.get(result.metric)!r}.\n# Train it: trainyard train {Path(result.path) / 'best_config.yaml'}\n")
-    (Path(result.path) / "best_config.yaml").write_text(header + yaml.safe_dump(plain(best), sort_keys=False))

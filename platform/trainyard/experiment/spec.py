@@ -4,6 +4,7 @@
     data:     {name: addition, train_size: 20000}        # built-in, or train: x.parquet, val: y.parquet
     task:     language_modeling                          # optional; auto-detected if absent
     training: {learning_rate: 3.0e-3, epochs: 5}         # any TrainingConfig field
+    final:    {epochs: 10}                               # `trainyard run`: the final training's changes
 
 `key=value` overrides address a section with a dot (`model.d_model=64`); a bare key is a
 training field (`epochs=3`). Values are parsed as YAML (`1e-3`, `true`, `[onnx]`).
@@ -18,7 +19,7 @@ from typing import Any, Mapping, Sequence
 from trainyard import _yaml
 from trainyard.engine.config import TrainingConfig
 
-SECTIONS = ("model", "data", "task", "training", "source")  # source: provenance, informational
+SECTIONS = ("model", "data", "task", "training", "final", "source")  # source: provenance, informational
 
 
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -63,8 +64,21 @@ def as_spec(config: Any) -> dict[str, Any]:
 
 
 def training_config(spec: Mapping[str, Any]) -> TrainingConfig:
-    """The spec's `training` section as a validated TrainingConfig."""
-    return TrainingConfig.from_dict(spec.get("training") or {})
+    """The spec's `training` section as a validated TrainingConfig (its `final` changes,
+    which only `trainyard run`'s final training applies, checked against it)."""
+    config = TrainingConfig.from_dict(spec.get("training") or {})
+    final = spec.get("final") or {}
+    if not isinstance(final, Mapping):
+        raise ValueError(f"the final section must be a mapping of training fields (e.g. {{epochs: 10}}), got {final!r}")
+    config.replace(**final)
+    return config
+
+
+def final_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec the final training runs: `final`'s fields applied to `training`."""
+    out = copy.deepcopy(dict(spec))
+    out["training"] = {**(out.get("training") or {}), **(out.pop("final", None) or {})}
+    return out
 
 
 def plain(value: Any) -> Any:

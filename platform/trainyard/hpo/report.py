@@ -30,6 +30,28 @@ def write_outputs(result: Any) -> None:
     result.plots = _plots(result, out)
 
 
+def write_best_experiment(result: Any, spec: dict[str, Any], space: Any) -> None:
+    """`best_config.yaml` in the sweep directory: the experiment config the sweep started
+    from (model, data and training sections) with the winning values filled in, so that
+    `trainyard train <sweep>/best_config.yaml` trains the winner as it is."""
+    import copy
+
+    import yaml
+
+    from trainyard.experiment.spec import plain
+
+    if "://" in result.path:
+        return
+    training, model = space.split(result.best_params)
+    best = copy.deepcopy(dict(spec))
+    best["training"] = {**(best.get("training") or {}), **training}
+    if model:
+        best["model"] = {**(best.get("model") or {}), **model}
+    header = (f"# The best trial ({result.best_trial}) of the sweep in {result.path}: {result.metric} = "
+              f"{result.best_metrics.get(result.metric)!r}.\n# Train it: trainyard train {Path(result.path) / 'best_config.yaml'}\n")
+    (Path(result.path) / "best_config.yaml").write_text(header + yaml.safe_dump(plain(best), sort_keys=False))
+
+
 def trial_number(trial_id: str, fallback: int) -> int:
     """1-based, as the console prints it: Tune's ids end in the trial's creation index."""
     suffix = str(trial_id).rsplit("_", 1)[-1]
@@ -71,6 +93,12 @@ def _trials(result: Any) -> list[dict]:
     return sorted(rows, key=lambda r: r["number"])
 
 
+def _sweep_name(result: Any) -> str:
+    """The sweep's folder name; `trainyard run`'s sweeps are all `sweep/`, named by their run."""
+    path = Path(result.path)
+    return f"of {path.parent.name}" if path.name == "sweep" else path.name
+
+
 def _label(result: Any) -> str:
     return f"{result.metric} ({'lower' if result.mode == 'min' else 'higher'} is better)"
 
@@ -104,7 +132,7 @@ def _history(plt, trials, result):
         ax.axvline(n, color=STATE_STYLE["FAIL"][0], alpha=0.3, linestyle=":")
     ax.set_xlabel("trial (as numbered on the console)")
     ax.set_ylabel(_label(result))
-    ax.set_title(f"Sweep {Path(result.path).name}: {len(trials)} trials")
+    ax.set_title(f"Sweep {_sweep_name(result)}: {len(trials)} trials")
     ax.legend(handles=[*_legend_states(ax, trials), *ax.get_legend_handles_labels()[0]], loc="best", fontsize=8)
     ax.grid(alpha=0.3)
     ax.xaxis.get_major_locator().set_params(integer=True)

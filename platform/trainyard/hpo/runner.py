@@ -87,6 +87,7 @@ def sweep(
     max_failures: int = 0,
     checkpoint_every_epoch: bool = True,
     allow_shared_storage: bool = False,
+    log_epochs: bool = True,
 ) -> SweepResult:
     """Search `space` with `num_samples` trials; see the module docstring.
 
@@ -97,7 +98,8 @@ def sweep(
     default 0 it is recorded as failed and the sweep goes on. `checkpoint_every_epoch=False`
     hands Tune a trial's checkpoint only when it finishes (faster for small models; a
     retried or resumed trial then starts over); with workers_per_trial > 1 every epoch's
-    checkpoint is kept regardless.
+    checkpoint is kept regardless. `log_epochs=False` logs each trial once, when it ends,
+    instead of once per epoch.
     """
     if not isinstance(checkpoint_every_epoch, bool):
         raise TypeError(f"checkpoint_every_epoch={checkpoint_every_epoch!r} must be True or False")
@@ -138,7 +140,7 @@ def sweep(
     )
     check_picklable("model_factory", model_factory)
     trainable = tune.with_resources(tune.with_parameters(_trial, payload=payload), resources)
-    table = _live_table(space, base.epochs)
+    table = _live_table(space, base.epochs, log_epochs)
     if tune.Tuner.can_restore(sweep_dir):
         log.info("resuming sweep %s (finished trials are kept)", sweep_dir)
         tuner = tune.Tuner.restore(sweep_dir, trainable=trainable, resume_unfinished=True, resume_errored=False)
@@ -412,7 +414,7 @@ def _history(result, metric: str) -> dict[int, float]:
     return out
 
 
-def _live_table(space: SearchSpace, epochs: int):
+def _live_table(space: SearchSpace, epochs: int, log_epochs: bool = True):
     """A Tune callback printing one compact line per trial event instead of Tune's wall
     (defined here so that importing this module does not import Ray)."""
     from ray.tune import Callback
@@ -431,14 +433,16 @@ def _live_table(space: SearchSpace, epochs: int):
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             value = result.get(self.space.metric)
-            log.info("%s | epoch %s %s %s", self._label(trial), result.get("training_iteration"), self.space.metric, _fmt(value))
+            (log.info if log_epochs else log.debug)("%s | epoch %s %s %s", self._label(trial), result.get("training_iteration"), self.space.metric, _fmt(value))
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            ran = int((trial.last_result or {}).get("training_iteration") or 0)
+            last = trial.last_result or {}
+            ran = int(last.get("training_iteration") or 0)
+            value = "" if log_epochs else f" ({self.space.metric} {_fmt(last.get(self.space.metric))})"
             if ran < epochs:  # the scheduler stopped it
-                log.info("%s | pruned after epoch %d of %d", self._label(trial), ran, epochs)
+                log.info("%s | pruned after epoch %d of %d%s", self._label(trial), ran, epochs, value)
             else:
-                log.info("%s | done", self._label(trial))
+                log.info("%s | done%s", self._label(trial), value)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             log.info("%s | FAILED (the sweep goes on)", self._label(trial))

@@ -73,6 +73,10 @@ class SearchSpace:
     def optuna_space(self) -> dict[str, Any]:
         return {p.name: p.optuna_distribution() for p in self.params}
 
+    def to_dict(self) -> dict[str, Any]:
+        """The space as its YAML reads (`load_search_space` takes it back)."""
+        return {"metric": self.metric, "mode": self.mode, "params": {p.name: {p.kind: list(p.args)} for p in self.params}}
+
     def split(self, sampled: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """(TrainingConfig overrides, model config overrides) of one sampled point."""
         training = {k: v for k, v in sampled.items() if not k.startswith("model.")}

@@ -77,7 +77,7 @@ def execute_final_training(
     )
     if "://" not in job.run_dir:
         (Path(job.run_dir) / LINEAGE_FILE).write_text(json.dumps(extract_lineage_from_best_model(job), indent=2, default=str))
-    log.info("final training %s done: checkpoint %s", name, job.checkpoint_path)
+    log.info("final training done (run %s): checkpoint %s", name, job.checkpoint_path)
     return job
 
 
@@ -113,8 +113,9 @@ def extract_lineage_from_best_model(job: FinalTrainingJob | str | os.PathLike) -
 
 
 def code_version(directory: str | os.PathLike | None = None) -> dict[str, Any]:
-    """The git commit of `directory` (default: the working directory) and whether it had
-    uncommitted changes to tracked files, plus the installed trainyard version."""
+    """The git commit of `directory` (default: the working directory, else the checkout
+    trainyard runs from) and whether it had uncommitted changes to tracked files, plus the
+    installed trainyard version."""
     from importlib import metadata
 
     try:
@@ -123,6 +124,9 @@ def code_version(directory: str | os.PathLike | None = None) -> dict[str, Any]:
         version = None
     where = str(directory or Path.cwd())
     commit = _git(where, "rev-parse", "HEAD")
+    if commit is None and directory is None:
+        where = str(Path(__file__).resolve().parent)
+        commit = _git(where, "rev-parse", "HEAD")
     dirty = None if commit is None else bool(_git(where, "status", "--porcelain", "--untracked-files=no"))
     return {"git_commit": commit, "git_dirty": dirty, "trainyard": version}
 

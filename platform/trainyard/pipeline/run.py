@@ -1,0 +1,270 @@
+"""`trainyard run`: the main job (sweep -> final training -> verified export -> report) as
+one resumable command.
+
+    result = run_pipeline("jobs/configs/addition.yaml", "tune_spaces/addition_small.yaml",
+                          ["epochs=2"], samples=6, workers=2)
+
+One run directory (`<output_dir>/<name>`) holds a folder per stage and `pipeline.json`,
+where each stage is recorded when it finishes:
+
+    sweep/    Ray Tune + Optuna (ASHA) over the space; trials.csv, best_config.yaml, plots
+    final/    the best config trained to completion on `workers` Ray Train workers (DDP);
+              the config's `final:` section changes its training fields (e.g. more epochs)
+    export/   the export bundle, each graph checked against the model (MANIFEST.json)
+    report/   report.html (images embedded) and report.md, with the plots
+    lineage.json   sweep, trial, params, checkpoint, data fingerprint, code version
+
+Run the same command again after a kill and the recorded stages are skipped: the sweep is
+restored with its finished trials kept, the final training continues from its last
+checkpoint (Ray Train's run-name resume). The default name is derived from the command's
+inputs, so the same command finds its run; a different command gets its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from trainyard._logging import get_logger
+from trainyard.experiment.spec import final_spec, load_spec
+
+log = get_logger("trainyard.pipeline")
+STAGES = ("sweep", "final", "export", "report")
+STATE_FILE = "pipeline.json"
+
+
+@dataclass
+class Pipeline:
+    """One run of the main job: its inputs, its directory and what its stages recorded."""
+
+    run_dir: Path
+    spec: dict[str, Any]  # the experiment spec, overrides applied
+    space: dict[str, Any]  # the search space, as loaded
+    options: dict[str, Any]  # samples, workers, scheduler, seed, ...
+    state: dict[str, Any]
+
+    @property
+    def stages(self) -> dict[str, Any]:
+        return self.state.setdefault("stages", {})
+
+    def record(self, stage: str, outcome: dict[str, Any], seconds: float) -> None:
+        self.stages[stage] = {**outcome, "seconds": round(seconds, 1), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        write_json(self.run_dir / STATE_FILE, self.state)
+
+
+def run_pipeline(
+    config: str | Path,
+    space: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    samples: int = 8,
+    workers: int = 2,
+    gpu: bool = False,
+    max_concurrent: int | None = None,
+    scheduler: str = "asha",
+    seed: int = 0,
+    name: str | None = None,
+    output_dir: str | Path | None = None,
+) -> Pipeline:
+    """Run (or finish) the main job; see the module docstring. Returns the Pipeline, whose
+    `stages` hold each stage's outcome."""
+    from trainyard.hpo import load_search_space
+
+    for label, value, low in (("samples", samples, 1), ("workers", workers, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"--{label} {value!r}: give an integer >= {low}")
+    spec = load_spec(config, overrides)
+    search = load_search_space(space)  # both validated before anything starts
+    from trainyard.experiment import build
+
+    build(final_spec(spec)).training_config  # the final section is valid too
+    options = {"samples": samples, "workers": workers, "gpu": gpu, "max_concurrent": max_concurrent, "scheduler": scheduler, "seed": seed}
+    inputs = {"config": str(Path(config).resolve()), "space": str(Path(space).resolve()), "overrides": list(overrides), "spec": spec,
+              "space_spec": search.to_dict(), **options}
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    run_dir = Path(output_dir or _default_output()).expanduser().resolve() / (name or f"{Path(config).stem}-{digest}")
+    pipeline = _open(run_dir, inputs, digest, spec, search.to_dict(), options)
+    done = [s for s in STAGES if s in pipeline.stages]
+    if done:
+        log.info("run %s: resuming; done already: %s", run_dir, ", ".join(done))
+    else:
+        log.info("run %s (the same command resumes it)", run_dir)
+    for stage, step in zip(STAGES, (_sweep, _final, _export, _report)):
+        if stage in pipeline.stages:
+            continue
+        started = time.perf_counter()
+        outcome = step(pipeline, search)
+        pipeline.record(stage, outcome, time.perf_counter() - started)
+    return pipeline
+
+
+def _default_output() -> Path:
+    from trainyard.execution.configs import default_storage
+
+    return Path(default_storage())
+
+
+def _open(run_dir: Path, inputs: dict, digest: str, spec: dict, space: dict, options: dict) -> Pipeline:
+    from trainyard._trust import make_private_dir
+
+    path = run_dir / STATE_FILE
+    if path.is_file():
+        try:
+            state = json.loads(path.read_text())
+        except ValueError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}): it is the run's record; restore it, or give another --name") from e
+        if state.get("digest") != digest:
+            changed = sorted(k for k in inputs if json.dumps(inputs[k], sort_keys=True, default=str) != json.dumps(state.get("inputs", {}).get(k), sort_keys=True, default=str))
+            raise ValueError(
+                f"run {run_dir} was started by another command (different: {', '.join(changed) or 'inputs'}); "
+                "rerun that command to finish it, or give a new --name for this one"
+            )
+        return Pipeline(run_dir, spec, space, options, state)
+    make_private_dir(run_dir)
+    state = {"digest": digest, "inputs": inputs, "stages": {}}
+    write_json(path, state)
+    return Pipeline(run_dir, spec, space, options, state)
+
+
+# -- the stages ---------------------------------------------------------------------------
+
+
+def _sweep(pipeline: Pipeline, search: Any) -> dict[str, Any]:
+    from trainyard.hpo.report import write_best_experiment
+    from trainyard.data.fingerprint import fingerprint
+    from trainyard.experiment import build
+    from trainyard.hpo import sweep
+
+    exp = build(pipeline.spec)
+    options = pipeline.options
+    result = sweep(
+        exp.model_builder, exp.model_config, exp.train_data, exp.val_data,
+        space=search, training_config=exp.training_config, task_spec=exp.task_spec,
+        num_samples=options["samples"], max_concurrent=options["max_concurrent"], scheduler=options["scheduler"],
+        resources_per_trial={"cpu": 1, "gpu": 1} if options["gpu"] else None,
+        storage_path=str(pipeline.run_dir), name="sweep", seed=options["seed"], log_epochs=False,
+    )
+    write_best_experiment(result, pipeline.spec, search)
+    counts = result.dataframe["state"].value_counts().to_dict()
+    return {
+        "path": result.path, "metric": result.metric, "mode": result.mode, "value": result.best_metrics.get(result.metric),
+        "best_trial": result.best_trial, "best_trial_number": int(result.dataframe.set_index("trial").loc[result.best_trial, "number"]),
+        "best_params": result.best_params, "checkpoint": result.best_checkpoint,
+        "trials": {str(k): int(v) for k, v in counts.items()}, "data_fingerprint": fingerprint((exp.train_data, exp.val_data)),
+    }
+
+
+def best_spec(pipeline: Pipeline) -> dict[str, Any]:
+    """The spec the final training runs: the winner's values, then the `final` changes, and
+    a `source` section naming the sweep trial it came from."""
+    sweep = pipeline.stages["sweep"]
+    spec = json.loads(json.dumps(pipeline.spec))
+    for key, value in sweep["best_params"].items():
+        section, field = ("model", key[len("model."):]) if key.startswith("model.") else ("training", key)
+        spec.setdefault(section, {})[field] = value
+    spec = final_spec(spec)
+    spec["source"] = {
+        "sweep": Path(sweep["path"]).name, "sweep_path": sweep["path"], "trial_id": sweep["best_trial"],
+        "params": sweep["best_params"], "metric": sweep["metric"], "value": sweep["value"],
+        "checkpoint": sweep["checkpoint"], "data_fingerprint": sweep["data_fingerprint"],
+    }
+    return spec
+
+
+def _final(pipeline: Pipeline, search: Any) -> dict[str, Any]:
+    from trainyard.pipeline.final import extract_lineage_from_best_model, execute_final_training
+
+    options = pipeline.options
+    job = execute_final_training(best_spec(pipeline), workers=options["workers"], use_gpu=options["gpu"], output_dir=pipeline.run_dir, name="final")
+    lineage = {"run": str(pipeline.run_dir), **extract_lineage_from_best_model(job)}
+    write_json(pipeline.run_dir / "lineage.json", lineage)
+    results = job.results
+    return {
+        "run_dir": job.run_dir, "checkpoint": job.checkpoint_path, "task": results.get("task"),
+        "final_loss": results.get("final_loss"), "best_epoch": results.get("best_epoch"),
+        "training_time": results.get("training_time"), "global_step": results.get("global_step"),
+        "metrics_summary": json.loads(results["metrics_summary"].to_json(orient="records")),
+        "loss_history": list(results.get("loss_history") or []),
+        "grad_norm_history": list(results.get("grad_norm_history") or []),
+    }
+
+
+def _export(pipeline: Pipeline, search: Any) -> dict[str, Any]:
+    """Export the final checkpoint's model (loaded here, so that a rerun after a kill
+    exports the same weights) and record each graph's parity."""
+    from trainyard.engine.checkpoint import load, resolve
+    from trainyard.engine.data import as_dataset
+    from trainyard.engine.export import export_trained
+    from trainyard.experiment import build
+
+    final = pipeline.stages["final"]
+    exp = build(best_spec(pipeline))
+    model = exp.model_factory()
+    model.load_state_dict(load(resolve(final["checkpoint"])).model)
+    trainer = exp.trainer()
+    trainer.model = model
+    data = as_dataset(exp.val_data, "val_data") or as_dataset(exp.train_data)
+    bundle = export_trained(trainer, data, pipeline.run_dir / "export", final["task"])
+    manifest = json.loads((bundle / "MANIFEST.json").read_text())
+    return {"path": str(bundle), "formats": list(manifest["parity"]), "parity": manifest["parity"]}
+
+
+def _report(pipeline: Pipeline, search: Any) -> dict[str, Any]:
+    from trainyard.pipeline.report import write_report
+
+    html = write_report(pipeline.run_dir)
+    return {"html": str(html), "markdown": str(html.with_suffix(".md"))}
+
+
+# -- what the command prints at the end ----------------------------------------------------
+
+
+def summary(pipeline: Pipeline) -> list[str]:
+    """The closing block: best params, final metrics, stage times, export parity, report."""
+    stages = pipeline.stages
+    sweep, final, export, report = (stages.get(s, {}) for s in STAGES)
+    last = (final.get("metrics_summary") or [{}])[-1]
+    lines = [f"run {pipeline.run_dir}"]
+    trials = ", ".join(f"{v} {k.lower()}" for k, v in sorted((sweep.get("trials") or {}).items()))
+    total = sum((sweep.get("trials") or {}).values())
+    lines.append(f"  sweep     best {sweep.get('metric')} {_fmt(sweep.get('value'))} from trial {sweep.get('best_trial_number')} ({total} trials: {trials})")
+    lines.append("  best      " + " ".join(f"{k}={_fmt(v)}" for k, v in (sweep.get("best_params") or {}).items()))
+    metrics = [("val/exact_match", "exact-match", True), ("val/accuracy", "accuracy", True), ("val/loss", "val loss", False)]
+    shown = [f"{label} {100 * last[key]:.1f}%" if pct else f"{label} {last[key]:.4f}" for key, label, pct in metrics if last.get(key) is not None]
+    lines.append(f"  final     {', '.join(shown) or 'final_loss ' + _fmt(final.get('final_loss'))} after {last.get('epoch', '?')} epochs on {pipeline.options['workers']} workers")
+    parity = export.get("parity") or {}
+    lines.append("  export    " + ", ".join(f"{fmt} max|err| {p['max_abs_error']:.1e}" for fmt, p in parity.items()) + f" (<= {_tolerance(parity)})")
+    lines.append("  stages    " + ", ".join(f"{s} {stages[s]['seconds']:.0f}s" for s in STAGES if s in stages))
+    lines.append(f"  report    {report.get('html')}")
+    lines.append(f"  bundle    {export.get('path')}")
+    return lines
+
+
+def _tolerance(parity: dict) -> str:
+    values = {p["tolerance"] for p in parity.values()}
+    return ", ".join(f"{v:g}" for v in sorted(values)) or "-"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON so that a kill leaves the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def load_state(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {run_dir} is not a `trainyard run` directory")
+    return json.loads(path.read_text())
+
+

@@ -1,0 +1,89 @@
+"""`trainyard report` and the reports `trainyard train` writes: files a person opens, with
+plots that are real images, from whatever the directory holds."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+TINY = ["data.train_size=256", "data.val_size=16", "model.n_layers=1", "model.d_model=32", "epochs=2"]
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a PNG, read from its header; fails for anything else."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from trainyard.cli.main import main
+
+    run = tmp_path_factory.mktemp("train") / "run"
+    assert main(["train", str(ROOT / "jobs" / "configs" / "addition.yaml"), *TINY, f"checkpoint_dir={run}"]) == 0
+    return run
+
+
+def test_trainyard_train_leaves_a_report_with_its_curves(trained):
+    report = trained / "report"
+    assert (trained / "results.json").is_file()
+    names = {p.name for p in report.glob("*.png")}
+    assert names == {"loss.png", "accuracy.png", "learning_rate.png", "grad_norm.png", "throughput.png"}
+    for name in names:
+        width, height = png_size(report / name)
+        assert width > 300 and height > 200, name
+    md = (report / "report.md").read_text()
+    assert all(f"]({name})" in md for name in names) and "| val/exact_match |" in md
+    html = (report / "report.html").read_text()
+    assert html.count("src='data:image/png;base64,") == len(names)  # self-contained
+    assert "<img" in html and "src='loss.png'" not in html
+
+
+def test_a_section_without_data_is_left_out_not_drawn_empty(trained, tmp_path):
+    from trainyard.pipeline.report import write_report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    results = json.loads((trained / "results.json").read_text())
+    for row in results["metrics_summary"]:
+        for key in [k for k in row if k.startswith("throughput/")]:
+            del row[key]
+    results["grad_norm_history"] = []
+    (run / "results.json").write_text(json.dumps(results))
+    write_report(run)
+    assert {p.name for p in (run / "report").glob("*.png")} == {"loss.png", "accuracy.png", "learning_rate.png"}
+
+
+def test_report_of_a_directory_with_nothing_to_report_says_what_it_expected(tmp_path, capsys):
+    from trainyard.cli.main import main
+
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"trainyard: error: {tmp_path} holds nothing to report: expected pipeline.json (trainyard run)")
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_html_report_renders_in_a_browser(trained, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (.ci/run installs it with apt-get)")
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--screenshot={shot}",
+                           "--window-size=1000,1400", (trained / "report" / "report.html").as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert shot.is_file(), proc.stderr[-2000:]
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(str(shot))[..., :3]
+    assert png_size(shot) == (1000, 1400)
+    # Not blank: many distinct colours (the plots' lines and text), and ink on a fair share of it.
+    colours = {tuple(p) for p in (pixels[::7, ::7].reshape(-1, 3) * 255).astype(int).tolist()}
+    ink = (pixels.mean(axis=2) < 0.9).mean()
+    assert len(colours) > 50 and ink > 0.02, (len(colours), ink)
