@@ -51,3 +51,50 @@ def process_group_of_one(tmp_path_factory):
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
     yield
     dist.destroy_process_group()
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server for the session, in a temp directory, on a unix socket only
+    (no TCP port), run as `nobody` when the tests run as root (initdb refuses root)."""
+    import shutil
+    import subprocess
+
+    pytest.importorskip("psycopg", reason="the postgres extra: pip install -e '.[postgres]'")
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip("PostgreSQL's server binaries (initdb, pg_ctl) are not on PATH")
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="trainyard-postgres-"))  # not under pytest's owner-only temp root: nobody must reach it
+    as_user = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
+    if as_user:
+        os.chmod(base, 0o755)
+        shutil.chown(base, "nobody")
+    data = base / "data"
+
+    def run(*argv):
+        proc = subprocess.run([*as_user, *argv], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    run(initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync")
+    options = f"-k {base} -c listen_addresses='' -p 5432 -c fsync=off -c max_connections=200"
+    run(pg_ctl, "-D", str(data), "-o", options, "-l", str(base / "server.log"), "-w", "start")
+    yield f"postgresql://postgres@/postgres?host={base}"
+    run(pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop")
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def jobs_db(request, tmp_path):
+    """A job queue database URL: a fresh SQLite file, or a fresh database on the session's
+    PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/jobs.db"
+    import psycopg
+
+    server = request.getfixturevalue("postgres_url")
+    name = f"jobs_{os.getpid()}_{abs(hash(request.node.nodeid)) % 10**8}"
+    host = server.split("host=", 1)[1]
+    with psycopg.connect(host=host, user="postgres", dbname="postgres", autocommit=True) as c:
+        c.execute(f"CREATE DATABASE {name}")
+    return f"postgresql://postgres@/{name}?host={host}"

@@ -53,7 +53,7 @@ BAD_VALUES = [
     ("mlflow_experiment", " "), ("tensorboard_dir", 3),
     ("peak_flops", 0), ("peak_flops", float("inf")), ("peak_flops", "989e12"),
     ("parallelism", "zero3"), ("fsdp_wrap", []), ("fsdp_wrap", ["not a name"]), ("activation_checkpointing", "yes"),
-    ("export_formats", ["pickle"]),
+    ("export_formats", ["pickle"]), ("export_tolerance", 0), ("export_tolerance", -1e-3), ("export_tolerance", "1e-3"),
     ("checkpoint_dir", ""), ("checkpoint_dir", "runs\x00/x"), ("tensorboard_dir", "tb\x00"),
     ("checkpoint_every_n_steps", 0),
     ("keep_last_n_checkpoints", 0),

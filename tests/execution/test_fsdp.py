@@ -46,10 +46,22 @@ def ddp(ray_session, tmp_path_factory):
     return trainer, trainer.train(DATA, VAL)
 
 
-def test_fsdp_on_two_workers_equals_ddp_and_writes_sharded_checkpoints(ddp, tmp_path):
+@pytest.fixture(scope="module")
+def fsdp(ray_session, tmp_path_factory):
+    """The same run with FSDP (its every epoch's sharded checkpoint kept; tests that break
+    one work on a copy)."""
+    trainer = Trainer(gpt, CONFIG, settings(parallelism="fsdp", export_bundle=True), scaling=2, run_config=run_config(tmp_path_factory.mktemp("fsdp")))
+    return trainer, trainer.train(DATA, VAL)
+
+
+def epoch_checkpoint(results, epoch: int) -> str:
+    (path,) = ck.Path(results["run_dir"]).glob(f"checkpoint_e{epoch:04d}_b*")
+    return str(path)
+
+
+def test_fsdp_on_two_workers_equals_ddp_and_writes_sharded_checkpoints(ddp, fsdp):
     ddp_trainer, ddp_results = ddp
-    trainer = Trainer(gpt, CONFIG, settings(parallelism="fsdp", export_bundle=True), scaling=2, run_config=run_config(tmp_path))
-    results = trainer.train(DATA, VAL)
+    trainer, results = fsdp
     assert set(ddp_results) <= set(results)
     assert epoch_losses(results) == pytest.approx(epoch_losses(ddp_results), abs=1e-5)
     assert results["loss_history"] == pytest.approx(ddp_results["loss_history"], abs=1e-5)
@@ -98,11 +110,9 @@ def test_a_stop_mid_window_on_two_workers_resumes_exactly(ddp, tmp_path, paralle
     assert resumed["loss_history"] == pytest.approx(ddp_results["loss_history"], abs=1e-6)
 
 
-def test_a_sharded_checkpoint_resumes_on_one_or_three_workers_like_ddp(ray_session, tmp_path):
-    first = {}
-    for parallelism in ("ddp", "fsdp"):
-        r = Trainer(gpt, CONFIG, settings(parallelism=parallelism, epochs=1), scaling=2, run_config=run_config(tmp_path / parallelism)).train(DATA, VAL)
-        first[parallelism] = r["checkpoint_path"]
+def test_a_sharded_checkpoint_resumes_on_one_or_three_workers_like_ddp(ddp, fsdp, tmp_path):
+    first = {"ddp": epoch_checkpoint(ddp[1], 1), "fsdp": epoch_checkpoint(fsdp[1], 1)}
+    assert "model.pt" in ck.verify(ck.Path(first["ddp"]))["files"] and "model.pt" not in ck.verify(ck.Path(first["fsdp"]))["files"]
     for workers in (1, 3):
         resumed = {}
         for parallelism in ("ddp", "fsdp"):
@@ -113,10 +123,10 @@ def test_a_sharded_checkpoint_resumes_on_one_or_three_workers_like_ddp(ray_sessi
         assert epoch_losses(resumed["fsdp"]) == pytest.approx(epoch_losses(resumed["ddp"]), abs=1e-5), f"{workers} workers"
 
 
-def test_a_truncated_or_missing_shard_is_refused_and_resuming_falls_back(ray_session, tmp_path):
-    fsdp = settings(parallelism="fsdp", epochs=2)
-    results = Trainer(gpt, CONFIG, fsdp, scaling=2, run_config=run_config(tmp_path, name="run")).train(DATA, VAL)
-    run_dir = tmp_path / "storage" / "run"
+def test_a_truncated_or_missing_shard_is_refused_and_resuming_falls_back(fsdp, tmp_path):
+    _, results = fsdp
+    run_dir = tmp_path / "run"
+    shutil.copytree(results["run_dir"], run_dir)
     newest = run_dir / results["checkpoint_path"].rsplit("/", 1)[-1]
     missing = tmp_path / "missing"
     shutil.copytree(newest, missing)
@@ -127,10 +137,12 @@ def test_a_truncated_or_missing_shard_is_refused_and_resuming_falls_back(ray_ses
     shard.write_bytes(shard.read_bytes()[:-7])
     with pytest.raises(ck.CheckpointError, match=r"__1_0.distcp is truncated"):
         ck.verify(newest)
-    # Resuming from the run directory skips the bad checkpoint for the epoch-1 one.
-    again = Trainer(gpt, CONFIG, fsdp.replace(epochs=3), scaling=2, run_config=run_config(tmp_path / "again")).train(DATA, VAL, resume_from=str(run_dir))
-    assert list(again["metrics_summary"]["epoch"]) == [1, 2, 3]
-    assert again["metrics_summary"]["train/loss"][0] == pytest.approx(results["metrics_summary"]["train/loss"][0])
+    # Resuming from the run directory skips the bad epoch-3 checkpoint for the epoch-2 one.
+    fourth = settings(parallelism="fsdp", epochs=4)
+    again = Trainer(gpt, CONFIG, fourth, scaling=2, run_config=run_config(tmp_path / "again")).train(DATA, VAL, resume_from=str(run_dir))
+    assert list(again["metrics_summary"]["epoch"]) == [1, 2, 3, 4]
+    assert list(again["metrics_summary"]["train/loss"][:2]) == pytest.approx(list(results["metrics_summary"]["train/loss"][:2]))
+    assert again["metrics_summary"]["train/loss"][2] != pytest.approx(results["metrics_summary"]["train/loss"][2], abs=1e-9)  # epoch 3 trained again, on a longer schedule
 
 
 def test_fsdp_needs_workers(ray_session):

@@ -22,6 +22,9 @@ def test_trainyard_tune_prints_the_best_config_as_yaml(ray_session, tmp_path, ca
     from trainyard.experiment import build, load_spec
 
     best_file = tmp_path / "cli" / "best_config.yaml"
+    report = tmp_path / "cli" / "report"  # and the sweep's report, its plots in it
+    assert {"sweep_optimization_history.png", "sweep_trial_curves.png"} <= {p.name for p in report.glob("*.png")}
+    assert (report / "report.html").read_text().count("data:image/png;base64,") >= 2 and "| COMPLETE |" in (report / "report.md").read_text()
     exp = build(load_spec(best_file))
     assert exp.training_config == best
     winner = eval(out.split("# model: ", 1)[1].splitlines()[0])  # noqa: S307 - the dict this test's own run printed

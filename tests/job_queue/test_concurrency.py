@@ -22,8 +22,8 @@ JobQueue(sys.argv[1])
 """
 
 
-def test_a_new_database_opens_from_many_processes_at_once(tmp_path):
-    url = f"sqlite:///{tmp_path}/jobs.db"
+def test_a_new_database_opens_from_many_processes_at_once(jobs_db):
+    url = jobs_db
     start = time.time() + 3
     procs = [subprocess.Popen([sys.executable, "-c", OPEN, url, str(start)], stderr=subprocess.PIPE, text=True) for _ in range(8)]
     errors = [p.communicate(timeout=120)[1] for p in procs if p.wait(timeout=120) != 0]
@@ -106,11 +106,12 @@ def _env(**extra):
 
 
 @pytest.mark.slow
-def test_concurrent_submissions_from_many_processes_against_a_running_cluster(ray_session, tmp_path):
-    """4 processes x 25 threads, all submitting at once to one database and one cluster. The
-    jobs are cancelled once submitted (that every job runs to completion is the test above,
-    with 8): 100 jobs run in each submitter's own Ray workers would take minutes here."""
-    url = f"sqlite:///{tmp_path}/jobs.db"
+def test_concurrent_submissions_from_many_processes_against_a_running_cluster(ray_session, tmp_path, jobs_db):
+    """4 processes x 25 threads, all submitting at once to one database (SQLite, PostgreSQL)
+    and one cluster. The jobs are cancelled once submitted (that every job runs to completion
+    is the test above, with 8): 100 jobs run in each submitter's own Ray workers would take
+    minutes here."""
+    url = jobs_db
     outs = _run_submitters(url, tmp_path / "jobs", 4, 25, _env(RAY_ADDRESS=ray_session.get_runtime_context().gcs_address, CANCEL="1"))
     ids = [i for out in outs for i in out["ids"]]
     assert [e for out in outs for e in out["errors"]] == []
@@ -152,11 +153,11 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 
 @pytest.mark.slow
-def test_a_killed_submitters_job_is_interrupted_exactly_when_its_worker_is_gone(ray_session, tmp_path):
+def test_a_killed_submitters_job_is_interrupted_exactly_when_its_worker_is_gone(ray_session, tmp_path, jobs_db):
     from trainyard.job_queue import JobQueue
     from trainyard.job_queue.records import _alive
 
-    url = f"sqlite:///{tmp_path}/jobs.db"
+    url = jobs_db
     proc = subprocess.Popen([sys.executable, "-c", KILLED, url, str(tmp_path / "jobs")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=ROOT, env=_env(RAY_ADDRESS=ray_session.get_runtime_context().gcs_address))
     job_id = proc.stdout.readline().strip()

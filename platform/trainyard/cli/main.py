@@ -1,4 +1,5 @@
-"""`trainyard` command line: `train`, `tune`, `run` (the main job end to end), `report`."""
+"""`trainyard` command line: `train`, `tune`, `run` (the main job end to end), `report`,
+`jobs` (the job queue)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show debug logs and Ray's own logs")
     report = sub.add_parser("report", help="write report.html and report.md for a run, training or sweep directory")
     report.add_argument("run_dir", help="a directory a trainyard command printed")
+    from trainyard.cli import jobs
+
+    jobs.add_parser(sub)
     # key=value overrides may come after options (`tune SPACE --config C epochs=3`),
     # which argparse's positional collection does not allow: gather them here.
     args, extra = parser.parse_known_args(argv)
@@ -72,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _tune(args)
         if args.command == "run":
             return _run(args)
+        if args.command == "jobs":
+            from trainyard.cli import jobs
+
+            return jobs.run(args)
         if args.command == "report":
             from trainyard.pipeline.report import write_report
 
@@ -139,9 +147,8 @@ def _train(args: argparse.Namespace) -> int:
         return 130
     summary = results["metrics_summary"]
     last = summary.iloc[-1].to_dict() if len(summary) else {}
-    log.info("done in %.1fs: final_loss %.4f, best epoch %d; checkpoint %s", results["training_time"], results["final_loss"], results["best_epoch"], results["checkpoint_path"])
-    if "val/exact_match" in last:
-        log.info("validation exact-match accuracy: %.1f%%", 100 * last["val/exact_match"])
+    exact = f", validation exact match {100 * last['val/exact_match']:.1f}%" if "val/exact_match" in last else ""
+    log.info("done in %.1fs: final_loss %.4f, best epoch %d%s; checkpoint %s", results["training_time"], results["final_loss"], results["best_epoch"], exact, results["checkpoint_path"])
     if results.get("export_path"):
         log.info("export bundle: %s (try: python %s --help)", results["export_path"], Path(results["export_path"]) / "inference.py")
     out = {k: v for k, v in results.items() if k != "metrics_summary"}

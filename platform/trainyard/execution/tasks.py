@@ -1,7 +1,7 @@
 """Plain Ray tasks for work that is not a Ray Train run (a job-queue job's driver).
 
     task = start_task(fn, *args, num_cpus=1, on_this_node=True)
-    task.done(); task.failure(); task.cancel()
+    task.done(); task.join(timeout); task.failure(); task.cancel()
 """
 
 from __future__ import annotations
@@ -21,6 +21,13 @@ class RemoteTask:
         import ray
 
         ready, _ = ray.wait([self._ref], timeout=0)
+        return bool(ready)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the task to end (at most `timeout` seconds); whether it has."""
+        import ray
+
+        ready, _ = ray.wait([self._ref], timeout=timeout)
         return bool(ready)
 
     def failure(self) -> str | None:

@@ -177,11 +177,16 @@ class JobQueue:
         return [r for r in records if state is None or r.state == state]
 
     def wait(self, job_id: str, timeout: float | None = None, poll: float = 0.2) -> str:
-        """Block until the job is completed, failed, cancelled or interrupted; its state."""
+        """Block until the job is completed, failed, cancelled or interrupted; its state.
+        For a job this queue launched, also until its process has ended: a cancelled job
+        saves its checkpoint first, which it cannot do once this process exits."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             state = self.get_job_status(job_id)
             if state in (*FINISHED, "interrupted"):
+                task, _ = self._tasks.get(job_id, (None, None))
+                if task is not None:
+                    task.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
                 return state
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} is still {state} after {timeout} s")

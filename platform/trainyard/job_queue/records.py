@@ -36,8 +36,12 @@ def open_table(url: str):
     """(SQLAlchemy engine, the jobs table), created if it does not exist."""
     import sqlalchemy as sa
 
+    url = _with_driver(url)
     try:
         engine = sa.create_engine(url, connect_args={"timeout": 30} if url.startswith("sqlite") else {})
+    except ModuleNotFoundError as e:
+        extra = " (pip install 'trainyard[postgres]')" if url.startswith("postgres") else ""
+        raise ValueError(f"JobQueue url {url!r} needs the database driver {e.name!r}, which is not installed{extra}") from None
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as e:
         raise ValueError(f"JobQueue url {url!r} is not a usable SQLAlchemy URL ({e}); e.g. sqlite:///training_jobs.db or postgresql://host/db") from None
     if engine.dialect.name == "sqlite":
@@ -79,6 +83,17 @@ def open_table(url: str):
             raise ValueError(f"JobQueue cannot open {url!r}: {e.orig}") from None
     _add_missing_columns(engine, table)
     return engine, table
+
+
+def _with_driver(url: str) -> str:
+    """`postgresql://` names no driver, and SQLAlchemy then wants psycopg2: use psycopg 3
+    (the `postgres` extra) when that is what is installed."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgresql", "postgres") and importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg"):
+        return f"postgresql+psycopg://{rest}"
+    return url
 
 
 def _add_missing_columns(engine, table) -> None:

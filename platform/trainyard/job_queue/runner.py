@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import pickle
 import threading
 import time
@@ -12,7 +14,8 @@ from trainyard.engine.checkpoint import latest_valid
 from trainyard.engine.hooks import TrainingHooks
 from trainyard.execution.configs import run_config, scaling_config
 from trainyard.execution.remote import loads
-from trainyard._trust import check_private
+from trainyard._logging import get_logger
+from trainyard._trust import check_private, make_private_dir
 from trainyard.job_queue.records import HEARTBEAT_S, database_files, finish, open_table, owner
 from trainyard.trainer import Trainer
 
@@ -31,6 +34,56 @@ def run_job(url: str, job_id: str, attempt: int, payload: bytes, storage_path: s
         )).rowcount
     if not started:  # cancelled before it began, or launched again since
         return
+    with job_log(log_path(Path(storage_path) / job_id)):
+        get_logger("trainyard.job_queue").info("job %s: attempt %d started on %s", job_id, attempt, owner())
+        _run(engine, table, job_id, attempt, payload, storage_path, allow_shared_storage)
+
+
+def log_path(checkpoint_dir: str | Path) -> Path:
+    """The job's log, in the job's directory (its record's `checkpoint_dir`): what its
+    processes log; `trainyard jobs logs ID` prints it."""
+    return Path(checkpoint_dir) / "job.log"
+
+
+@contextlib.contextmanager
+def job_log(path: Path):
+    """Append the `trainyard` logger's lines to `path` (once per process) while in the block."""
+    logger = logging.getLogger("trainyard")
+    get_logger()  # its own handler and level first
+    if any(getattr(h, "baseFilename", None) == str(path) for h in logger.handlers):
+        yield
+        return
+    make_private_dir(path.parent)
+    handler = logging.FileHandler(path, mode="a")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+class JobLog(TrainingHooks):
+    """In a multi-worker job, rank 0's lines (the epoch lines) go to the job's log too."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._log = None
+
+    def on_train_begin(self, trainer, train_dataset, val_dataset) -> None:
+        if trainer.context.is_main and self._log is None:
+            self._log = job_log(self.path)
+            self._log.__enter__()
+
+    def on_train_end(self, trainer, results) -> None:
+        if self._log is not None:
+            self._log.__exit__(None, None, None)
+            self._log = None
+
+
+def _run(engine, table, job_id: str, attempt: int, payload: bytes, storage_path: str, allow_shared_storage: bool) -> None:
+    log = get_logger("trainyard.job_queue")
     watch = _Watch(engine, table, job_id, attempt)
     watch.start()
     try:
@@ -41,7 +94,7 @@ def run_job(url: str, job_id: str, attempt: int, payload: bytes, storage_path: s
         if job.num_workers > 1:
             tc = training_config.replace(checkpoint_dir=None)
             trainer = Trainer(
-                job.model_factory, job.config, tc, job.task_spec, hooks=list(job.hooks),
+                job.model_factory, job.config, tc, job.task_spec, hooks=[*job.hooks, JobLog(log_path(Path(storage_path) / job_id))],
                 scaling=scaling_config(job.num_workers, use_gpu=job.use_gpu),
                 run_config=run_config(None, tc, name=job_id, storage_path=storage_path),  # a rerun resumes it
             )
@@ -52,9 +105,12 @@ def run_job(url: str, job_id: str, attempt: int, payload: bytes, storage_path: s
             trainer = Trainer(job.model_factory, job.config, training_config, job.task_spec, hooks=hooks)
             results = trainer.train(job.train_data, job.val_data, resume_from=resume)
         if watch.cancelled:
+            log.info("job %s: cancelled; its checkpoint %s is where resume_job continues", job_id, results.get("checkpoint_path"))
             return
         finish(engine, table, job_id, attempt, state="completed", results=pickle.dumps(results), checkpoint_path=results.get("checkpoint_path"))
+        log.info("job %s: completed, final_loss %.4f; checkpoint %s", job_id, results["final_loss"], results.get("checkpoint_path"))
     except _Superseded:
+        log.info("job %s: attempt %d stopped, the job was launched again", job_id, attempt)
         return  # the record is the newer attempt's
     except (SystemExit, KeyboardInterrupt) as e:
         # Ray ends a task this way when the process that submitted it dies (or on ray.cancel)
@@ -66,6 +122,7 @@ def run_job(url: str, job_id: str, attempt: int, payload: bytes, storage_path: s
         raise
     except BaseException:
         finish(engine, table, job_id, attempt, state="failed", error=traceback.format_exc())
+        log.info("job %s: failed: %s", job_id, traceback.format_exc().strip().splitlines()[-1])
         raise
     finally:
         watch.stop()

@@ -113,9 +113,9 @@ def extract_lineage_from_best_model(job: FinalTrainingJob | str | os.PathLike) -
 
 
 def code_version(directory: str | os.PathLike | None = None) -> dict[str, Any]:
-    """The git commit of `directory` (default: the working directory, else the checkout
-    trainyard runs from) and whether it had uncommitted changes to tracked files, plus the
-    installed trainyard version."""
+    """The git commit of `directory` (default: the working directory: the user's project)
+    and whether it had uncommitted changes to tracked files; the installed trainyard
+    version, and its commit when it runs from a git checkout."""
     from importlib import metadata
 
     try:
@@ -124,11 +124,9 @@ def code_version(directory: str | os.PathLike | None = None) -> dict[str, Any]:
         version = None
     where = str(directory or Path.cwd())
     commit = _git(where, "rev-parse", "HEAD")
-    if commit is None and directory is None:
-        where = str(Path(__file__).resolve().parent)
-        commit = _git(where, "rev-parse", "HEAD")
     dirty = None if commit is None else bool(_git(where, "status", "--porcelain", "--untracked-files=no"))
-    return {"git_commit": commit, "git_dirty": dirty, "trainyard": version}
+    return {"git_commit": commit, "git_dirty": dirty, "trainyard": version,
+            "trainyard_commit": _git(str(Path(__file__).resolve().parent), "rev-parse", "HEAD")}
 
 
 def _git(directory: str, *args: str) -> str | None:
