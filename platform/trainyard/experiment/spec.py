@@ -70,7 +70,10 @@ def training_config(spec: Mapping[str, Any]) -> TrainingConfig:
     final = spec.get("final") or {}
     if not isinstance(final, Mapping):
         raise ValueError(f"the final section must be a mapping of training fields (e.g. {{epochs: 10}}), got {final!r}")
-    config.replace(**final)
+    try:
+        config.replace(**final)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"the final section: {e}") from None
     return config
 
 

@@ -78,11 +78,11 @@ def run_pipeline(
     for label, value, low in (("samples", samples, 1), ("workers", workers, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"--{label} {value!r}: give an integer >= {low}")
-    spec = load_spec(config, overrides)
-    search = load_search_space(space)  # both validated before anything starts
-    from trainyard.experiment import build
+    from trainyard.experiment.recipe import validate
 
-    build(final_spec(spec)).training_config  # the final section is valid too
+    spec = load_spec(config, overrides)
+    validate(spec)  # the final section too: all before anything starts
+    search = load_search_space(space)
     options = {"samples": samples, "workers": workers, "gpu": gpu, "max_concurrent": max_concurrent, "scheduler": scheduler, "seed": seed}
     inputs = {"config": str(Path(config).resolve()), "space": str(Path(space).resolve()), "overrides": list(overrides), "spec": spec,
               "space_spec": search.to_dict(), **options}
