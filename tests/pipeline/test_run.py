@@ -34,7 +34,7 @@ CONFIG, SPACE = MAIN[0], MAIN[MAIN.index("--space") + 1]
 # The README's command on less data: as many trials, workers, epochs and log lines. One trial
 # at a time makes the sweep reproducible; the final training's small batches make it long
 # enough to be killed in the middle.
-TINY = ["data.train_size=1024", "data.val_size=64", "model.n_layers=1", "final.batch_size=8", "--max-concurrent", "1"]
+TINY = ["data.train_size=512", "data.val_size=64", "model.n_layers=1", "final.batch_size=8", "--max-concurrent", "1"]
 
 
 def command(out: Path, name: str) -> list[str]:
@@ -123,6 +123,13 @@ def test_killed_in_the_sweep_in_the_final_training_and_between_stages_it_finishe
     assert done["sweep"]["best_params"] == want["sweep"]["best_params"]
     assert done["sweep"]["value"] == pytest.approx(want["sweep"]["value"], abs=1e-6)
     assert done["sweep"]["trials"] == want["sweep"]["trials"]
+    # Trials that ran (the killed driver may leave the folders of trials it had created but
+    # not started, which the resumed sweep does not know): as many as asked, none twice.
+    trials = [t for t in (run / "sweep").glob("_trial_*") if (t / "result.json").is_file() and (t / "result.json").stat().st_size]
+    assert len(trials) == int(option("--samples"))
+    for trial in trials:  # finished trials kept: no epoch reported twice
+        epochs = [json.loads(line)["training_iteration"] for line in (trial / "result.json").read_text().splitlines() if line.strip()]
+        assert epochs == list(range(1, len(epochs) + 1)), (trial.name, epochs)
     for got, expected in zip(done["final"]["metrics_summary"], want["final"]["metrics_summary"], strict=True):
         assert got["val/loss"] == pytest.approx(expected["val/loss"], abs=1e-6) and got["train/loss"] == pytest.approx(expected["train/loss"], abs=1e-6)
     ours, theirs = (torch.load(r / "export" / "model.pt", weights_only=True) for r in (run, whole))
