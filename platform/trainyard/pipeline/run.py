@@ -90,7 +90,9 @@ def run_pipeline(
     run_dir = Path(output_dir or _default_output()).expanduser().resolve() / (name or f"{Path(config).stem}-{digest}")
     pipeline = _open(run_dir, inputs, digest, spec, search.to_dict(), options)
     done = [s for s in STAGES if s in pipeline.stages]
-    if done:
+    if len(done) == len(STAGES):
+        log.info("run %s finished already: its summary follows (another --name runs the command again)", run_dir)
+    elif done:
         log.info("run %s: resuming; done already: %s", run_dir, ", ".join(done))
     else:
         log.info("run %s (the same command resumes it)", run_dir)
