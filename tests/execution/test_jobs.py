@@ -112,11 +112,16 @@ def test_jobs_train_runs_on_a_cluster_without_trainyard_installed(bare_head, tmp
     assert list((tmp_path / "storage").glob("trainyard-*/checkpoint_e0002_*/COMPLETE"))
 
 
-def test_jobs_tune_sweeps_on_the_cluster(bare_head, tmp_path):
+def test_jobs_pipeline_runs_the_main_job_on_the_cluster(bare_head, tmp_path):
+    """jobs/pipeline.py (and jobs/tune.py, which shares its entry code): the sweep's trials,
+    the final training's workers, the export and the report, all on a cluster where
+    trainyard is not installed."""
     python, env = bare_head
-    job = submit(python, env, "python", "jobs/tune.py", "tune_spaces/addition_small.yaml", "--config", "jobs/configs/addition.yaml",
-                 *TINY, "data.digits=2", "--samples", "2", "--storage-path", str(tmp_path), "--name", "job-sweep")
+    job = submit(python, env, "python", "jobs/pipeline.py", "jobs/configs/addition.yaml", "--space", "tune_spaces/addition_small.yaml",
+                 *TINY, "data.digits=2", "final.epochs=2", "--samples", "2", "--workers", "2", "--output-dir", str(tmp_path), "--name", "job-run")
     logs = job.stdout + job.stderr
     assert job.returncode == 0 and "succeeded" in logs, logs
-    assert "sweep done" in logs and "learning_rate:" in logs
-    assert (tmp_path / "job-sweep" / "best_config.yaml").exists()
+    assert "sweep done" in logs and "[trainyard] epoch 2/2" in logs and "pt2 max|err|" in logs
+    run = tmp_path / "job-run"
+    assert (run / "sweep" / "best_config.yaml").exists() and (run / "export" / "model.pt2").exists()
+    assert (run / "report" / "report.html").exists() and (run / "lineage.json").exists()
