@@ -54,3 +54,10 @@ def test_console_script_runs_in_a_fresh_process(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert any(line.startswith("[trainyard] epoch 1/1") for line in lines)
     assert len(lines) <= 4, lines  # quiet: detection, one line per epoch, a summary
+
+
+@pytest.mark.parametrize("argv", [["report", "runs", "x=1"], ["jobs", "list", "state=running"]])
+def test_key_value_arguments_to_a_command_without_overrides_are_refused(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and f"unrecognized arguments: {argv[-1]}" in capsys.readouterr().err

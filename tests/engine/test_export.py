@@ -88,3 +88,27 @@ def test_an_export_that_does_not_reproduce_the_model_fails_naming_the_format_and
     assert not (tmp_path / "bundle").exists()
     out = export_model(_BatchOfTwoOnly().eval(), torch.randint(0, 23, (2, 5)), tmp_path / "bundle", ("torchscript",), tolerance=2.0)
     assert json.loads((out / "MANIFEST.json").read_text())["parity"]["torchscript"]["max_abs_error"] == pytest.approx(1.0)
+
+
+class _FixedShapeTrace(torch.nn.Module):
+    """Right at any shape in eager mode; a trace bakes the example's sizes in."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(23, 4)
+
+    def forward(self, input_ids):
+        batch, length = int(input_ids.shape[0]), int(input_ids.shape[1])
+        return self.embed(input_ids).reshape(batch * length, 4).reshape(batch, length, 4)
+
+
+def test_a_graph_that_cannot_run_other_shapes_fails_naming_the_format_and_the_shape(tmp_path):
+    import warnings
+
+    from trainyard.engine.export import export_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(RuntimeError, match=r"export to torchscript cannot run input of shape \(1, 5\) \(RuntimeError: shape '\[10, 4\]' is invalid"):
+            export_model(_FixedShapeTrace().eval(), torch.randint(0, 23, (2, 5)), tmp_path / "bundle", ("torchscript",))
+    assert not (tmp_path / "bundle").exists()

@@ -79,7 +79,7 @@ def test_one_command_runs_every_stage_quietly_and_ends_with_the_summary(uninterr
         assert (run / sub).exists(), sub
     lineage = json.loads((run / "lineage.json").read_text())
     assert lineage["params"] == state["sweep"]["best_params"] and lineage["sweep_path"] == str(run / "sweep")
-    assert lineage["checkpoint"] == state["final"]["checkpoint"] and lineage["data_fingerprint"].startswith("sha256:")
+    assert lineage["checkpoint"] == state["final"]["checkpoint_path"] and lineage["data_fingerprint"].startswith("sha256:")
     assert lineage["code_version"]["git_commit"]  # this checkout's commit
 
 

@@ -135,10 +135,9 @@ def _logs(queue, args) -> int:
 
 
 def _results(queue, args) -> int:
-    results = dict(queue.get_job_results(args.id))
-    summary = results.pop("metrics_summary", None)
-    if summary is not None and hasattr(summary, "to_json"):
-        results["metrics_summary"] = json.loads(summary.to_json(orient="records"))
+    from trainyard.engine.results import results_as_json
+
+    results = results_as_json(queue.get_job_results(args.id))
     scalars_first = sorted(results, key=lambda k: isinstance(results[k], (list, dict)))
     print(json.dumps({k: results[k] for k in scalars_first}, indent=1, default=str))
     return 0

@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # key=value overrides may come after options (`tune SPACE --config C epochs=3`),
     # which argparse's positional collection does not allow: gather them here.
     args, extra = parser.parse_known_args(argv)
-    stray = [e for e in extra if "=" not in e or e.startswith("-")]
+    stray = [e for e in extra if "=" not in e or e.startswith("-") or not hasattr(args, "overrides")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
@@ -151,8 +151,9 @@ def _train(args: argparse.Namespace) -> int:
     log.info("done in %.1fs: final_loss %.4f, best epoch %d%s; checkpoint %s", results["training_time"], results["final_loss"], results["best_epoch"], exact, results["checkpoint_path"])
     if results.get("export_path"):
         log.info("export bundle: %s (try: python %s --help)", results["export_path"], Path(results["export_path"]) / "inference.py")
-    out = {k: v for k, v in results.items() if k != "metrics_summary"}
-    out["metrics_summary"] = json.loads(summary.to_json(orient="records"))
+    from trainyard.engine.results import results_as_json
+
+    out = results_as_json(results)
     if args.results:
         Path(args.results).write_text(json.dumps(out, indent=1, default=str))
     if results.get("run_dir") and "://" not in str(results["run_dir"]) and Path(results["run_dir"]).is_dir():

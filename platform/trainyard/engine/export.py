@@ -75,21 +75,37 @@ def export_model(
     return out_dir
 
 
+@torch.no_grad()
 def verify(model: nn.Module, bundle: Path, formats, example: torch.Tensor, tolerance: float, vocab_size: int | None = None) -> dict:
     """Load each exported graph from `bundle` and compare its logits with `model`'s on held-out
     inputs (batch sizes 1 and 3; the example's sequence length and about half of it). Returns
-    {format: {"max_abs_error", "tolerance", "inputs"}}; raises naming the first format over
-    `tolerance`."""
+    {format: {"max_abs_error", "tolerance", "inputs"}}; raises naming the first format that
+    cannot be loaded, cannot run an input, or is over `tolerance`."""
     inputs = held_out_inputs(example, vocab_size)
-    with torch.no_grad():
+    try:
         expected = [model(x) for x in inputs]
+    except Exception as e:  # noqa: BLE001 - the model itself, not an exporter
+        raise RuntimeError(
+            f"the model cannot run the inputs the export is checked on, shapes {[tuple(x.shape) for x in inputs]} "
+            f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}): an exported graph must take any batch size and "
+            "sequence length up to the example's"
+        ) from e
     parity = {}
     for fmt in formats:
-        run = _LOADERS[fmt](bundle)
+        try:
+            run = _LOADERS[fmt](bundle)
+        except Exception as e:  # noqa: BLE001 - which format, and why
+            raise RuntimeError(f"export to {fmt} cannot be loaded back ({type(e).__name__}: {e}); drop {fmt!r} from export_formats to skip it") from e
         error = 0.0
         for x, want in zip(inputs, expected):
-            with torch.no_grad():
+            try:
                 got = torch.as_tensor(run(x))
+            except Exception as e:  # noqa: BLE001 - e.g. a graph that kept the example's shape
+                why = str(e).strip().splitlines()[-1][:200]  # TorchScript puts the cause last
+                raise RuntimeError(
+                    f"export to {fmt} cannot run input of shape {tuple(x.shape)} ({why if ':' in why else type(e).__name__ + ': ' + why}); "
+                    f"drop {fmt!r} from export_formats to skip it"
+                ) from e
             if got.shape != want.shape:
                 raise RuntimeError(f"export to {fmt} gives logits of shape {tuple(got.shape)} for input {tuple(x.shape)}, the model {tuple(want.shape)}")
             error = max(error, (got.float() - want.float()).abs().max().item())
@@ -114,10 +130,14 @@ def held_out_inputs(example: torch.Tensor, vocab_size: int | None = None) -> lis
     return [pool[torch.randint(len(pool), (batch, n), generator=generator)] for batch in (1, 3) for n in lengths]
 
 
-def _onnx(model: nn.Module, example: torch.Tensor, out: Path) -> None:
+def _dynamic_dims(example: torch.Tensor) -> dict:
+    """Batch dynamic; sequence length too for token ids."""
     from torch.export import Dim
 
-    dims = {0: Dim.AUTO, 1: Dim.AUTO} if example.dim() >= 2 and not example.is_floating_point() else {0: Dim.AUTO}
+    return {0: Dim.AUTO, 1: Dim.AUTO} if example.dim() >= 2 and not example.is_floating_point() else {0: Dim.AUTO}
+
+
+def _onnx(model: nn.Module, example: torch.Tensor, out: Path) -> None:
     with _quiet():
         torch.onnx.export(
             model,
@@ -126,7 +146,7 @@ def _onnx(model: nn.Module, example: torch.Tensor, out: Path) -> None:
             dynamo=True,
             input_names=["input_ids"],
             output_names=["logits"],
-            dynamic_shapes={"input_ids": dims},
+            dynamic_shapes={"input_ids": _dynamic_dims(example)},
             external_data=False,
             verbose=False,
         )
@@ -139,11 +159,8 @@ def _torchscript(model: nn.Module, example: torch.Tensor, out: Path) -> None:
 
 
 def _pt2(model: nn.Module, example: torch.Tensor, out: Path) -> None:
-    from torch.export import Dim
-
-    dims = {0: Dim.AUTO, 1: Dim.AUTO} if example.dim() >= 2 and not example.is_floating_point() else {0: Dim.AUTO}
     with _quiet():
-        program = torch.export.export(model, (example,), dynamic_shapes={"input_ids": dims})
+        program = torch.export.export(model, (example,), dynamic_shapes={"input_ids": _dynamic_dims(example)})
         torch.export.save(program, str(out / "model.pt2"))
 
 
@@ -161,13 +178,11 @@ def _load_onnx(bundle: Path):
 
 def _load_torchscript(bundle: Path):
     with _quiet():
-        scripted = torch.jit.load(str(bundle / "model.torchscript.pt")).eval()
-    return scripted
+        return torch.jit.load(str(bundle / "model.torchscript.pt")).eval()
 
 
 def _load_pt2(bundle: Path):
-    program = torch.export.load(str(bundle / "model.pt2")).module()
-    return program
+    return torch.export.load(str(bundle / "model.pt2")).module()
 
 
 _LOADERS = {"onnx": _load_onnx, "torchscript": _load_torchscript, "pt2": _load_pt2}

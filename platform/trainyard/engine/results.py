@@ -49,6 +49,17 @@ def build_results(run: Run, state: TrainState, elapsed: float, stop_reason: str 
     }
 
 
+def results_as_json(results: dict[str, Any]) -> dict[str, Any]:
+    """The results dict as JSON data: metrics_summary as one record per epoch (NaN as null)."""
+    import json
+
+    out = dict(results)
+    summary = out.get("metrics_summary")
+    if hasattr(summary, "to_json"):
+        out["metrics_summary"] = json.loads(summary.to_json(orient="records"))
+    return out
+
+
 def _summary_columns(rows: list[dict]) -> list[str]:
     extra = [k for r in rows for k in r if k not in _SUMMARY_BASE]
     return _SUMMARY_BASE + list(dict.fromkeys(extra))

@@ -34,19 +34,13 @@ def write_best_experiment(result: Any, spec: dict[str, Any], space: Any) -> None
     """`best_config.yaml` in the sweep directory: the experiment config the sweep started
     from (model, data and training sections) with the winning values filled in, so that
     `trainyard train <sweep>/best_config.yaml` trains the winner as it is."""
-    import copy
-
     import yaml
 
     from trainyard.experiment.spec import plain
 
     if "://" in result.path:
         return
-    training, model = space.split(result.best_params)
-    best = copy.deepcopy(dict(spec))
-    best["training"] = {**(best.get("training") or {}), **training}
-    if model:
-        best["model"] = {**(best.get("model") or {}), **model}
+    best = best_experiment(spec, space, result.best_params)
     header = (f"# The best trial ({result.best_trial}) of the sweep in {result.path}: {result.metric} = "
               f"{result.best_metrics.get(result.metric)!r}.\n# Train it: trainyard train {Path(result.path) / 'best_config.yaml'}\n")
     (Path(result.path) / "best_config.yaml").write_text(header + yaml.safe_dump(plain(best), sort_keys=False))
@@ -91,6 +85,19 @@ def _trials(result: Any) -> list[dict]:
             "value": float(value) if value is not None and value == value else None,
         })
     return sorted(rows, key=lambda r: r["number"])
+
+
+def best_experiment(spec: dict[str, Any], space: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the experiment spec with a sampled point's values filled in (`model.*`
+    parameters into the model section, the rest into training)."""
+    import copy
+
+    training, model = space.split(params)
+    best = copy.deepcopy(dict(spec))
+    best["training"] = {**(best.get("training") or {}), **training}
+    if model:
+        best["model"] = {**(best.get("model") or {}), **model}
+    return best
 
 
 def _sweep_name(result: Any) -> str:

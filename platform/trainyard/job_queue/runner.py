@@ -34,9 +34,10 @@ def run_job(url: str, job_id: str, attempt: int, payload: bytes, storage_path: s
         )).rowcount
     if not started:  # cancelled before it began, or launched again since
         return
-    with job_log(log_path(Path(storage_path) / job_id)):
+    log_file = log_path(Path(storage_path) / job_id)  # the record's checkpoint_dir
+    with job_log(log_file):
         get_logger("trainyard.job_queue").info("job %s: attempt %d started on %s", job_id, attempt, owner())
-        _run(engine, table, job_id, attempt, payload, storage_path, allow_shared_storage)
+        _run(engine, table, job_id, attempt, payload, storage_path, log_file, allow_shared_storage)
 
 
 def log_path(checkpoint_dir: str | Path) -> Path:
@@ -82,7 +83,7 @@ class JobLog(TrainingHooks):
             self._log = None
 
 
-def _run(engine, table, job_id: str, attempt: int, payload: bytes, storage_path: str, allow_shared_storage: bool) -> None:
+def _run(engine, table, job_id: str, attempt: int, payload: bytes, storage_path: str, log_file: Path, allow_shared_storage: bool) -> None:
     log = get_logger("trainyard.job_queue")
     watch = _Watch(engine, table, job_id, attempt)
     watch.start()
@@ -94,7 +95,7 @@ def _run(engine, table, job_id: str, attempt: int, payload: bytes, storage_path:
         if job.num_workers > 1:
             tc = training_config.replace(checkpoint_dir=None)
             trainer = Trainer(
-                job.model_factory, job.config, tc, job.task_spec, hooks=[*job.hooks, JobLog(log_path(Path(storage_path) / job_id))],
+                job.model_factory, job.config, tc, job.task_spec, hooks=[*job.hooks, JobLog(log_file)],
                 scaling=scaling_config(job.num_workers, use_gpu=job.use_gpu),
                 run_config=run_config(None, tc, name=job_id, storage_path=storage_path),  # a rerun resumes it
             )

@@ -99,8 +99,9 @@ def _sweep_section(sweep_dir: Path, out: Path, outcome: dict | None) -> Section:
         section.tables.append((["parameter", "best value"], [[k, _fmt(v)] for k, v in outcome["best_params"].items()]))
     if trials is not None and len(trials):
         metric = outcome["metric"] if outcome else next((c for c in trials.columns if c.startswith("val/")), None)
-        keep = [c for c in trials.columns if c in ("number", "state", "epochs") or (c not in ("trial", "error") and "/" not in c and c != "time_total_s")]
-        keep += [c for c in (metric, "time_total_s") if c in trials.columns and c not in keep]
+        # the number, state, parameters and epochs of each trial, then its result and time
+        keep = [c for c in trials.columns if c not in ("trial", "error", "time_total_s") and "/" not in c]
+        keep += [c for c in (metric, "time_total_s") if c in trials.columns]
         rows = trials.sort_values("number")[keep].values.tolist() if "number" in trials else trials[keep].values.tolist()
         section.tables.append((keep, rows))
     for name, caption in SWEEP_PLOTS.items():
@@ -120,7 +121,7 @@ def _training_sections(results: dict, out: Path, title: str) -> list[Section]:
     metrics.text.append(
         f"final_loss {_fmt(results.get('final_loss'))}, best epoch {results.get('best_epoch')}, "
         f"{results.get('global_step')} optimizer steps in {_fmt(results.get('training_time'))} s; checkpoint "
-        f"{results.get('checkpoint') or results.get('checkpoint_path')}"
+        f"{results.get('checkpoint_path')}"
     )
     curves = Section(f"{title}: curves")
     for name, caption, draw in _TRAINING_PLOTS:

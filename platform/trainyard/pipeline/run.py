@@ -44,7 +44,6 @@ class Pipeline:
 
     run_dir: Path
     spec: dict[str, Any]  # the experiment spec, overrides applied
-    space: dict[str, Any]  # the search space, as loaded
     options: dict[str, Any]  # samples, workers, scheduler, seed, ...
     state: dict[str, Any]
 
@@ -88,7 +87,7 @@ def run_pipeline(
               "space_spec": search.to_dict(), **options}
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:8]
     run_dir = Path(output_dir or _default_output()).expanduser().resolve() / (name or f"{Path(config).stem}-{digest}")
-    pipeline = _open(run_dir, inputs, digest, spec, search.to_dict(), options)
+    pipeline = _open(run_dir, inputs, digest, spec, options)
     done = [s for s in STAGES if s in pipeline.stages]
     if len(done) == len(STAGES):
         log.info("run %s finished already: its summary follows (another --name runs the command again)", run_dir)
@@ -111,7 +110,7 @@ def _default_output() -> Path:
     return Path(default_storage())
 
 
-def _open(run_dir: Path, inputs: dict, digest: str, spec: dict, space: dict, options: dict) -> Pipeline:
+def _open(run_dir: Path, inputs: dict, digest: str, spec: dict, options: dict) -> Pipeline:
     from trainyard._trust import make_private_dir
 
     path = run_dir / STATE_FILE
@@ -126,11 +125,11 @@ def _open(run_dir: Path, inputs: dict, digest: str, spec: dict, space: dict, opt
                 f"run {run_dir} was started by another command (different: {', '.join(changed) or 'inputs'}); "
                 "rerun that command to finish it, or give a new --name for this one"
             )
-        return Pipeline(run_dir, spec, space, options, state)
+        return Pipeline(run_dir, spec, options, state)
     make_private_dir(run_dir)
     state = {"digest": digest, "inputs": inputs, "stages": {}}
     write_json(path, state)
-    return Pipeline(run_dir, spec, space, options, state)
+    return Pipeline(run_dir, spec, options, state)
 
 
 # -- the stages ---------------------------------------------------------------------------
@@ -161,15 +160,13 @@ def _sweep(pipeline: Pipeline, search: Any) -> dict[str, Any]:
     }
 
 
-def best_spec(pipeline: Pipeline) -> dict[str, Any]:
+def best_spec(pipeline: Pipeline, search: Any) -> dict[str, Any]:
     """The spec the final training runs: the winner's values, then the `final` changes, and
     a `source` section naming the sweep trial it came from."""
+    from trainyard.hpo.report import best_experiment
+
     sweep = pipeline.stages["sweep"]
-    spec = json.loads(json.dumps(pipeline.spec))
-    for key, value in sweep["best_params"].items():
-        section, field = ("model", key[len("model."):]) if key.startswith("model.") else ("training", key)
-        spec.setdefault(section, {})[field] = value
-    spec = final_spec(spec)
+    spec = final_spec(best_experiment(pipeline.spec, search, sweep["best_params"]))
     spec["source"] = {
         "sweep": Path(sweep["path"]).name, "sweep_path": sweep["path"], "trial_id": sweep["best_trial"],
         "params": sweep["best_params"], "metric": sweep["metric"], "value": sweep["value"],
@@ -179,21 +176,14 @@ def best_spec(pipeline: Pipeline) -> dict[str, Any]:
 
 
 def _final(pipeline: Pipeline, search: Any) -> dict[str, Any]:
+    from trainyard.engine.results import results_as_json
     from trainyard.pipeline.final import extract_lineage_from_best_model, execute_final_training
 
     options = pipeline.options
-    job = execute_final_training(best_spec(pipeline), workers=options["workers"], use_gpu=options["gpu"], output_dir=pipeline.run_dir, name="final")
+    job = execute_final_training(best_spec(pipeline, search), workers=options["workers"], use_gpu=options["gpu"], output_dir=pipeline.run_dir, name="final")
     lineage = {"run": str(pipeline.run_dir), **extract_lineage_from_best_model(job)}
     write_json(pipeline.run_dir / "lineage.json", lineage)
-    results = job.results
-    return {
-        "run_dir": job.run_dir, "checkpoint": job.checkpoint_path, "task": results.get("task"),
-        "final_loss": results.get("final_loss"), "best_epoch": results.get("best_epoch"),
-        "training_time": results.get("training_time"), "global_step": results.get("global_step"),
-        "metrics_summary": json.loads(results["metrics_summary"].to_json(orient="records")),
-        "loss_history": list(results.get("loss_history") or []),
-        "grad_norm_history": list(results.get("grad_norm_history") or []),
-    }
+    return results_as_json(job.results)  # run_dir, checkpoint_path, metrics_summary, histories, telemetry, ...
 
 
 def _export(pipeline: Pipeline, search: Any) -> dict[str, Any]:
@@ -205,9 +195,9 @@ def _export(pipeline: Pipeline, search: Any) -> dict[str, Any]:
     from trainyard.experiment import build
 
     final = pipeline.stages["final"]
-    exp = build(best_spec(pipeline))
+    exp = build(best_spec(pipeline, search))
     model = exp.model_factory()
-    model.load_state_dict(load(resolve(final["checkpoint"])).model)
+    model.load_state_dict(load(resolve(final["checkpoint_path"])).model)
     trainer = exp.trainer()
     trainer.model = model
     data = as_dataset(exp.val_data, "val_data") or as_dataset(exp.train_data)
@@ -261,12 +251,3 @@ def write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=1, default=str))
     os.replace(tmp, path)
-
-
-def load_state(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / STATE_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {run_dir} is not a `trainyard run` directory")
-    return json.loads(path.read_text())
-
-
