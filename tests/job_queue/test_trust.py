@@ -3,6 +3,7 @@ else can write; a job's record is claimed, finished and resumed by one attempt a
 
 import os
 import pickle
+import signal
 import socket
 import sqlite3
 import stat
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -157,6 +159,27 @@ def test_a_job_reads_interrupted_only_once_the_process_running_it_is_gone():
     assert observed_state(_row("pending", dead, None, None)) == "interrupted"
     assert observed_state(_row("running", alive, alive, 0.5)) == "running"
     assert observed_state(_row("interrupted", dead, dead, 100)) == "interrupted"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="a zombie is told from /proc")
+def test_a_killed_submitter_not_yet_reaped_by_its_parent_is_gone():
+    """A SIGKILLed submitter stays a zombie until its parent (a shell, a test) waits for it:
+    its job reads interrupted then, not a minute later when its heartbeat goes stale."""
+    host = socket.gethostname()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.2)
+        assert observed_state(_row("running", f"{host}:{child.pid}", f"{host}:{os.getpid()}", 0.5)) == "running"
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        zombie = f"{host}:{child.pid}"
+        assert observed_state(_row("pending", zombie, None, None)) == "interrupted"
+        assert observed_state(_row("running", zombie, zombie, 0.5)) == "interrupted"
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_a_database_from_before_the_worker_column_opens_with_its_rows(tmp_path):

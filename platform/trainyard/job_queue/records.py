@@ -198,13 +198,21 @@ def _gone(who: str | None) -> bool | None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process `pid` still runs. A zombie (ended, not yet reaped by its parent, as a
+    SIGKILLed submitter is until its shell waits for it) has ended."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    if not Path("/proc/self").exists():  # no procfs (macOS): signal 0 reached it
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # it ended just now
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")  # the state follows the command's name
 
 
 def finish(engine, table, job_id: str, attempt: int, **values: Any) -> None:
