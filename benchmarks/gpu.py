@@ -17,8 +17,8 @@ Sections, each in its own process (a fresh CUDA context; one failing does not st
     fsdp        trainyard's FSDP path on one device (NCCL, a local process group of 1): the
                 engine loop sharded per block with bf16 mixed precision matches the unsharded
                 loop, and a mid-epoch sharded (DCP) checkpoint resumes to the same losses
-    profile     torch.profiler over a few eager steps of each loop: GPU kernel time, the
-                share of the step the GPU is busy, the kernels that differ most
+    profile     torch.profiler over a few steps of each loop, eager and compiled: GPU kernel
+                time, the share of the step the GPU is busy, the kernels that differ most
 
 Writes OUT_DIR/gpu.json and OUT_DIR/gpu.md (the table).
 """
@@ -74,6 +74,24 @@ def _tokens(n: int, seq: int, vocab: int, seed: int = 0):
     return torch.randint(0, vocab, (n, seq), generator=g)
 
 
+def _modes(args) -> list[str | None]:
+    """torch.compile modes to measure: eager (None) and, unless --no-compile, "default"."""
+    modes = [None if m == "off" else m for m in args.modes]
+    return [m for m in modes if m is None] if args.smoke or args.no_compile else modes
+
+
+def _default_batch() -> int:
+    """Sequences of 1024 per step, sized to the GPU: the largest power of two whose eager
+    GPT-2 small step (about 1.15 GB a sequence, measured) fits in 60% of its memory."""
+    import torch
+
+    memory = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 0
+    batch = 8
+    while 2 * batch * 1.15e9 <= 0.6 * memory:
+        batch *= 2
+    return batch
+
+
 def _free():
     import torch
 
@@ -85,7 +103,7 @@ def _free():
 # -- throughput: the engine against a hand-written loop ----------------------------------------
 
 
-def _raw_loop(config: dict, data, batch: int, compile_mode: str | None) -> tuple[list[float], list[float]]:
+def _raw_loop(config: dict, data, batch: int, compile_mode: str | None, on_step=None) -> tuple[list[float], list[float]]:
     """What a careful user writes (nanoGPT's train.py): fused AdamW, bf16 autocast,
     clipping, loss read every step. Inputs and targets are the sequence shifted by one."""
     import torch
@@ -119,11 +137,13 @@ def _raw_loop(config: dict, data, batch: int, compile_mode: str | None) -> tuple
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
         ends.append(time.perf_counter())
+        if on_step is not None:
+            on_step(len(ends))
     del model, opt, step_loss
     return losses, ends
 
 
-def _engine_loop(config: dict, data, batch: int, compile_mode: str | None, tmp: str) -> tuple[list[float], list[float], dict]:
+def _engine_loop(config: dict, data, batch: int, compile_mode: str | None, tmp: str, on_step=None) -> tuple[list[float], list[float], dict]:
     from trainyard import Trainer, TrainingConfig, TrainingHooks
     from trainyard.models import GPT
 
@@ -135,6 +155,8 @@ def _engine_loop(config: dict, data, batch: int, compile_mode: str | None, tmp: 
             if trainer.state.global_step != self.step:  # after the step's one read of the device
                 self.step = trainer.state.global_step
                 self.ends.append(time.perf_counter())
+                if on_step is not None:
+                    on_step(self.step)
 
     clock = StepClock()
     tc = TrainingConfig(
@@ -164,14 +186,15 @@ def section_throughput(args) -> dict:
     data = _tokens((warmup + steps) * batch, seq + 1, vocab)
     device = _device()
     peak = peak_flops(device, "bf16")
-    modes = [None] if args.smoke or args.no_compile else [None, "default"]
+    modes = _modes(args)
     out = {"model": name, "batch": batch,
            "seq": seq, "tokens_per_step": batch * seq, "flops_per_token": flops_per_token, "peak_flops": peak, "runs": []}
     for compile_mode in modes:
-        times = {"raw": [], "engine": []}
+        loops = ("raw", "engine")
+        times = {which: [] for which in loops}
         rounds = 1 if compile_mode else args.rounds
         for r in range(rounds):
-            order = ("raw", "engine") if r % 2 == 0 else ("engine", "raw")
+            order = loops if r % 2 == 0 else loops[::-1]
             for which in order:
                 start = time.perf_counter()
                 if which == "raw":
@@ -204,12 +227,12 @@ def section_throughput(args) -> dict:
 
 
 def section_profile(args) -> dict:
-    """torch.profiler over a few eager steps of each loop: GPU kernel time per step, the
-    share of the step the GPU was busy, and the kernels that differ most between the two."""
+    """torch.profiler over a few steps of each loop, eager and compiled, after warm-up: GPU
+    kernel time per step, the share of the step the GPU was busy, the kernels that differ
+    most between the two loops."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from trainyard import Trainer, TrainingConfig, TrainingHooks
     from trainyard.models import GPT
 
     config = _model_config(args.smoke)
@@ -217,76 +240,49 @@ def section_profile(args) -> dict:
     steps, warmup, batch = 5, 3, args.batch
     data = _tokens((warmup + steps + 1) * batch, seq + 1, 50257 if not args.smoke else 128)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    kernel_ms, busy, walls = {}, {}, {}
 
-    def summarize(name, prof, wall):
-        events = [e for e in prof.key_averages() if e.device_type.name == "CUDA"] if torch.cuda.is_available() else []
-        kernel_ms[name] = {e.key[:60]: e.self_device_time_total / 1e3 / steps for e in events}
-        walls[name] = 1e3 * wall / steps
-        busy[name] = sum(kernel_ms[name].values()) / walls[name] if walls[name] else None
+    class Window:
+        """Profiles from the end of step `warmup` to the end of step `warmup + steps`."""
 
-    # The raw loop, profiled from step warmup to warmup + steps.
-    prof = profile(activities=activities)
-
-    class Clock:
         def __init__(self):
-            self.start = self.end = None
+            self.prof, self.start, self.end = profile(activities=activities), None, None
 
-    clock = Clock()
-
-    def raw_with_profiler():
-        import torch.nn.functional as F
-
-        device = _device()
-        torch.manual_seed(0)
-        model = GPT(config).to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=6e-4, fused=device.type == "cuda")
-        for i in range(warmup + steps):
-            if i == warmup:
+        def at(self, step: int) -> None:
+            if step == warmup:
                 _sync()
-                prof.start()
-                clock.start = time.perf_counter()
-            chunk = data[i * batch : (i + 1) * batch].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                logits = model(chunk[:, :-1])
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            loss.item()
-        _sync()
-        clock.end = time.perf_counter()
-        prof.stop()
-
-    raw_with_profiler()
-    summarize("raw", prof, clock.end - clock.start)
-    _free()
-    prof = profile(activities=activities)
-
-    class Window(TrainingHooks):
-        def on_batch_end(self, trainer, batch_, outputs):
-            if trainer.state.global_step == warmup and clock.start is None:
+                self.prof.start()
+                self.start = time.perf_counter()
+            elif step == warmup + steps:
                 _sync()
-                prof.start()
-                clock.start = time.perf_counter()
-            elif trainer.state.global_step == warmup + steps and clock.end is None:
-                _sync()
-                clock.end = time.perf_counter()
-                prof.stop()
+                self.end = time.perf_counter()
+                self.prof.stop()
 
-    clock = Clock()
-    with tempfile.TemporaryDirectory() as tmp:
-        tc = TrainingConfig(learning_rate=6e-4, batch_size=batch, epochs=1, use_amp=True, amp_dtype="bfloat16", use_lr_schedule=False,
-                            checkpoint_dir=tmp, keep_last_n_checkpoints=1)
-        Trainer(lambda: GPT(config), config, tc, task_spec="language_modeling", hooks=Window()).train({"input_ids": data[:, :-1]})
-    summarize("engine", prof, clock.end - clock.start)
-    extra = {k: kernel_ms["engine"].get(k, 0) - kernel_ms["raw"].get(k, 0) for k in {*kernel_ms["engine"], *kernel_ms["raw"]}}
-    top = sorted(extra.items(), key=lambda kv: -abs(kv[1]))[:12]
-    return {
-        "step_ms": walls, "gpu_busy_frac": busy, "kernel_ms_per_step": {k: sum(v.values()) for k, v in kernel_ms.items()},
-        "largest_differences_ms_per_step": dict(top),
-    }
+        def summary(self) -> tuple[dict, float, dict]:
+            averages = self.prof.key_averages()
+            events = [e for e in averages if e.device_type.name == "CUDA"] if torch.cuda.is_available() else []
+            host = sorted(((e.key[:60], e.self_cpu_time_total / 1e3 / steps) for e in averages if e.device_type.name == "CPU"), key=lambda kv: -kv[1])
+            return {e.key[:60]: e.self_device_time_total / 1e3 / steps for e in events}, 1e3 * (self.end - self.start) / steps, dict(host[:15])
+
+    out = {}
+    for compile_mode in _modes(args):
+        kernels, walls, host = {}, {}, {}
+        window = Window()
+        _raw_loop(config, data, batch, compile_mode, on_step=window.at)
+        kernels["raw"], walls["raw"], host["raw"] = window.summary()
+        _free()
+        window = Window()
+        with tempfile.TemporaryDirectory() as tmp:
+            _engine_loop(config, data[:, :-1], batch, compile_mode, tmp, on_step=window.at)
+        kernels["engine"], walls["engine"], host["engine"] = window.summary()
+        _free()
+        extra = {k: kernels["engine"].get(k, 0) - kernels["raw"].get(k, 0) for k in {*kernels["engine"], *kernels["raw"]}}
+        top = sorted(extra.items(), key=lambda kv: -abs(kv[1]))[:12]
+        kernel_ms = {k: sum(v.values()) for k, v in kernels.items()}
+        out[compile_mode or "off"] = {
+            "step_ms": walls, "kernel_ms_per_step": kernel_ms, "gpu_busy_frac": {k: kernel_ms[k] / walls[k] for k in walls},
+            "largest_differences_ms_per_step": dict(top), "host_ops_self_ms_per_step": host,
+        }
+    return out
 
 
 # -- fp16 with a GradScaler ---------------------------------------------------------------------
@@ -438,8 +434,8 @@ def _run_section(name: str, args) -> dict:
 
 
 def _flags(args) -> list[str]:
-    flags = ["--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup), "--rounds", str(args.rounds)]
-    return flags + (["--smoke"] if args.smoke else []) + (["--no-compile"] if args.no_compile else [])
+    flags = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--rounds", str(args.rounds)] + (["--batch", str(args.batch)] if args.batch else [])
+    return flags + ["--modes", *args.modes] + (["--smoke"] if args.smoke else []) + (["--no-compile"] if args.no_compile else [])
 
 
 def _fmt(value, digits=3) -> str:
@@ -462,12 +458,23 @@ def table(results: dict) -> str:
                          f"{run['raw_tokens_per_s']:,.0f} | {run['engine_tokens_per_s']:,.0f} | {mfu(run['raw_mfu'])} | {mfu(run['engine_mfu'])} |")
     else:
         lines.append(f"throughput: {tp.get('error')}")
+    prof = results.get("profile", {})
+    if prof and "error" not in prof:
+        lines += ["", "| profile: torch.compile | raw step | engine step | raw kernels | engine kernels | raw GPU busy | engine GPU busy |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for mode, r in prof.items():
+            if isinstance(r, dict) and "step_ms" in r:
+                busy = lambda v: f"{100 * v:.0f}%"  # noqa: E731
+                lines.append(f"| {mode} | {r['step_ms']['raw']:.1f} ms | {r['step_ms']['engine']:.1f} ms | {r['kernel_ms_per_step']['raw']:.1f} ms | "
+                             f"{r['kernel_ms_per_step']['engine']:.1f} ms | {busy(r['gpu_busy_frac']['raw'])} | {busy(r['gpu_busy_frac']['engine'])} |")
     lines.append("")
     lines.append("| check | result | seconds |")
     lines.append("| --- | --- | --- |")
     for name, keys in (("fp16", ("losses_finite", "loss_fell", "grad_scaler")), ("resume", ("losses_bit_identical", "weights_bit_identical")),
                        ("fsdp", ("backend", "close", "max_abs_diff", "resume_close", "resume_max_abs_diff"))):
-        r = results.get(name, {})
+        if name not in results:
+            continue
+        r = results[name]
         shown = r.get("error") or ", ".join(f"{k} {_fmt(r.get(k))}" for k in keys)
         lines.append(f"| {name} | {shown} | {_fmt(r.get('seconds', float('nan')), 3)} |")
     return "\n".join(lines) + "\n"
@@ -477,16 +484,18 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path, help="directory for gpu.json and gpu.md")
     p.add_argument("--smoke", action="store_true", help="CPU-sized: tiny models, a few steps (CI)")
-    p.add_argument("--batch", type=int, default=None, help="sequences per step (default 32 on a GPU, 4 in --smoke)")
+    p.add_argument("--batch", type=int, default=None, help="sequences per step (default: sized to the GPU's memory; 4 in --smoke)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per loop (default 40; 4 in --smoke)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 8; 2 in --smoke)")
     p.add_argument("--rounds", type=int, default=2, help="eager rounds, alternating which loop goes first")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile runs")
+    p.add_argument("--modes", nargs="+", default=["off", "default"], help="torch.compile modes to measure (off = eager)")
     p.add_argument("--only", nargs="*", choices=SECTIONS, default=list(SECTIONS))
     p.add_argument("--section-timeout", type=int, default=300)
     p.add_argument("--section", choices=SECTIONS, help=argparse.SUPPRESS)
     args = p.parse_args()
-    args.batch = args.batch or (4 if args.smoke else 32)
+    if args.section:  # sized in the section's process: the driver never touches the GPU
+        args.batch = args.batch or (4 if args.smoke else _default_batch())
     args.steps = args.steps or (4 if args.smoke else 40)
     args.warmup = args.warmup or (2 if args.smoke else 8)
     if args.section:

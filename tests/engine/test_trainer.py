@@ -365,6 +365,8 @@ def test_compile_default_really_compiles_on_cpu(tmp_path):
         warnings.simplefilter("error", RuntimeWarning)
         compiled = train(model=lm_factory(dropout=0.0), ckdir=str(tmp_path / "c"), epochs=1, compile_mode="default")
     assert compiled["loss_history"] == pytest.approx(eager["loss_history"], rel=1e-4)
+    for metric in ("train/accuracy", "train/exact_match"):  # the compiled loss computes these too
+        assert list(compiled["metrics_summary"][metric]) == pytest.approx(list(eager["metrics_summary"][metric]), abs=1e-3)
 
 
 def test_distributed_arguments_are_checked_before_anything_starts():
