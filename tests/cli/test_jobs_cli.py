@@ -54,11 +54,13 @@ def test_a_job_submitted_from_the_shell_is_read_from_another_process(ray_session
 
 
 @pytest.mark.parametrize("jobs_db", ["postgresql"], indirect=True)
-def test_a_running_job_is_cancelled_from_another_shell_and_resumed_to_completion(jobs_db, tmp_path):
+def test_a_running_job_is_cancelled_from_another_shell_and_resumed_to_completion(jobs_db, tmp_path, ray_session):
     """The submitting shell follows the job; a second one cancels it (it saves its position
-    first), and `resume` runs it to the end from there. (On PostgreSQL; cancel and resume on
-    SQLite are tests/job_queue/test_queue.py's, through the API the CLI calls.)"""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TRAINYARD_JOBS_DB")}
+    first), and `resume` runs it to the end from there, both on the cluster in RAY_ADDRESS.
+    (On PostgreSQL; cancel and resume on SQLite are tests/job_queue/test_queue.py's, through
+    the API the CLI calls.)"""
+    env = {k: v for k, v in os.environ.items() if k != "TRAINYARD_JOBS_DB"}
+    env["RAY_ADDRESS"] = ray_session.get_runtime_context().gcs_address
     submit = subprocess.Popen([sys.executable, "-m", "trainyard.cli.main", "jobs", "submit", CONFIG, *TINY[:-1], "data.train_size=8000",
                                "--db", jobs_db], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     job_id = submit.stdout.readline().split()[1]
