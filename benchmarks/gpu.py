@@ -295,7 +295,7 @@ def section_fp16(args) -> dict:
     from trainyard.models import GPT
 
     config = {**_model_config(True), "max_seq_len": 128, "d_model": 256, "n_layers": 4} if not args.smoke else _model_config(True)
-    data = _tokens(64 * 8, GPT(config).config.max_seq_len, GPT(config).config.vocab_size, seed=1)
+    data = _tokens((16 if args.smoke else 64) * 8, GPT(config).config.max_seq_len, GPT(config).config.vocab_size, seed=1)
     with tempfile.TemporaryDirectory() as tmp:
         tc = TrainingConfig(learning_rate=1e-3, batch_size=8, epochs=2, use_amp=True, amp_dtype="float16", checkpoint_dir=tmp)
         results = Trainer(lambda: GPT(config), config, tc).train({"input_ids": data})

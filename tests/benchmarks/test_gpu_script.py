@@ -23,4 +23,6 @@ def test_the_gpu_check_runs_every_section_cpu_sized(tmp_path):
     assert {".metadata", "__0_0.distcp", "state.pt"} <= set(results["fsdp"]["checkpoint_files"])
     (run,) = results["throughput"]["runs"]
     assert run["raw_step_ms"] > 0 and run["engine_step_ms"] > 0
+    profiled = results["profile"]["off"]  # eager only, on a CPU
+    assert profiled["step_ms"]["raw"] > 0 and profiled["step_ms"]["engine"] > 0 and profiled["host_ops_self_ms_per_step"]["engine"]
     assert "engine / raw" in (tmp_path / "gpu.md").read_text()
