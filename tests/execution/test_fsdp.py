@@ -116,8 +116,11 @@ def test_a_sharded_checkpoint_resumes_on_one_or_three_workers_like_ddp(ddp, fsdp
     for workers in (1, 3):
         resumed = {}
         for parallelism in ("ddp", "fsdp"):
-            trainer = Trainer(gpt, CONFIG, settings(parallelism=parallelism, epochs=2), scaling=workers,
-                              run_config=run_config(tmp_path / f"{parallelism}{workers}"))
+            if workers == 1 and parallelism == "ddp":  # the reference for one worker: this process (world size 1 either way)
+                trainer = Trainer(gpt, CONFIG, settings(epochs=2, checkpoint_dir=str(tmp_path / "local")))
+            else:
+                trainer = Trainer(gpt, CONFIG, settings(parallelism=parallelism, epochs=2), scaling=workers,
+                                  run_config=run_config(tmp_path / f"{parallelism}{workers}"))
             resumed[parallelism] = trainer.train(DATA, VAL, resume_from=first[parallelism])
         assert list(resumed["fsdp"]["metrics_summary"]["epoch"]) == [1, 2]  # epoch 1 restored, epoch 2 trained
         assert epoch_losses(resumed["fsdp"]) == pytest.approx(epoch_losses(resumed["ddp"]), abs=1e-5), f"{workers} workers"
