@@ -54,6 +54,26 @@ def test_telemetry_columns_agree_with_an_independent_clock(tmp_path):
     assert r["telemetry"]["throughput/tokens_per_s"] == pytest.approx(row["throughput/tokens_per_s"])
 
 
+def test_the_step_in_which_torch_compile_compiles_is_left_out_of_the_rates(tmp_path, monkeypatch):
+    """Compiling takes seconds to minutes in the first step; counted, a compiled run's first
+    epoch would report a fraction of the throughput and MFU it trains at."""
+    from trainyard.engine import setup
+
+    monkeypatch.setattr(setup, "try_compile", lambda fn, mode: fn)  # "compiling" is the hook's first sleep
+
+    class CompilesFirst(Sleepy):
+        def on_batch_begin(self, trainer, batch):
+            time.sleep(0.6 if trainer.state.global_step == 0 else 0.05)
+
+    clock = CompilesFirst(None)
+    tc = TrainingConfig(epochs=1, batch_size=4, compile_mode="default", checkpoint_dir=str(tmp_path / "r"))
+    row = Trainer(lm_factory(), CONFIG, tc, hooks=clock).train(lm_samples(16))["metrics_summary"].iloc[0]
+    after_compile = clock.ends[-1] - clock.ends[0]  # steps 2 to 4
+    assert row["throughput/tokens_per_s"] == pytest.approx(12 * 7 / after_compile, rel=0.05)
+    assert row["throughput/samples_per_s"] == pytest.approx(12 / after_compile, rel=0.05)
+    assert row["time/step_ms"] < 300 and row["time/train_s"] == pytest.approx(clock.ends[-1] - clock.start, rel=0.05)
+
+
 class SlowSamples(torch.utils.data.Dataset):
     """Samples that take a while to load; counts the time spent loading them."""
 

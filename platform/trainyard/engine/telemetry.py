@@ -11,6 +11,8 @@ Per epoch (columns of `metrics_summary`, the epoch line and every tracker):
     memory/peak_gb             peak CUDA memory allocated (rank 0), on CUDA only
 
 Times are wall-clock seconds of the training steps only (not validation or checkpoints).
+With `compile_mode`, the step in which torch.compile compiles the model is left out of the
+rates, MFU and step time (it is in `time/train_s`).
 Counts come from the host-side targets, so telemetry adds no device synchronisation.
 
 MFU = model FLOPs per second / (peak FLOP/s per device x devices). Model FLOPs per
@@ -163,6 +165,7 @@ class EpochTelemetry:
         self.samples = 0
         self.flops = 0.0  # model FLOPs of the tokens processed
         self.train_time = 0.0
+        self.left_out = 0.0  # seconds of steps left out of the rates (torch.compile compiling)
 
     def waited(self, seconds: float) -> None:
         self.data_wait += seconds
@@ -182,19 +185,30 @@ class EpochTelemetry:
         self.train_time = now - self.start
         return duration
 
+    def counts(self) -> tuple[int, int, float]:
+        return self.tokens, self.samples, self.flops
+
+    def leave_out_last_step(self, counts_before: tuple[int, int, float]) -> None:
+        """Leave the step that just ended out of the rates: its time (torch.compile compiled
+        the model in it: seconds to minutes, which would make a compiled run's first epoch
+        look many times slower than it trains) and what it trained."""
+        self.left_out += self.step_times.pop()
+        self.tokens, self.samples, self.flops = counts_before
+
     def summary(self, ctx: Any, peak: float | None, counted: bool) -> dict[str, float]:
         """The epoch's telemetry columns; tokens, samples and FLOPs summed over ranks."""
         tokens, samples, flops = ctx.all_reduce_sum([self.tokens, self.samples, self.flops])
         elapsed = max(self.train_time, 1e-9)
+        timed = max(self.train_time - self.left_out, 1e-9)  # the steps the counts are of
         row = {
-            "throughput/tokens_per_s": tokens / elapsed,
-            "throughput/samples_per_s": samples / elapsed,
+            "throughput/tokens_per_s": tokens / timed,
+            "throughput/samples_per_s": samples / timed,
             "time/step_ms": 1000 * statistics.median(self.step_times) if self.step_times else float("nan"),
             "time/data_wait_frac": self.data_wait / elapsed,
             "time/train_s": elapsed,
         }
         if peak is not None and counted:
-            row["mfu"] = flops / elapsed / (peak * ctx.world_size)
+            row["mfu"] = flops / timed / (peak * ctx.world_size)
         if ctx.device.type == "cuda":
             row["memory/peak_gb"] = torch.cuda.max_memory_allocated(ctx.device) / 1e9
         return row

@@ -266,6 +266,7 @@ class Trainer:
             count = not run.ctx.shards_state or callable(getattr(run.raw_model, "flops_per_token", None))
             run.flops_per_token = flops_per_token_fn(run.raw_model, window[0].tensors, run.forward_kwargs, run.autocast) if count else None
             run.flops_counted = True
+        compiling = run.telemetry.counts() if run.compile_pending else None
         for i, batch in enumerate(window):
             self.hooks.fire(Event.BATCH_BEGIN, self, batch.tensors)
             last = i == len(window) - 1
@@ -278,6 +279,8 @@ class Trainer:
             if last:
                 feed.prefetch()  # the next window is collated and copied while the device computes
                 self._optimizer_step(run, self._reduce_loss(run, window_loss, feed.upcoming_count()) / window_count.clamp(min=1))
+                if compiling is not None:
+                    run.telemetry.leave_out_last_step(compiling)
             outputs = {"loss": stats.loss_sum.detach() / max(batch.count, 1), "logits": logits.detach(), "model_output": output}
             self.hooks.fire(Event.BATCH_END, self, batch.tensors, outputs)
             if self.stop_requested and not last:
