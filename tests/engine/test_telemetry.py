@@ -1,5 +1,6 @@
 """Throughput telemetry, MFU, and a hot loop that reads the device once per optimizer step."""
 
+import statistics
 import time
 from types import SimpleNamespace
 
@@ -46,7 +47,7 @@ def test_telemetry_columns_agree_with_an_independent_clock(tmp_path):
     assert set(KEYS) <= set(row.index) and "mfu" not in row.index and "memory/peak_gb" not in row.index
     steps = [b - a for a, b in zip([clock.start, *clock.ends], clock.ends)]
     train_s = clock.ends[-1] - clock.start
-    assert row["time/step_ms"] >= 50 and row["time/step_ms"] == pytest.approx(1000 * sorted(steps)[2], rel=0.05)
+    assert row["time/step_ms"] >= 50 and row["time/step_ms"] == pytest.approx(1000 * statistics.median(steps), rel=0.05)
     assert row["time/train_s"] == pytest.approx(train_s, rel=0.05)
     assert row["throughput/tokens_per_s"] == pytest.approx(16 * 7 / train_s, rel=0.05)
     assert row["throughput/tokens_per_s"] * row["time/train_s"] == pytest.approx(16 * 7)
@@ -72,6 +73,10 @@ def test_the_step_in_which_torch_compile_compiles_is_left_out_of_the_rates(tmp_p
     assert row["throughput/tokens_per_s"] == pytest.approx(12 * 7 / after_compile, rel=0.05)
     assert row["throughput/samples_per_s"] == pytest.approx(12 / after_compile, rel=0.05)
     assert row["time/step_ms"] < 300 and row["time/train_s"] == pytest.approx(clock.ends[-1] - clock.start, rel=0.05)
+    # An epoch of that one step has nothing else to show: it is counted after all.
+    tc = tc.replace(batch_size=16, checkpoint_dir=str(tmp_path / "one"))
+    row = Trainer(lm_factory(), CONFIG, tc, hooks=CompilesFirst(None)).train(lm_samples(16))["metrics_summary"].iloc[0]
+    assert row["throughput/tokens_per_s"] * row["time/train_s"] == pytest.approx(16 * 7) and row["time/step_ms"] >= 600
 
 
 class SlowSamples(torch.utils.data.Dataset):
@@ -92,7 +97,7 @@ class SlowSamples(torch.utils.data.Dataset):
 
 def test_data_wait_is_the_share_of_time_spent_in_the_loader(tmp_path):
     tc = TrainingConfig(epochs=1, batch_size=4, checkpoint_dir=str(tmp_path / "r"))
-    data = SlowSamples(lm_samples(16), 0.02)
+    data = SlowSamples(lm_samples(16), 0.05)
 
     class EpochOnly(TrainingHooks):  # setup peeks at a sample too: count the epoch's loading
         def on_epoch_begin(self, trainer, epoch):
@@ -101,7 +106,7 @@ def test_data_wait_is_the_share_of_time_spent_in_the_loader(tmp_path):
     r = Trainer(lm_factory(), CONFIG, tc, hooks=EpochOnly()).train(data)
     row = r["metrics_summary"].iloc[0]
     assert row["time/data_wait_frac"] >= data.loading / row["time/train_s"] * 0.95
-    assert row["time/data_wait_frac"] > 0.5  # loading 16 x 20 ms dominates a tiny model's steps
+    assert row["time/data_wait_frac"] > 0.5  # loading 16 x 50 ms dominates a tiny model's steps, even on a busy machine
     r = Trainer(lm_factory(), CONFIG, tc.replace(checkpoint_dir=str(tmp_path / "s")), hooks=Sleepy(0.02)).train(lm_samples(16))
     assert r["metrics_summary"].iloc[0]["time/data_wait_frac"] < 0.2  # slow hooks are not data wait
 

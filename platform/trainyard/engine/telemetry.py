@@ -165,7 +165,7 @@ class EpochTelemetry:
         self.samples = 0
         self.flops = 0.0  # model FLOPs of the tokens processed
         self.train_time = 0.0
-        self.left_out = 0.0  # seconds of steps left out of the rates (torch.compile compiling)
+        self.left_out: tuple[float, int, int, float] | None = None  # a step left out of the rates: seconds, tokens, samples, FLOPs
 
     def waited(self, seconds: float) -> None:
         self.data_wait += seconds
@@ -192,18 +192,24 @@ class EpochTelemetry:
         """Leave the step that just ended out of the rates: its time (torch.compile compiled
         the model in it: seconds to minutes, which would make a compiled run's first epoch
         look many times slower than it trains) and what it trained."""
-        self.left_out += self.step_times.pop()
+        tokens, samples, flops = counts_before
+        self.left_out = (self.step_times.pop(), self.tokens - tokens, self.samples - samples, self.flops - flops)
         self.tokens, self.samples, self.flops = counts_before
 
     def summary(self, ctx: Any, peak: float | None, counted: bool) -> dict[str, float]:
         """The epoch's telemetry columns; tokens, samples and FLOPs summed over ranks."""
-        tokens, samples, flops = ctx.all_reduce_sum([self.tokens, self.samples, self.flops])
+        counts, step_times, left_out_s = [self.tokens, self.samples, self.flops], self.step_times, 0.0
+        if self.left_out is not None and step_times:
+            left_out_s = self.left_out[0]
+        elif self.left_out is not None:  # the epoch had no other step: it is counted after all
+            counts, step_times = [a + b for a, b in zip(counts, self.left_out[1:])], [self.left_out[0]]
+        tokens, samples, flops = ctx.all_reduce_sum(counts)
         elapsed = max(self.train_time, 1e-9)
-        timed = max(self.train_time - self.left_out, 1e-9)  # the steps the counts are of
+        timed = max(self.train_time - left_out_s, 1e-9)  # the steps the counts are of
         row = {
             "throughput/tokens_per_s": tokens / timed,
             "throughput/samples_per_s": samples / timed,
-            "time/step_ms": 1000 * statistics.median(self.step_times) if self.step_times else float("nan"),
+            "time/step_ms": 1000 * statistics.median(step_times) if step_times else float("nan"),
             "time/data_wait_frac": self.data_wait / elapsed,
             "time/train_s": elapsed,
         }
