@@ -165,7 +165,8 @@ def test_a_killed_submitters_job_is_interrupted_exactly_when_its_worker_is_gone(
     queue = JobQueue(url)
     deadline, seen = time.monotonic() + 120, []  # watched from before the kill to after it
     while time.monotonic() < deadline:
-        row, state = queue._row(job_id), queue.get_job_status(job_id)
+        state = queue.get_job_status(job_id)
+        row = queue._row(job_id)  # read after the state: the worker may have recorded its stop in between
         seen.append(state)
         if state == "interrupted":  # never while the process that ran it is alive, unless that process recorded its stop
             assert row["state"] == "interrupted" or not _alive(int(row["worker"].rsplit(":", 1)[1])), "reads interrupted while its worker still runs"
