@@ -75,7 +75,8 @@ def _tokens(n: int, seq: int, vocab: int, seed: int = 0):
 
 
 def _modes(args) -> list[str | None]:
-    """torch.compile modes to measure: eager (None) and, unless --no-compile, "default"."""
+    """torch.compile modes to measure (None: eager), as --modes lists them; eager only with
+    --no-compile or --smoke."""
     modes = [None if m == "off" else m for m in args.modes]
     return [m for m in modes if m is None] if args.smoke or args.no_compile else modes
 
@@ -125,7 +126,7 @@ def _raw_loop(config: dict, data, batch: int, compile_mode: str | None, on_step=
             logits = model(x)
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
 
-    step_loss = torch.compile(loss_of) if compile_mode else loss_of
+    step_loss = torch.compile(loss_of, mode=compile_mode) if compile_mode else loss_of  # the engine's mode
     data = data.pin_memory() if device.type == "cuda" else data
     ends, losses = [], []
     for i in range(0, len(data), batch):
@@ -489,7 +490,8 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 8; 2 in --smoke)")
     p.add_argument("--rounds", type=int, default=2, help="eager rounds, alternating which loop goes first")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile runs")
-    p.add_argument("--modes", nargs="+", default=["off", "default"], help="torch.compile modes to measure (off = eager)")
+    p.add_argument("--modes", nargs="+", default=["off", "default"], help="torch.compile modes to measure (off = eager)",
+                   choices=["off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
     p.add_argument("--only", nargs="*", choices=SECTIONS, default=list(SECTIONS))
     p.add_argument("--section-timeout", type=int, default=300)
     p.add_argument("--section", choices=SECTIONS, help=argparse.SUPPRESS)
