@@ -51,7 +51,7 @@ def _hf_setup(steps: int):
 
     torch.set_num_threads(1)
     data = torch.randint(0, HF["vocab_size"], (steps * BATCH, SEQ), generator=torch.Generator().manual_seed(0))
-    order = [i for batch in epoch_batches(len(data), BATCH, 0, 0, 0, 1, True) for i in batch]  # trainyard's order
+    order = [i for batch in epoch_batches(len(data), BATCH, 0, 0, 0, 1) for i in batch]  # trainyard's order
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(**HF, bos_token_id=0, eos_token_id=0))
     return data, order, model

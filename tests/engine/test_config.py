@@ -48,7 +48,7 @@ BAD_VALUES = [
     ("min_lr_ratio", 1.5),
     ("compile_mode", "fastest"),
     ("device", "tpu"), ("device", "cuda:x"), ("device", "cuda: 0"),
-    ("num_workers", -1),
+    ("num_workers", -1), ("shuffle_chunk_rows", 0), ("shuffle_chunk_rows", 1.5),
     ("wandb_project", ""), ("wandb_project", True),
     ("mlflow_experiment", " "), ("tensorboard_dir", 3),
     ("peak_flops", 0), ("peak_flops", float("inf")), ("peak_flops", "989e12"),

@@ -56,6 +56,10 @@ class TrainingConfig:
     compile_mode: str | None = None
     device: str | None = None  # None: cuda when available, else cpu
     num_workers: int = 0  # DataLoader worker processes
+    # The epoch's order shuffles chunks of this many consecutive rows, then the rows in each
+    # chunk: a reader of large data holds one chunk at a time. Data of at most this many
+    # rows is shuffled whole (DistributedSampler's order).
+    shuffle_chunk_rows: int = 65536
     wandb_project: str | None = None
     mlflow_experiment: str | None = None  # MLflow; the tracking URI from MLFLOW_TRACKING_URI
     tensorboard_dir: str | None = None  # TensorBoard event files, one subdirectory per run
@@ -309,6 +313,7 @@ _VALIDATORS = {
     "compile_mode": _one_of(COMPILE_MODES),
     "device": _device,
     "num_workers": _non_negative_int,
+    "shuffle_chunk_rows": _positive_int,
     "wandb_project": _optional_text,
     "mlflow_experiment": _optional_text,
     "tensorboard_dir": _optional_path,

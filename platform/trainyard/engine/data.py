@@ -10,20 +10,23 @@ identically whatever the container.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset
 
 KNOWN_KEYS = ("input_ids", "attention_mask", "labels")
 # Hugging Face datasets name classification targets `label`; HF's Trainer renames it too.
 ALIASES = {"label": "labels"}
 
 _PAD_VALUES = {"attention_mask": 0, "labels": -100}
+SHUFFLE_CHUNK_ROWS = 65536  # TrainingConfig.shuffle_chunk_rows' default
 
 
 class SampleDataset(Dataset):
@@ -69,12 +72,172 @@ class ColumnDataset(SampleDataset):
         return [self[i] for i in indices]
 
 
+class RowSource(SampleDataset):
+    """Rows read by range from storage that is never loaded whole: Parquet row groups here,
+    Ray Data blocks in the object store (`trainyard.execution.ingest`). Subclasses give
+    `__len__` and `read(start, stop)` (a `pyarrow.Table` of those rows).
+
+    A batch's rows are taken from the chunk(s) of `chunk_rows` consecutive rows they lie
+    in, and the last two chunks read are kept: the epoch's order (`epoch_order`) visits one
+    chunk at a time, so each chunk is read about once per epoch and memory holds at most
+    two of them, however large the data is.
+    """
+
+    chunk_rows = SHUFFLE_CHUNK_ROWS
+
+    def __init__(self, name: str):
+        super().__init__(None, name)
+        self._chunks: dict[int, Any] = {}
+
+    def read(self, start: int, stop: int) -> Any:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"{self.name}: row {index} is out of range for {len(self)} rows")
+        columns = arrow_columns(self._rows([index % len(self)]), self.name)
+        return {k: v[0] for k, v in columns.items()}
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]] | dict[str, torch.Tensor]:
+        columns = arrow_columns(self._rows(indices), self.name)
+        if all(isinstance(c, torch.Tensor) for c in columns.values()):
+            return columns
+        return [{k: v[i] for k, v in columns.items()} for i in range(len(indices))]
+
+    def _rows(self, indices: list[int]) -> Any:
+        import pyarrow as pa
+
+        idx = np.asarray(indices, dtype=np.int64)
+        chunk_of = idx // self.chunk_rows
+        wanted = list(dict.fromkeys(chunk_of.tolist()))
+        if len(wanted) == 1:
+            return self._chunk(wanted[0]).take(pa.array(idx - wanted[0] * self.chunk_rows))
+        parts, order = [], np.empty(len(idx), dtype=np.int64)
+        taken = 0
+        for c in wanted:  # rows of each chunk, then put back in the batch's order
+            where = np.nonzero(chunk_of == c)[0]
+            parts.append(self._chunk(c).take(pa.array(idx[where] - c * self.chunk_rows)))
+            order[where] = np.arange(taken, taken + len(where))
+            taken += len(where)
+        return pa.concat_tables(parts).take(pa.array(order))
+
+    def _chunk(self, c: int) -> Any:
+        if c not in self._chunks:
+            if len(self._chunks) >= 2:
+                self._chunks.pop(next(iter(self._chunks)))
+            self._chunks[c] = self.read(c * self.chunk_rows, min((c + 1) * self.chunk_rows, len(self)))
+        return self._chunks[c]
+
+    def __getstate__(self) -> dict[str, Any]:  # what travels to workers: where the rows are, not a cache
+        return {**self.__dict__, "_chunks": {}}
+
+
+class ParquetSource(RowSource):
+    """A local Parquet file, directory or glob, read lazily by row groups (pyarrow)."""
+
+    def __init__(self, files: list[str], name: str):
+        import pyarrow.parquet as pq
+
+        super().__init__(name)
+        self.files = files
+        self.pieces: list[tuple[str, int, int]] = []  # (file, row group, first row)
+        rows = 0
+        for f in files:
+            try:
+                meta = pq.ParquetFile(f).metadata
+            except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for a bad file
+                raise ValueError(f"{name}: cannot read {f} as Parquet ({type(e).__name__}: {e})") from e
+            for g in range(meta.num_row_groups):
+                self.pieces.append((f, g, rows))
+                rows += meta.row_group(g).num_rows
+        self.num_rows = rows
+        self.columns = [c for c in pq.ParquetFile(files[0]).schema_arrow.names if ALIASES.get(c, c) in KNOWN_KEYS]
+        check_columns(pq.ParquetFile(files[0]).schema_arrow.names, name, files[0])
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def read(self, start: int, stop: int) -> Any:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        firsts = [p[2] for p in self.pieces]
+        i = max(0, int(np.searchsorted(firsts, start, side="right")) - 1)
+        tables, first = [], self.pieces[i][2]
+        while i < len(self.pieces) and self.pieces[i][2] < stop:
+            f, g, _ = self.pieces[i]
+            tables.append(pq.ParquetFile(f).read_row_group(g, columns=self.columns))
+            i += 1
+        return pa.concat_tables(tables).slice(start - first, stop - start)
+
+
+def check_columns(found: Sequence[str], name: str, where: Any) -> None:
+    if "input_ids" not in found:
+        raise ValueError(
+            f"{name}: {where} has no 'input_ids' column; its columns are {sorted(found)}. Name the token column "
+            "input_ids (and the targets labels), or give text with a text_column to tokenize"
+        )
+
+
+def arrow_columns(table: Any, name: str) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+    """A pyarrow Table's known columns as tensors: a list column of equal-length rows is one
+    2-D tensor, a ragged one a list of 1-D tensors (padded by the Collator)."""
+    columns = {}
+    for field in table.schema.names:
+        key = ALIASES.get(field, field)
+        if key in KNOWN_KEYS:
+            columns[key] = _arrow_tensor(table.column(field).combine_chunks(), name, key)
+    return columns
+
+
+def _arrow_tensor(column: Any, name: str, key: str) -> torch.Tensor | list[torch.Tensor]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type) or pa.types.is_fixed_size_list(column.type)):
+        return _to_tensor(column.to_numpy(zero_copy_only=False, writable=True), name, key)
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    values = column.flatten().to_numpy(zero_copy_only=False, writable=True)  # torch wants writable memory
+    if len(set(lengths.tolist())) <= 1:
+        return _to_tensor(values.reshape(len(column), int(lengths[0]) if len(lengths) else 0), name, key)
+    return [_to_tensor(v, name, key) for v in np.split(values, np.cumsum(lengths)[:-1])]
+
+
+def parquet_files(path: str | os.PathLike, name: str) -> list[str]:
+    """The Parquet files a local path names: a file, a directory (its *.parquet files, in
+    name order) or a glob; a clear error when there are none."""
+    text = os.fspath(path)
+    if any(ch in text for ch in "*?["):
+        import glob
+
+        files = sorted(glob.glob(text, recursive=True))
+        if not files:
+            raise FileNotFoundError(f"{name}: the pattern {text} matches no files")
+        return files
+    p = Path(text)
+    if not p.exists():
+        raise FileNotFoundError(f"{name}: no such file or directory: {p}")
+    if p.is_dir():
+        files = sorted(str(f) for f in p.rglob("*") if f.suffix in (".parquet", ".pq"))
+        if not files:
+            raise FileNotFoundError(f"{name}: the directory {p} holds no .parquet files")
+        return files
+    if p.suffix not in (".parquet", ".pq"):
+        raise ValueError(f"{name}: {p} is not a Parquet file; here a .parquet path, directory or glob is read (other formats go through trainyard.Trainer, which reads them with Ray Data)")
+    return [str(p)]
+
+
 def as_dataset(data: Any, name: str = "train_data") -> SampleDataset | None:
     """Wrap user data as a SampleDataset; a clear error for anything unusable."""
     if data is None or isinstance(data, SampleDataset):
         return data
     if isinstance(data, (str, os.PathLike)):
-        return ColumnDataset(_read_parquet(Path(data), name), name)
+        return ParquetSource(parquet_files(data, name), name)
+    if type(data).__module__.startswith("ray.data"):
+        raise TypeError(
+            f"{name}: a ray.data.Dataset is read through Ray; pass it to trainyard.Trainer (not the engine's "
+            "Trainer), to sweep() or to a job, which read it as Ray Data blocks"
+        )
     if type(data).__module__.startswith("pyarrow") and hasattr(data, "to_pydict"):
         return ColumnDataset(data.to_pydict(), name)
     if isinstance(data, Mapping):
@@ -153,16 +316,6 @@ def _same_shapes(tensors: Sequence[torch.Tensor]) -> bool:
     return all(t.shape == first for t in tensors)
 
 
-def _read_parquet(path: Path, name: str) -> dict[str, list]:
-    if not path.exists():
-        raise FileNotFoundError(f"{name}: no such file or directory: {path}")
-    if path.is_file() and path.suffix not in (".parquet", ".pq"):
-        raise ValueError(f"{name}: {path} is not a Parquet file; paths to .parquet files or directories are supported")
-    import pyarrow.parquet as pq
-
-    return pq.read_table(path).to_pydict()
-
-
 class Collator:
     """Stacks samples into a batch, padding 1-D sequences to the longest one."""
 
@@ -194,17 +347,66 @@ def _pad(seqs: list[torch.Tensor], value: int) -> torch.Tensor:
     return torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=value)
 
 
-def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, rank: int, world_size: int, shuffle: bool) -> list[list[int]]:
-    """This rank's batches of sample indices for one epoch.
+def epoch_order(n: int, epoch: int, seed: int, chunk_rows: int = SHUFFLE_CHUNK_ROWS) -> Iterator[torch.Tensor]:
+    """An epoch's order of the row indices 0..n-1, a function of `(n, seed, epoch,
+    chunk_rows)` only, chunk by chunk.
 
-    The order is exactly `DistributedSampler(shuffle, seed, drop_last=False)` with
-    `set_epoch(epoch)`, so batch k of rank r, over all ranks, is global batch k of a
-    one-process run with batch_size * world_size.
+    Data of at most `chunk_rows` rows is one chunk, shuffled whole: exactly
+    `DistributedSampler(shuffle=True, seed=seed)`'s order. Larger data is cut into chunks of
+    `chunk_rows` consecutive rows; the chunks are shuffled, then the rows inside each, so
+    a reader holds one chunk at a time however large the data is.
     """
-    sampler = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
-    sampler.set_epoch(epoch)
-    indices = list(sampler)
-    return [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+    g = torch.Generator().manual_seed(seed + epoch)
+    if n <= chunk_rows:
+        yield torch.randperm(n, generator=g)
+        return
+    for c in torch.randperm(math.ceil(n / chunk_rows), generator=g).tolist():
+        start = c * chunk_rows
+        inner = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch, c]).generate_state(1)[0]))
+        yield start + torch.randperm(min(chunk_rows, n - start), generator=inner)
+
+
+def rows_per_rank(n: int, world_size: int) -> int:
+    """Rows each rank trains on per epoch: the epoch's last `n % world_size` rows (other
+    rows each epoch) are dropped so every rank gets as many, and none is seen twice."""
+    return n // world_size
+
+
+def iter_epoch_batches(n: int, batch_size: int, epoch: int, seed: int, rank: int, world_size: int,
+                       chunk_rows: int = SHUFFLE_CHUNK_ROWS, start: int = 0) -> Iterator[list[int]]:  # fmt: skip
+    """This rank's batches of row indices for one epoch, from batch `start` on, computed
+    chunk by chunk (never the whole epoch's list at once).
+
+    Rank r takes positions r, r + W, r + 2W, ... of the epoch's order (`epoch_order`), up to
+    the last whole multiple of W, so batch k of every rank together is batch k of a
+    one-process run with batch_size * W (the one-process run also trains the last
+    `n % W` rows, which the W ranks drop).
+    """
+    used = rows_per_rank(n, world_size) * world_size
+    skip, position, pending = start * batch_size, 0, []
+    for order in epoch_order(n, epoch, seed, chunk_rows):
+        mine = order[(rank - position) % world_size : max(0, used - position) : world_size]
+        position += len(order)
+        if skip >= len(mine):  # a resumed run passes whole chunks without reading them
+            skip -= len(mine)
+            continue
+        pending.extend(mine[skip:].tolist())
+        skip = 0
+        while len(pending) >= batch_size:
+            yield pending[:batch_size]
+            pending = pending[batch_size:]
+    if pending:
+        yield pending
+
+
+def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, rank: int, world_size: int,
+                  chunk_rows: int = SHUFFLE_CHUNK_ROWS) -> list[list[int]]:  # fmt: skip
+    """`iter_epoch_batches` as a list."""
+    return list(iter_epoch_batches(n, batch_size, epoch, seed, rank, world_size, chunk_rows))
+
+
+def batches_per_epoch(n: int, batch_size: int, world_size: int) -> int:
+    return math.ceil(rows_per_rank(n, world_size) / batch_size)
 
 
 def eval_batches(n: int, batch_size: int, rank: int, world_size: int) -> list[list[int]]:
@@ -213,7 +415,7 @@ def eval_batches(n: int, batch_size: int, rank: int, world_size: int) -> list[li
     return [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
 
 
-def make_loader(dataset: Dataset, batches: list[list[int]], collate: Collator, num_workers: int, pin_memory: bool):
+def make_loader(dataset: Dataset, batches: Iterable[list[int]], collate: Collator, num_workers: int, pin_memory: bool):
     # A private generator: creating the loader's iterator must not consume the global RNG,
     # or a resumed run would draw different dropout masks than the uninterrupted one.
     return torch.utils.data.DataLoader(

@@ -34,7 +34,7 @@ from trainyard.engine.telemetry import EpochTelemetry
 
 # Changing any of these in the middle of an epoch would change which samples the rest of
 # the epoch sees, so a mid-epoch resume refuses it.
-POSITION_FIELDS = ("batch_size", "gradient_accumulation_steps", "random_seed")
+POSITION_FIELDS = ("batch_size", "gradient_accumulation_steps", "random_seed", "shuffle_chunk_rows")
 
 
 @dataclass
@@ -136,11 +136,12 @@ def check_resumable(loaded: ckpt.LoadedCheckpoint, cfg: TrainingConfig, n_train:
         return
     saved_cfg = s["training_config"]
     for name in POSITION_FIELDS:
-        if saved_cfg[name] != getattr(cfg, name):
+        saved = saved_cfg.get(name, getattr(TrainingConfig(), name))  # older checkpoints lack newer fields
+        if saved != getattr(cfg, name):
             raise ValueError(
                 f"cannot resume mid-epoch from {loaded.path} with {name}={getattr(cfg, name)!r}: "
-                f"it was saved with {name}={saved_cfg[name]!r}, which decides the rest of the epoch's batches; "
-                f"use {name}={saved_cfg[name]!r}, or resume from an epoch-end checkpoint"
+                f"it was saved with {name}={saved!r}, which decides the rest of the epoch's batches; "
+                f"use {name}={saved!r}, or resume from an epoch-end checkpoint"
             )
     if s["train_size"] != n_train or s["world_size"] != world_size:
         raise ValueError(

@@ -27,7 +27,18 @@ from trainyard.engine import checkpoint as ckpt
 from trainyard.engine import rng, setup, step
 from trainyard.engine.config import TrainingConfig, as_training_config, model_config_value
 from trainyard.engine.context import LocalContext, RunContext
-from trainyard.engine.data import Collator, DeviceBatch, WindowFeed, as_dataset, epoch_batches, eval_batches, make_loader, window_sizes
+from trainyard.engine.data import (
+    Collator,
+    DeviceBatch,
+    RowSource,
+    WindowFeed,
+    as_dataset,
+    batches_per_epoch,
+    eval_batches,
+    iter_epoch_batches,
+    make_loader,
+    window_sizes,
+)
 from trainyard.engine.hooks import Event, HookDispatcher, TrainingHooks
 from trainyard.engine.metrics import MetricSums, RunningSums, evaluation_sums
 from trainyard.engine.observers import builtin_observers
@@ -167,8 +178,12 @@ class Trainer:
                 scaler.load_state_dict(loaded.extra["scaler"])
         self.model, self.optimizer = raw_model, optimizer
 
-        # DistributedSampler gives every rank ceil(n / world_size) samples.
-        self.batches_per_epoch = math.ceil(math.ceil(len(train_ds) / ctx.world_size) / cfg.batch_size)
+        if len(train_ds) < ctx.world_size:
+            raise ValueError(f"train_data has {len(train_ds)} samples, fewer than the {ctx.world_size} workers: every worker needs one")
+        for ds in (train_ds, val_ds):
+            if isinstance(ds, RowSource):  # read in the chunks the epoch's order visits
+                ds.chunk_rows = cfg.shuffle_chunk_rows
+        self.batches_per_epoch = batches_per_epoch(len(train_ds), cfg.batch_size, ctx.world_size)
         run = Run(
             ctx=ctx, train_ds=train_ds, val_ds=val_ds, model=model, raw_model=raw_model, optimizer=optimizer,
             scaler=scaler, amp_dtype=amp_dtype, collate=Collator(self.pad_token_id), run_dir=setup.run_directory(cfg, loaded),
@@ -208,13 +223,16 @@ class Trainer:
             run.progress.epoch_sums = MetricSums()
             self.hooks.fire(Event.EPOCH_BEGIN, self, state.epoch)
         run.running, run.telemetry = RunningSums(run.progress.epoch_sums, ctx.device), EpochTelemetry(ctx.device)
-        batches = epoch_batches(len(run.train_ds), cfg.batch_size, state.epoch - 1, cfg.random_seed, ctx.rank, ctx.world_size, True)
-        loader = make_loader(run.train_ds, batches[state.batch_in_epoch :], run.collate, cfg.num_workers, ctx.device.type == "cuda")
-        feed = WindowFeed(loader, window_sizes(state.batch_in_epoch, len(batches), cfg.gradient_accumulation_steps), lambda b: self._to_device(run, b))
+        total = run.batches_per_epoch
+        batches = iter_epoch_batches(
+            len(run.train_ds), cfg.batch_size, state.epoch - 1, cfg.random_seed, ctx.rank, ctx.world_size, cfg.shuffle_chunk_rows, start=state.batch_in_epoch
+        )
+        loader = make_loader(run.train_ds, batches, run.collate, cfg.num_workers, ctx.device.type == "cuda")
+        feed = WindowFeed(loader, window_sizes(state.batch_in_epoch, total, cfg.gradient_accumulation_steps), lambda b: self._to_device(run, b))
         run.model.train()
-        while state.batch_in_epoch < len(batches) and not self.stop_requested:
+        while state.batch_in_epoch < total and not self.stop_requested:
             self._window(run, feed)
-        if state.batch_in_epoch < len(batches):  # stopped inside the epoch
+        if state.batch_in_epoch < total:  # stopped inside the epoch
             return
         run.telemetry.waited(feed.waited)
         run.progress.epoch_sums = run.running.host()
@@ -223,7 +241,7 @@ class Trainer:
             val_metrics = self._evaluate(run)
             row.update(val_metrics)
             self.hooks.fire(Event.VALIDATION_END, self, state.epoch, val_metrics)
-        epoch_norms = run.progress.history["grad_norm"][-math.ceil(len(batches) / cfg.gradient_accumulation_steps) :]
+        epoch_norms = run.progress.history["grad_norm"][-math.ceil(total / cfg.gradient_accumulation_steps) :]
         row["train/learning_rate"] = run.optimizer.param_groups[0]["lr"]
         row["train/grad_norm"] = sum(epoch_norms) / len(epoch_norms) if epoch_norms else float("nan")
         row.update(run.telemetry.summary(ctx, run.peak_flops, run.flops_per_token is not None))
