@@ -53,6 +53,16 @@ class Trainer(EngineTrainer):
         `scaling`, the same loop runs in Ray Train workers, rank 0's results come back here
         and the trained weights are loaded into `self.model`."""
         if self.scaling is None:
+            from trainyard.execution.ingest import is_ray_data  # no Ray import unless the data needs it
+
+            if any(is_ray_data(d) for d in (train_data, val_data)):  # read by Ray Data, then iterated here
+                from trainyard.execution.ingest import data_checks, ingest
+                from trainyard.execution.ray_env import ensure_ray
+
+                ensure_ray()
+                checks = data_checks(self.config, self.task_spec)
+                train_data = ingest(train_data, "train_data", **checks) if is_ray_data(train_data) else train_data
+                val_data = ingest(val_data, "val_data", **checks) if is_ray_data(val_data) else val_data
             return super().train(train_data, val_data, resume_from)
         from trainyard.execution.launch import fit
 

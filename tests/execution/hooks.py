@@ -54,3 +54,19 @@ class StopAt(TrainingHooks):
     def on_batch_end(self, trainer, batch, outputs):
         if (trainer.state.epoch, trainer.state.batch_in_epoch) == self.at:
             trainer.request_stop("stopped by the test")
+
+
+class RecordRows(TrainingHooks):
+    """Appends every trained row (epoch, rank, tokens) to a file per rank: what each worker
+    really trained on."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def on_batch_end(self, trainer, batch, outputs):
+        import json
+
+        rank = trainer.context.rank
+        with open(Path(self.folder) / f"rank{rank}.jsonl", "a") as f:
+            for row in batch["input_ids"].tolist():
+                f.write(json.dumps([trainer.state.epoch, rank, row]) + "\n")

@@ -2,8 +2,9 @@
 
 `trainyard.Trainer(..., scaling=N).train(...)` lands here, and with it every multi-worker
 run of the platform (a sweep's `workers_per_trial > 1` trials, final training, job-queue
-jobs). Driver side: connect to Ray, resolve every user path (workers chdir into their run
-folder), check that what travels to the workers pickles, build a `TorchTrainer` whose
+jobs). Driver side: connect to Ray, put the data into the object store (`ingest.py`: Ray Data
+blocks, or one shared copy of in-memory data), resolve every user path (workers chdir
+into their run folder), check that what travels to the workers pickles, build a `TorchTrainer` whose
 per-worker function runs the engine loop with a `RayTrainContext`, and return rank 0's
 results dict with the checkpoint path Ray persisted. Resumption is Ray's: after a worker
 failure (`FailureConfig(max_failures)`) or a rerun with the same `RunConfig(name,
@@ -26,6 +27,7 @@ from trainyard._logging import get_logger
 from trainyard.engine import checkpoint as ckpt
 from trainyard.engine.trainer import Trainer as EngineTrainer
 from trainyard.execution.configs import run_config, scaling_config
+from trainyard.execution.ingest import data_checks, ingest, resolve
 from trainyard.execution.ray_env import check_satisfiable, ensure_ray, verbose
 from trainyard.execution.remote import absolute, check_picklable
 
@@ -65,8 +67,8 @@ def fit(trainer: Any, train_data: Any, val_data: Any = None, resume_from: Any = 
         training_config=training_config,
         task_spec=trainer.task_spec,
         hooks=list(trainer.hooks.hooks),
-        train_data=absolute(train_data),
-        val_data=absolute(val_data),
+        train_data=ingest(train_data, "train_data", **data_checks(trainer.config, trainer.task_spec)),
+        val_data=ingest(val_data, "val_data", **data_checks(trainer.config, trainer.task_spec)),
         resume_from=absolute(resume_from),
         tokenizer=trainer.tokenizer,
     )
@@ -95,7 +97,7 @@ def fit(trainer: Any, train_data: Any, val_data: Any = None, resume_from: Any = 
 
             # The workers hold shards, not a model: the bundle is made here, from the gathered weights.
             out = Path(result.path) / "export"
-            results["export_path"] = str(export_trained(trainer, as_dataset(train_data, "train_data"), out, results["task"]))
+            results["export_path"] = str(export_trained(trainer, as_dataset(resolve(payload.train_data), "train_data"), out, results["task"]))
     return results
 
 
@@ -115,7 +117,7 @@ def _train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     trainer.tokenizer = p.tokenizer
     ctx = RayTrainContext(delete_local_checkpoints=temporary, training_config=training_config)
     try:
-        results = trainer.run(ctx, p.train_data, p.val_data, resume_from=p.resume_from)
+        results = trainer.run(ctx, resolve(p.train_data), resolve(p.val_data), resume_from=p.resume_from)
     finally:
         if temporary:
             shutil.rmtree(staging, ignore_errors=True)

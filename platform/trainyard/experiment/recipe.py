@@ -54,7 +54,10 @@ def _data_fields(section: Mapping[str, Any]) -> list[str]:
 
         loader = DATASETS.get(section["name"])
         return ["name", *inspect.signature(loader).parameters] if loader is not None else ["name"]
-    return ["train", "val"]
+    return ["train", "val", *FILE_OPTIONS]
+
+
+FILE_OPTIONS = ("format", "text_column", "seq_len", "pack")  # how Ray Data reads the files (DataFiles)
 
 
 def _check_keys(section: str, given: Mapping[str, Any], allowed: list[str]) -> None:
@@ -175,10 +178,19 @@ def data_recipe(spec: Mapping[str, Any], dataset: Any = None, base_dir: Path | N
         return load_builtin(section.pop("name"), **section)
     if "train" in section:
         base_dir = base_dir or Path.cwd()
-        train = str((base_dir / section["train"]).resolve())
-        val = str((base_dir / section["val"]).resolve()) if section.get("val") else None
-        return train, val
+        train, val = (_data_path(base_dir, section[k]) if section.get(k) else None for k in ("train", "val"))
+        if not any(k in section for k in FILE_OPTIONS):
+            return train, val
+        from trainyard.data.files import DataFiles
+
+        options = {k: section[k] for k in FILE_OPTIONS if k in section}
+        return DataFiles(train, **options), (DataFiles(val, **options) if val else None)
     raise ValueError("the data section needs either name: <built-in dataset> or train: <path to Parquet>; or pass dataset=")
+
+
+def _data_path(base_dir: Path, path: str) -> str:
+    """Relative to the spec's folder; a URI (s3://...) as it is."""
+    return path if "://" in str(path) else str((base_dir / path).resolve())
 
 
 def split_dataset(dataset: Any) -> tuple[Any, Any]:
@@ -194,7 +206,12 @@ def split_dataset(dataset: Any) -> tuple[Any, Any]:
 
 def tokenize_text(data: Any, tokenizer: Any, max_len: int | None) -> Any:
     """Columns with a `text` column and no `input_ids` get `input_ids` from `tokenizer`
-    (cut at `max_len`); anything else is returned as it is."""
+    (cut at `max_len`); text files get the tokenizer and a `seq_len` (at most `max_len`),
+    and are tokenized by Ray Data when the run reads them; anything else is returned as it is."""
+    if type(data).__name__ == "DataFiles" and data.text_column:
+        if data.seq_len and max_len and data.seq_len > max_len:
+            raise ValueError(f"data: seq_len={data.seq_len} is longer than the model's context (max_seq_len={max_len}); use seq_len <= {max_len}")
+        return dataclasses.replace(data, tokenizer=tokenizer, seq_len=data.seq_len or max_len)
     if not isinstance(data, Mapping) or "text" not in data or "input_ids" in data:
         return data
     texts = list(data["text"])

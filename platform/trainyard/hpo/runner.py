@@ -112,6 +112,7 @@ def sweep(
     from ray import tune
 
     from trainyard.execution.configs import default_storage
+    from trainyard.execution.ingest import data_checks, ingest
     from trainyard.execution.ray_env import check_satisfiable, ensure_ray
     from trainyard.execution.remote import absolute, check_picklable, run_name
 
@@ -134,8 +135,10 @@ def sweep(
             {"CPU": 1, "GPU": 1 if resources.get("gpu") else 0}, workers_per_trial,
             f"one trial's Ray Train run (workers_per_trial={workers_per_trial})", "Use fewer workers per trial, or add nodes.",
         )
+    # One copy for every trial: Ray Data blocks, or in-memory data put into the object store once.
+    checks = data_checks(config, task_spec)
     payload = _TrialInputs(
-        model_factory, config, absolute(train_data), absolute(val_data), base.replace(checkpoint_every_n_steps=None),
+        model_factory, config, ingest(train_data, "train_data", **checks), ingest(val_data, "val_data", **checks), base.replace(checkpoint_every_n_steps=None),
         task_spec, space, workers_per_trial, bool(resources.get("gpu")), checkpoint_every_epoch,
     )
     check_picklable("model_factory", model_factory)
@@ -201,14 +204,15 @@ def _check_metric(space: SearchSpace, task_spec: Any, train_data: Any) -> None:
     given, or the data is in memory; a path is read by the trials)."""
     from trainyard.engine.data import as_dataset
     from trainyard.engine.metrics import MetricSums
+    from trainyard.execution.ingest import is_ray_data
     from trainyard.engine.task import as_task_spec, detect_task
     from trainyard.engine.telemetry import TELEMETRY_KEYS
 
     spec = as_task_spec(task_spec)
     if spec is not None:
         task = spec.name
-    elif isinstance(train_data, (str, os.PathLike)):
-        return
+    elif isinstance(train_data, (str, os.PathLike)) or is_ray_data(train_data):
+        return  # read by the trials (a path) or Ray Data: not known here
     else:
         task = detect_task(as_dataset(train_data, "train_data")[0])[0]
     columns = sorted({*MetricSums().metrics("train", task), *MetricSums().metrics("val", task), "train/learning_rate", *TELEMETRY_KEYS})
@@ -269,6 +273,7 @@ def _trial(params: dict[str, Any], payload: _TrialInputs) -> None:
     """One Tune trial: the engine loop with the sampled parameters."""
     from trainyard.engine.trainer import Trainer
     from trainyard.execution.contexts import TuneTrialContext
+    from trainyard.execution.ingest import resolve
     from trainyard.execution.ray_env import verbose
 
     if not verbose():
@@ -284,7 +289,7 @@ def _trial(params: dict[str, Any], payload: _TrialInputs) -> None:
     try:
         trainer = Trainer(factory, model_config, training_config.replace(checkpoint_dir=f"{staging}/run"), payload.task_spec)
         context = TuneTrialContext(checkpoint_every_epoch=payload.checkpoint_every_epoch, epochs=training_config.epochs)
-        trainer.run(context, payload.train_data, payload.val_data)
+        trainer.run(context, resolve(payload.train_data), resolve(payload.val_data))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

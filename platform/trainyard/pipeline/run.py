@@ -193,6 +193,7 @@ def _export(pipeline: Pipeline, search: Any) -> dict[str, Any]:
     from trainyard.engine.data import as_dataset
     from trainyard.engine.export import export_trained
     from trainyard.experiment import build
+    from trainyard.execution.ingest import is_ray_data
 
     final = pipeline.stages["final"]
     exp = build(best_spec(pipeline, search))
@@ -200,7 +201,12 @@ def _export(pipeline: Pipeline, search: Any) -> dict[str, Any]:
     model.load_state_dict(load(resolve(final["checkpoint_path"])).model)
     trainer = exp.trainer()
     trainer.model = model
-    data = as_dataset(exp.val_data, "val_data") or as_dataset(exp.train_data)
+    sample_data = exp.val_data if exp.val_data is not None else exp.train_data
+    if is_ray_data(sample_data):  # files read by Ray Data: the bundle's parity samples come from its blocks
+        from trainyard.execution.ingest import data_checks, ingest
+
+        sample_data = ingest(sample_data, "data", **data_checks(exp.model_config, exp.task_spec))
+    data = as_dataset(sample_data, "data")
     bundle = export_trained(trainer, data, pipeline.run_dir / "export", final["task"])
     manifest = json.loads((bundle / "MANIFEST.json").read_text())
     return {"path": str(bundle), "formats": list(manifest["parity"]), "parity": manifest["parity"]}

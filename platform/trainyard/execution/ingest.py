@@ -1,0 +1,386 @@
+"""Data on Ray: whatever form a run's data takes, workers and trials read it from the object
+store, never from a pickled payload.
+
+    source = ingest(data, "train_data")     # on the driver, before workers start
+    data = resolve(source)                  # in a worker or trial: what the engine trains on
+
+- A `ray.data.Dataset`, or a Parquet / JSON lines / CSV path, directory or glob (local, or
+  `s3://`, `gs://` ... read by Ray Data on its own CPU tasks, never loaded whole on the
+  driver): executed once into Arrow blocks in the object store, in a fixed order, and
+  handed to the engine as a `BlockSource`, which reads the rows a batch needs straight
+  from those blocks (zero-copy). Every rank and every trial reads the same blocks.
+- Text (`text_column=`) is tokenized, cut or packed into `seq_len` blocks by Ray Data
+  transforms, on the way into the object store.
+- In-memory data (tensors, dicts, Arrow, HF datasets, map-style datasets): validated here,
+  then put into the object store once (`Shared`) and fetched by each worker.
+
+Why not Ray Train's `get_dataset_shard`: its `streaming_split` hands blocks to whichever
+rank asks first, so which rank trains on which sample, and where a resumed run stands,
+is not reproducible. Here the rows of a rank's batch are the engine's function of
+`(seed, epoch, rank)` (`engine.data.iter_epoch_batches`), so a mid-epoch resume is
+sample-exact.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainyard.data.files import DataFiles
+from trainyard.engine.data import ALIASES, KNOWN_KEYS, RowSource, as_dataset, check_columns
+
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+
+
+class BlockSource(RowSource):
+    """Rows held as Arrow blocks in Ray's object store (a materialized Ray Dataset)."""
+
+    def __init__(self, refs: list[Any], counts: list[int], columns: list[str], name: str):
+        super().__init__(name)
+        self.refs, self.counts, self.columns = refs, counts, columns
+        self.firsts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.firsts[-1])
+
+    def read(self, start: int, stop: int) -> Any:
+        import pyarrow as pa
+        import ray
+
+        first = int(np.searchsorted(self.firsts, start, side="right")) - 1
+        last = int(np.searchsorted(self.firsts, stop, side="left"))
+        blocks = ray.get(self.refs[first:last])  # zero-copy views of the object store
+        table = pa.concat_tables([b.select(self.columns) for b in blocks])
+        return table.slice(start - int(self.firsts[first]), stop - start)
+
+
+@dataclass
+class Shared:
+    """In-memory data put into the object store once; every worker and trial fetches it."""
+
+    ref: Any
+    name: str
+    length: int
+
+
+def ingest(data: Any, name: str, text: dict[str, Any] | None = None, pad_token_id: int | None = None, context: int | None = None) -> Any:
+    """`data` in the form workers read it (see the module docstring); None stays None.
+
+    `text`: how to turn a text column into tokens (`text_column`, `tokenizer`, `seq_len`,
+    `pack`); `pad_token_id` and `context` (the model's longest sequence) let bad data fail
+    here, before any worker starts.
+    """
+    import ray
+
+    if data is None or isinstance(data, (RowSource, Shared)):
+        return data
+    if isinstance(data, DataFiles):
+        if data.text_column:
+            text = {"tokenizer": data.tokenizer, "text_column": data.text_column, "seq_len": data.seq_len, "pack": data.pack}
+        data = read(data.paths, name, data.format)
+    dataset = read(data, name) if isinstance(data, (str, os.PathLike, list, tuple)) and _is_paths(data) else data
+    if not isinstance(dataset, ray.data.Dataset):
+        local = as_dataset(dataset, name)
+        return Shared(ray.put(local), name, len(local))
+    if text:
+        dataset = tokenize(dataset, name, **text)
+    return blocks(dataset, name, pad_token_id, context)
+
+
+def data_checks(config: Any, task_spec: Any = None) -> dict[str, Any]:
+    """What `ingest` checks data against: the pad token (the TaskSpec's, else the model
+    config's) and the model's context (its longest sequence), where they are known."""
+    from trainyard.engine.config import model_config_value
+    from trainyard.engine.task import as_task_spec
+
+    spec = as_task_spec(task_spec)
+    pad = spec.preprocessing_config.get("pad_token_id") if spec is not None else None
+    context = next((model_config_value(config, k) for k in CONTEXT_KEYS if model_config_value(config, k)), None)
+    return {"pad_token_id": pad if pad is not None else model_config_value(config, "pad_token_id"), "context": context}
+
+
+CONTEXT_KEYS = ("max_seq_len", "n_positions", "max_position_embeddings", "block_size", "context_length")
+
+
+def resolve(data: Any) -> Any:
+    """In a worker: a `Shared` fetched from the object store; anything else as it is."""
+    if isinstance(data, Shared):
+        import ray
+
+        return ray.get(data.ref)
+    return data
+
+
+def read(self, start: int, stop: int) -> Any:
+        import pyarrow as pa
+        import ray
+
+        first = int(np.searchsorted(self.firsts, start, side="right")) - 1
+        last = int(np.searchsorted(self.firsts, stop, side="left"))
+        blocks = ray.get(self.refs[first:last])  # zero-copy views of the object store
+        table = pa.concat_tables([b.select(self.columns) for b in blocks])
+        return table.slice(start - int(self.firsts[first]), stop - start)
+
+
+@dataclass(frozen=True)
+class DataFiles:
+    """Files to read with Ray Data when a run starts (an experiment's `data:` section):
+    `paths` (a path, directory, glob or URI, or a list), `format` (parquet, json, csv; by
+    suffix when None), and for text, `text_column` tokenized by `tokenizer`, cut or
+    packed into `seq_len` blocks."""
+
+    paths: Any
+    format: str | None = None
+    text_column: str | None = None
+    seq_len: int | None = None
+    pack: bool = True
+    tokenizer: Any = None
+
+
+@dataclass
+class Shared:
+    """In-memory data put into the object store once; every worker and trial fetches it."""
+
+    ref: Any
+    name: str
+    length: int
+
+
+def ingest(data: Any, name: str, text: dict[str, Any] | None = None, pad_token_id: int | None = None, context: int | None = None) -> Any:
+    """`data` in the form workers read it (see the module docstring); None stays None.
+
+    `text`: how to turn a text column into tokens (`text_column`, `tokenizer`, `seq_len`,
+    `pack`); `pad_token_id` and `context` (the model's longest sequence) let bad data fail
+    here, before any worker starts.
+    """
+    import ray
+
+    if data is None or isinstance(data, (RowSource, Shared)):
+        return data
+    if isinstance(data, DataFiles):
+        if data.text_column:
+            text = {"tokenizer": data.tokenizer, "text_column": data.text_column, "seq_len": data.seq_len, "pack": data.pack}
+        data = read(data.paths, name, data.format)
+    dataset = read(data, name) if isinstance(data, (str, os.PathLike, list, tuple)) and _is_paths(data) else data
+    if not isinstance(dataset, ray.data.Dataset):
+        local = as_dataset(dataset, name)
+        return Shared(ray.put(local), name, len(local))
+    if text:
+        dataset = tokenize(dataset, name, **text)
+    return blocks(dataset, name, pad_token_id, context)
+
+
+def data_checks(config: Any, task_spec: Any = None) -> dict[str, Any]:
+    """What `ingest` checks data against: the pad token (the TaskSpec's, else the model
+    config's) and the model's context (its longest sequence), where they are known."""
+    from trainyard.engine.config import model_config_value
+    from trainyard.engine.task import as_task_spec
+
+    spec = as_task_spec(task_spec)
+    pad = spec.preprocessing_config.get("pad_token_id") if spec is not None else None
+    context = next((model_config_value(config, k) for k in CONTEXT_KEYS if model_config_value(config, k)), None)
+    return {"pad_token_id": pad if pad is not None else model_config_value(config, "pad_token_id"), "context": context}
+
+
+CONTEXT_KEYS = ("max_seq_len", "n_positions", "max_position_embeddings", "block_size", "context_length")
+
+
+def resolve(data: Any) -> Any:
+    """In a worker: a `Shared` fetched from the object store; anything else as it is."""
+    if isinstance(data, Shared):
+        import ray
+
+        return ray.get(data.ref)
+    return data
+
+
+def is_ray_data(data: Any) -> bool:
+    """Whether `data` has to be read through Ray (a Ray Dataset, a path Ray Data reads)
+    rather than by the engine itself (in memory, a local Parquet path)."""
+    if type(data).__module__.startswith("ray.data"):
+        return True
+    if isinstance(data, (str, os.PathLike)):
+        text = os.fspath(data)
+        return "://" in text or Path(text.rstrip("*")).suffix.lower() in (".jsonl", ".json", ".csv")
+    return False
+
+
+def is_ray_data(data: Any) -> bool:
+    """Whether `data` is read through Ray (a Ray Dataset, `DataFiles`, a JSON lines / CSV /
+    cloud path) rather than by the engine itself (in memory; a local Parquet path, which
+    the engine reads by row group)."""
+    if type(data).__module__.startswith("ray.data") or isinstance(data, DataFiles):
+        return True
+    if isinstance(data, (str, os.PathLike)):
+        text = os.fspath(data)
+        return "://" in text or os.path.splitext(text.rstrip("*"))[1].lower() in (".jsonl", ".json", ".csv")
+    return False
+
+
+def read(paths: Any, name: str, format: str | None = None) -> Any:
+    """A lazy Ray Dataset of the files `paths` names (a path, directory, glob, URI, or a
+    list of them); a clear error for a pattern that matches nothing or an unknown format."""
+    import ray
+
+    files = _expand(paths, name)
+    format = format or _format(files, name)
+    readers = {"parquet": ray.data.read_parquet, "json": ray.data.read_json, "csv": ray.data.read_csv}
+    if format not in readers:
+        raise ValueError(f"{name}: format={format!r} is not one of {sorted(readers)}")
+    try:
+        return readers[format](files)
+    except Exception as e:  # noqa: BLE001 - the reader's own error rarely names the file
+        raise ValueError(f"{name}: reading the data failed: {_bad_file(files, format) or ''}{_root_cause(e)}") from e
+
+
+def tokenize(dataset: Any, name: str, tokenizer: Any, text_column: str = "text", seq_len: int | None = None, pack: bool = True) -> Any:
+    """Tokens from a text column, as Ray Data transforms: each text becomes its tokens
+    (with <bos>/<eos> where the tokenizer has them); packed, the texts of a batch are
+    concatenated and cut into `seq_len` blocks (the batch's last partial block is dropped,
+    as LLM pretraining does); unpacked, each text is cut at `seq_len`."""
+    if pack and not seq_len:
+        raise ValueError(f"{name}: packing cuts the text into blocks of seq_len tokens; set seq_len (e.g. seq_len: 128)")
+    found = dataset.schema().names
+    if text_column not in found:
+        raise ValueError(f"{name}: no text column {text_column!r}; the columns are {sorted(found)} (set text_column)")
+    return dataset.map_batches(
+        _Tokenize, fn_constructor_args=(tokenizer, text_column, seq_len, pack), batch_format="pyarrow",
+        concurrency=1, batch_size=1024,
+    )  # fmt: skip
+
+
+class _Tokenize:
+    def __init__(self, tokenizer: Any, text_column: str, seq_len: int | None, pack: bool):
+        self.tokenizer, self.text_column, self.seq_len, self.pack = tokenizer, text_column, seq_len, pack
+
+    def __call__(self, batch: Any) -> Any:
+        import pyarrow as pa
+
+        ids = [_encode(self.tokenizer, str(t)) for t in batch.column(self.text_column).to_pylist()]
+        if self.pack:
+            flat = np.fromiter((i for seq in ids for i in seq), dtype=np.int64)
+            rows = len(flat) // self.seq_len
+            out = flat[: rows * self.seq_len].reshape(rows, self.seq_len)
+            return pa.table({"input_ids": pa.FixedSizeListArray.from_arrays(pa.array(out.reshape(-1)), self.seq_len)})
+        return pa.table({"input_ids": [seq[: self.seq_len] if self.seq_len else seq for seq in ids]})
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    """Built-in tokenizers take add_bos/add_eos; a Hugging Face tokenizer adds its own specials."""
+    try:
+        return tokenizer.encode(text, add_bos=True, add_eos=True)
+    except TypeError:
+        return list(tokenizer.encode(text))
+
+
+def blocks(dataset: Any, name: str, pad_token_id: int | None = None, context: int | None = None) -> BlockSource:
+    """Execute `dataset` into the object store, in its order, and check what training needs
+    to know before any worker starts."""
+    import ray
+
+    dataset.context.execution_options.preserve_order = True  # the same rows in the same order, every time
+    try:
+        refs = dataset.to_arrow_refs()
+    except Exception as e:  # noqa: BLE001 - Ray Data wraps the reader's error; name it
+        raise ValueError(f"{name}: reading the data failed: {_root_cause(e)}") from e
+    found = dataset.schema().names
+    check_columns(found, name, "the data")
+    columns = [c for c in found if ALIASES.get(c, c) in KNOWN_KEYS]
+    stats_of = ray.remote(_block_stats)  # run where each block is, not here (a CPU each: a few workers, reused)
+    stats = ray.get([stats_of.remote(ref) for ref in refs])
+    counts = [s[0] for s in stats]
+    if sum(counts) == 0:
+        raise ValueError(f"{name} is empty: it needs at least one sample")
+    lengths = [s[1:] for s in stats if s[0]]
+    shortest, longest = min(lo for lo, _ in lengths), max(hi for _, hi in lengths)
+    if shortest != longest and pad_token_id is None:
+        raise ValueError(
+            f"{name}: sequences have different lengths ({shortest} to {longest} tokens) and no pad_token_id is known: "
+            "set pad_token_id in the model config (or TaskSpec preprocessing_config), or pack the text into seq_len "
+            "blocks (pack: true)"
+        )
+    if context is not None and longest > context:
+        raise ValueError(f"{name}: sequences of up to {longest} tokens are longer than the model's context of {context}: cut them (seq_len: {context}) or use a model with a longer context")
+    return BlockSource(refs, counts, columns, name)
+
+
+def _block_stats(table: Any) -> tuple[int, int, int]:
+    """(rows, shortest, longest input_ids) of one block."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = table.column("input_ids") if "input_ids" in table.schema.names else None
+    if column is None or table.num_rows == 0 or not pa.types.is_list(column.type) and not pa.types.is_large_list(column.type) and not pa.types.is_fixed_size_list(column.type):
+        return table.num_rows, 0, 0
+    lengths = pc.list_value_length(column)
+    return table.num_rows, pc.min(lengths).as_py(), pc.max(lengths).as_py()
+
+
+def _is_paths(data: Any) -> bool:
+    if isinstance(data, (list, tuple)):
+        return bool(data) and all(isinstance(d, (str, os.PathLike)) for d in data)
+    return True
+
+
+def _expand(paths: Any, name: str) -> list[str]:
+    out = []
+    for p in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
+        text = os.fspath(p)
+        if "://" in text:
+            out.append(text)
+        elif any(ch in text for ch in "*?["):
+            matched = sorted(glob.glob(os.path.expanduser(text), recursive=True))
+            if not matched:
+                raise FileNotFoundError(f"{name}: the pattern {text} matches no files")
+            out.extend(matched)
+        else:
+            path = Path(text).expanduser().resolve()
+            if not path.exists():
+                raise FileNotFoundError(f"{name}: no such file or directory: {path}")
+            out.append(str(path))
+    return out
+
+
+def _format(files: list[str], name: str) -> str:
+    suffixes = set()
+    for f in files:
+        p = Path(f.split("://", 1)[-1])
+        if p.suffix:
+            suffixes.add(p.suffix.lower())
+        elif not f.startswith(("s3:", "gs:")) and p.is_dir():
+            suffixes |= {q.suffix.lower() for q in p.rglob("*") if q.is_file() and q.suffix.lower() in FORMATS}
+    formats = {FORMATS[s] for s in suffixes if s in FORMATS}
+    if len(formats) != 1:
+        raise ValueError(
+            f"{name}: cannot tell the format of {files[:3]}{'...' if len(files) > 3 else ''} (found suffixes {sorted(suffixes)}); "
+            "set format: parquet, json or csv"
+        )
+    return formats.pop()
+
+
+def _bad_file(files: list[str], format: str) -> str | None:
+    """`FILE: ` of the first local Parquet file that does not open (where a read failed)."""
+    if format != "parquet":
+        return None
+    import pyarrow.parquet as pq
+
+    for path in files:
+        for f in [path] if not Path(path).is_dir() else sorted(str(q) for q in Path(path).rglob("*") if q.is_file()):
+            if "://" in f:
+                return None
+            try:
+                pq.ParquetFile(f)
+            except Exception:  # noqa: BLE001 - any failure to open is the answer
+                return f"{f} is not a readable Parquet file: "
+    return None
+
+
+def _root_cause(e: BaseException) -> str:
+    while e.__cause__ is not None:
+        e = e.__cause__
+    return f"{type(e).__name__}: {e}"

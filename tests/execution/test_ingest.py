@@ -1,0 +1,114 @@
+"""Data on Ray: Ray Datasets and files stream from the object store to the workers in an
+order that is a function of (seed, epoch), so every sample is trained once per epoch and a
+run killed mid-epoch resumes sample-exact."""
+
+import json
+from collections import Counter
+from types import SimpleNamespace
+
+import pytest
+
+from tests.data.test_streaming import write_parquet
+from tests.execution.hooks import FailOnce, RecordRows
+from tests.helpers import VOCAB, lm_factory, lm_samples
+from trainyard import Trainer, TrainingConfig
+
+pytestmark = pytest.mark.slow
+
+CONFIG = SimpleNamespace(vocab_size=VOCAB)
+DATA = lm_samples(54, length=6, seed=5)  # chunks of 10 rows: 6 chunks, the last short
+
+
+def settings(**overrides):
+    base = dict(learning_rate=1e-2, batch_size=4, epochs=2, random_seed=3, shuffle_chunk_rows=10)
+    base.update(overrides)
+    return TrainingConfig(**base)
+
+
+def ray_dataset(samples, blocks=4):
+    import ray
+
+    return ray.data.from_items([{"input_ids": s.tolist()} for s in samples], override_num_blocks=blocks)
+
+
+def run_config(tmp_path, max_failures=0):
+    import ray.train
+
+    return ray.train.RunConfig(storage_path=str(tmp_path / "storage"), failure_config=ray.train.FailureConfig(max_failures=max_failures))
+
+
+@pytest.fixture(scope="module")
+def in_process_batch_8(tmp_path_factory):
+    ck = tmp_path_factory.mktemp("local")
+    return Trainer(lm_factory(dropout=0.0), CONFIG, settings(batch_size=8, checkpoint_dir=str(ck))).train(DATA)
+
+
+def test_the_same_samples_train_alike_as_a_ray_dataset_a_parquet_path_or_in_memory(ray_session, in_process_batch_8, tmp_path):
+    folder = str(write_parquet(tmp_path / "data", DATA, files=2, row_group=8))
+    for i, data in enumerate((ray_dataset(DATA), folder)):
+        results = Trainer(lm_factory(dropout=0.0), CONFIG, settings(batch_size=8, checkpoint_dir=str(tmp_path / f"ck{i}"))).train(data)
+        assert results["loss_history"] == pytest.approx(in_process_batch_8["loss_history"], abs=1e-6)
+
+
+def test_two_workers_on_a_ray_dataset_train_every_sample_once_per_epoch(ray_session, in_process_batch_8, tmp_path):
+    (tmp_path / "rows").mkdir()
+    results = Trainer(
+        lm_factory(dropout=0.0), CONFIG, settings(), hooks=RecordRows(str(tmp_path / "rows")), scaling=2, run_config=run_config(tmp_path),
+    ).train(ray_dataset(DATA))
+    # 2 workers with batch 4 are one process with batch 8, step by step
+    assert results["loss_history"] == pytest.approx(in_process_batch_8["loss_history"], abs=1e-6)
+    rows = [json.loads(line) for f in sorted((tmp_path / "rows").iterdir()) for line in f.read_text().splitlines()]
+    for epoch in (1, 2):
+        trained = Counter(tuple(row) for e, _, row in rows if e == epoch)
+        assert trained == Counter(tuple(s.tolist()) for s in DATA)  # each sample once; 54 rows, nothing dropped
+        assert Counter(rank for e, rank, _ in rows if e == epoch) == {0: 27, 1: 27}
+
+
+def test_uneven_shards_of_a_parquet_path_drop_at_most_one_row_and_never_hang(ray_session, tmp_path):
+    data = DATA[:53]
+    (tmp_path / "rows").mkdir()
+    results = Trainer(
+        lm_factory(dropout=0.0), CONFIG, settings(), hooks=RecordRows(str(tmp_path / "rows")), scaling=2, run_config=run_config(tmp_path),
+    ).train(str(write_parquet(tmp_path / "data", data, files=3, row_group=5)))
+    assert len(results["loss_history"]) == 2 * 7  # 26 rows a rank: batches of 4, 4, 4, 4, 4, 4, 2
+    rows = [json.loads(line) for f in sorted((tmp_path / "rows").iterdir()) for line in f.read_text().splitlines()]
+    everything = Counter(tuple(s.tolist()) for s in data)
+    for epoch in (1, 2):
+        trained = Counter(tuple(row) for e, _, row in rows if e == epoch)
+        assert max(trained.values()) == 1 and not trained - everything and sum(trained.values()) == 52
+
+
+def test_a_worker_killed_mid_epoch_resumes_sample_exact(ray_session, in_process_batch_8, tmp_path):
+    hook = FailOnce(str(tmp_path / "marker"), rank=1, epoch=2, step=10)  # step 10 = 3rd of epoch 2's 7
+    results = Trainer(
+        lm_factory(dropout=0.0), CONFIG, settings(checkpoint_every_n_steps=2), hooks=hook, scaling=2,
+        run_config=run_config(tmp_path, max_failures=1),
+    ).train(ray_dataset(DATA))
+    assert (tmp_path / "marker").exists(), "the failure happened"
+    assert len(results["loss_history"]) == 14
+    assert results["loss_history"] == pytest.approx(in_process_batch_8["loss_history"], abs=1e-6)
+
+
+def test_bad_data_is_refused_before_any_worker_starts(ray_session, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    def train(data, config=CONFIG):
+        return Trainer(lm_factory(), config, settings(), scaling=2, run_config=run_config(tmp_path)).train(data)
+
+    with pytest.raises(FileNotFoundError, match=r"train_data: the pattern .*none-\*\.jsonl matches no files"):
+        train(str(tmp_path / "none-*.jsonl"))
+    with pytest.raises(ValueError, match=r"no 'input_ids' column; its columns are \['label', 'tokens'\]"):
+        train(ray.data.from_items([{"tokens": [1, 2], "label": 0}]))
+    ragged = ray.data.from_items([{"input_ids": list(range(3, 3 + n))} for n in (2, 5, 3)])
+    with pytest.raises(ValueError, match=r"different lengths \(2 to 5 tokens\) and no pad_token_id .*pack"):
+        train(ragged)
+    with pytest.raises(ValueError, match=r"up to 6 tokens are longer than the model's context of 4"):
+        train(ray_dataset(DATA), SimpleNamespace(vocab_size=VOCAB, max_seq_len=4))
+    (tmp_path / "bad").mkdir()
+    pq.write_table(pa.table({"input_ids": [[1, 2]]}), tmp_path / "bad" / "good.parquet")
+    (tmp_path / "bad" / "broken.parquet").write_bytes(b"PAR1 this is not a parquet file")
+    with pytest.raises(ValueError, match=r"train_data: reading the data failed: .*broken\.parquet"):
+        train(str(tmp_path / "bad"))
+    assert not (tmp_path / "storage").exists() or not any((tmp_path / "storage").iterdir()), "no Ray Train run started"
