@@ -112,3 +112,47 @@ def test_bad_data_is_refused_before_any_worker_starts(ray_session, tmp_path):
     with pytest.raises(ValueError, match=r"train_data: reading the data failed: .*broken\.parquet"):
         train(str(tmp_path / "bad"))
     assert not (tmp_path / "storage").exists() or not any((tmp_path / "storage").iterdir()), "no Ray Train run started"
+
+
+def text_spec(tmp_path, **data):
+    texts = [f"sample {i} says hello " * (1 + i % 3) for i in range(40)]
+    (tmp_path / "texts.jsonl").write_text("\n".join(json.dumps({"text": t, "id": i}) for i, t in enumerate(texts)))
+    spec = {
+        "model": {"name": "gpt", "d_model": 16, "n_layers": 1, "n_heads": 2, "max_seq_len": 32},
+        "data": {"train": str(tmp_path / "texts.jsonl"), "text_column": "text", **data},
+        "training": {"epochs": 1, "batch_size": 4, "checkpoint_dir": str(tmp_path / "ck")},
+    }
+    return spec, texts
+
+
+def test_text_files_are_tokenized_and_packed_into_seq_len_blocks_by_ray_data(ray_session, tmp_path):
+    from trainyard.execution.ingest import ingest
+    from trainyard.experiment import build
+
+    spec, texts = text_spec(tmp_path, seq_len=16, pack=True)
+    exp = build(spec)
+    source = ingest(exp.train_data, "train_data")
+    tokens = [t for text in texts for t in exp.tokenizer.encode(text, add_bos=True, add_eos=True)]
+    assert len(source) == len(tokens) // 16
+    rows = source.__getitems__(list(range(len(source))))["input_ids"]
+    assert rows.shape == (len(tokens) // 16, 16)  # no padding anywhere: every position is a real token
+    assert rows.flatten().tolist() == tokens[: rows.numel()]
+    results = exp.trainer().train(exp.train_data)
+    assert results["metrics_summary"]["throughput/tokens_per_s"].iloc[0] > 0
+    assert results["final_loss"] == pytest.approx(results["final_loss"])  # finite, not NaN
+
+
+def test_unpacked_text_is_cut_at_seq_len_and_padded_and_seq_len_must_fit_the_model(ray_session, tmp_path):
+    from trainyard.execution.ingest import ingest
+    from trainyard.experiment import build
+
+    spec, texts = text_spec(tmp_path, seq_len=24, pack=False)
+    exp = build(spec)
+    source = ingest(exp.train_data, "train_data", pad_token_id=exp.tokenizer.pad_token_id)
+    assert len(source) == len(texts)
+    first = [source[i]["input_ids"].tolist() for i in range(3)]
+    assert first == [exp.tokenizer.encode(t, add_bos=True, add_eos=True)[:24] for t in texts[:3]]
+    assert exp.trainer().train(exp.train_data)["metrics_summary"]["train/loss"].iloc[0] > 0
+    spec["data"]["seq_len"] = 64
+    with pytest.raises(ValueError, match=r"seq_len=64 is longer than the model's context \(max_seq_len=32\)"):
+        build(spec)

@@ -116,100 +116,6 @@ def resolve(data: Any) -> Any:
     return data
 
 
-def read(self, start: int, stop: int) -> Any:
-        import pyarrow as pa
-        import ray
-
-        first = int(np.searchsorted(self.firsts, start, side="right")) - 1
-        last = int(np.searchsorted(self.firsts, stop, side="left"))
-        blocks = ray.get(self.refs[first:last])  # zero-copy views of the object store
-        table = pa.concat_tables([b.select(self.columns) for b in blocks])
-        return table.slice(start - int(self.firsts[first]), stop - start)
-
-
-@dataclass(frozen=True)
-class DataFiles:
-    """Files to read with Ray Data when a run starts (an experiment's `data:` section):
-    `paths` (a path, directory, glob or URI, or a list), `format` (parquet, json, csv; by
-    suffix when None), and for text, `text_column` tokenized by `tokenizer`, cut or
-    packed into `seq_len` blocks."""
-
-    paths: Any
-    format: str | None = None
-    text_column: str | None = None
-    seq_len: int | None = None
-    pack: bool = True
-    tokenizer: Any = None
-
-
-@dataclass
-class Shared:
-    """In-memory data put into the object store once; every worker and trial fetches it."""
-
-    ref: Any
-    name: str
-    length: int
-
-
-def ingest(data: Any, name: str, text: dict[str, Any] | None = None, pad_token_id: int | None = None, context: int | None = None) -> Any:
-    """`data` in the form workers read it (see the module docstring); None stays None.
-
-    `text`: how to turn a text column into tokens (`text_column`, `tokenizer`, `seq_len`,
-    `pack`); `pad_token_id` and `context` (the model's longest sequence) let bad data fail
-    here, before any worker starts.
-    """
-    import ray
-
-    if data is None or isinstance(data, (RowSource, Shared)):
-        return data
-    if isinstance(data, DataFiles):
-        if data.text_column:
-            text = {"tokenizer": data.tokenizer, "text_column": data.text_column, "seq_len": data.seq_len, "pack": data.pack}
-        data = read(data.paths, name, data.format)
-    dataset = read(data, name) if isinstance(data, (str, os.PathLike, list, tuple)) and _is_paths(data) else data
-    if not isinstance(dataset, ray.data.Dataset):
-        local = as_dataset(dataset, name)
-        return Shared(ray.put(local), name, len(local))
-    if text:
-        dataset = tokenize(dataset, name, **text)
-    return blocks(dataset, name, pad_token_id, context)
-
-
-def data_checks(config: Any, task_spec: Any = None) -> dict[str, Any]:
-    """What `ingest` checks data against: the pad token (the TaskSpec's, else the model
-    config's) and the model's context (its longest sequence), where they are known."""
-    from trainyard.engine.config import model_config_value
-    from trainyard.engine.task import as_task_spec
-
-    spec = as_task_spec(task_spec)
-    pad = spec.preprocessing_config.get("pad_token_id") if spec is not None else None
-    context = next((model_config_value(config, k) for k in CONTEXT_KEYS if model_config_value(config, k)), None)
-    return {"pad_token_id": pad if pad is not None else model_config_value(config, "pad_token_id"), "context": context}
-
-
-CONTEXT_KEYS = ("max_seq_len", "n_positions", "max_position_embeddings", "block_size", "context_length")
-
-
-def resolve(data: Any) -> Any:
-    """In a worker: a `Shared` fetched from the object store; anything else as it is."""
-    if isinstance(data, Shared):
-        import ray
-
-        return ray.get(data.ref)
-    return data
-
-
-def is_ray_data(data: Any) -> bool:
-    """Whether `data` has to be read through Ray (a Ray Dataset, a path Ray Data reads)
-    rather than by the engine itself (in memory, a local Parquet path)."""
-    if type(data).__module__.startswith("ray.data"):
-        return True
-    if isinstance(data, (str, os.PathLike)):
-        text = os.fspath(data)
-        return "://" in text or Path(text.rstrip("*")).suffix.lower() in (".jsonl", ".json", ".csv")
-    return False
-
-
 def is_ray_data(data: Any) -> bool:
     """Whether `data` is read through Ray (a Ray Dataset, `DataFiles`, a JSON lines / CSV /
     cloud path) rather than by the engine itself (in memory; a local Parquet path, which
@@ -248,26 +154,20 @@ def tokenize(dataset: Any, name: str, tokenizer: Any, text_column: str = "text",
     found = dataset.schema().names
     if text_column not in found:
         raise ValueError(f"{name}: no text column {text_column!r}; the columns are {sorted(found)} (set text_column)")
-    return dataset.map_batches(
-        _Tokenize, fn_constructor_args=(tokenizer, text_column, seq_len, pack), batch_format="pyarrow",
-        concurrency=1, batch_size=1024,
-    )  # fmt: skip
+    options = {"tokenizer": tokenizer, "text_column": text_column, "seq_len": seq_len, "pack": pack}
+    return dataset.map_batches(_tokenize_batch, fn_kwargs=options, batch_format="pyarrow", batch_size=1024)
 
 
-class _Tokenize:
-    def __init__(self, tokenizer: Any, text_column: str, seq_len: int | None, pack: bool):
-        self.tokenizer, self.text_column, self.seq_len, self.pack = tokenizer, text_column, seq_len, pack
+def _tokenize_batch(batch: Any, tokenizer: Any, text_column: str, seq_len: int | None, pack: bool) -> Any:
+    import pyarrow as pa
 
-    def __call__(self, batch: Any) -> Any:
-        import pyarrow as pa
-
-        ids = [_encode(self.tokenizer, str(t)) for t in batch.column(self.text_column).to_pylist()]
-        if self.pack:
-            flat = np.fromiter((i for seq in ids for i in seq), dtype=np.int64)
-            rows = len(flat) // self.seq_len
-            out = flat[: rows * self.seq_len].reshape(rows, self.seq_len)
-            return pa.table({"input_ids": pa.FixedSizeListArray.from_arrays(pa.array(out.reshape(-1)), self.seq_len)})
-        return pa.table({"input_ids": [seq[: self.seq_len] if self.seq_len else seq for seq in ids]})
+    ids = [_encode(tokenizer, str(t)) for t in batch.column(text_column).to_pylist()]
+    if pack:
+        flat = np.fromiter((i for seq in ids for i in seq), dtype=np.int64)
+        rows = len(flat) // seq_len
+        values = pa.array(flat[: rows * seq_len])
+        return pa.table({"input_ids": pa.FixedSizeListArray.from_arrays(values, seq_len)})
+    return pa.table({"input_ids": [seq[:seq_len] if seq_len else seq for seq in ids]})
 
 
 def _encode(tokenizer: Any, text: str) -> list[int]:
