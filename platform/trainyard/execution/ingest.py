@@ -86,10 +86,44 @@ def ingest(data: Any, name: str, text: dict[str, Any] | None = None, pad_token_i
     dataset = read(data, name) if isinstance(data, (str, os.PathLike, list, tuple)) and _is_paths(data) else data
     if not isinstance(dataset, ray.data.Dataset):
         local = as_dataset(dataset, name)
-        return Shared(ray.put(local), name, len(local))
+        if isinstance(local, RowSource):  # a local Parquet path: the engine reads it by row group
+            return local
+        table = _as_table(local)
+        if table is None:  # a map-style dataset of the user's own: one pickled copy in the object store
+            return Shared(ray.put(local), name, len(local))
+        return _put_blocks(table, name)
     if text:
         dataset = tokenize(dataset, name, **text)
     return blocks(dataset, name, pad_token_id, context)
+
+
+def _as_table(dataset: Any) -> Any:
+    """In-memory columns as one Arrow table (None for a dataset that is not columns)."""
+    import pyarrow as pa
+
+    from trainyard.engine.data import ColumnDataset
+
+    if not isinstance(dataset, ColumnDataset):
+        return None
+    columns = {}
+    for key, column in dataset.columns.items():
+        if isinstance(column, list):  # ragged sequences
+            columns[key] = pa.array([t.numpy() for t in column])
+        elif column.dim() == 1:
+            columns[key] = pa.array(column.numpy())
+        elif column.dim() == 2:
+            columns[key] = pa.FixedSizeListArray.from_arrays(pa.array(column.reshape(-1).numpy()), column.shape[1])
+        else:
+            return None
+    return pa.table(columns)
+
+
+def _put_blocks(table: Any, name: str, rows: int = 65536) -> "BlockSource":
+    """A table put into the object store in blocks, once: every worker and trial reads them."""
+    import ray
+
+    parts = [table.slice(i, rows) for i in range(0, table.num_rows, rows)]
+    return BlockSource([ray.put(p) for p in parts], [p.num_rows for p in parts], table.schema.names, name)
 
 
 def data_checks(config: Any, task_spec: Any = None) -> dict[str, Any]:
