@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/engine_overhead.py
 	$(BIN)/python benchmarks/ray_train_overhead.py
 	$(BIN)/python benchmarks/tune_overhead.py
+	$(BIN)/python benchmarks/data_ingest.py
 
 bench-peers: $(STAMP)  # about 20 minutes: trainyard against the HF Trainer, a stock TorchTrainer, stock Tune
 	$(BIN)/python benchmarks/peers.py

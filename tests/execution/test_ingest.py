@@ -45,8 +45,9 @@ def in_process_batch_8(tmp_path_factory):
 
 def test_the_same_samples_train_alike_as_a_ray_dataset_a_parquet_path_or_in_memory(ray_session, in_process_batch_8, tmp_path):
     folder = str(write_parquet(tmp_path / "data", DATA, files=2, row_group=8))
-    for i, data in enumerate((ray_dataset(DATA), folder)):
-        results = Trainer(lm_factory(dropout=0.0), CONFIG, settings(batch_size=8, checkpoint_dir=str(tmp_path / f"ck{i}"))).train(data)
+    for i, data in enumerate((ray_dataset(DATA), folder)):  # loader worker processes: Parquet is read in them, the object store is not
+        config = settings(batch_size=8, num_workers=2, checkpoint_dir=str(tmp_path / f"ck{i}"))
+        results = Trainer(lm_factory(dropout=0.0), CONFIG, config).train(data)
         assert results["loss_history"] == pytest.approx(in_process_batch_8["loss_history"], abs=1e-6)
 
 
@@ -156,3 +157,16 @@ def test_unpacked_text_is_cut_at_seq_len_and_padded_and_seq_len_must_fit_the_mod
     spec["data"]["seq_len"] = 64
     with pytest.raises(ValueError, match=r"seq_len=64 is longer than the model's context \(max_seq_len=32\)"):
         build(spec)
+
+
+def test_a_sweep_reads_a_ray_dataset_and_a_parquet_path_from_one_copy(ray_session, tmp_path):
+    from trainyard.hpo import sweep
+
+    val = lm_samples(12, length=6, seed=8)
+    space = {"metric": "val/loss", "mode": "min", "params": {"learning_rate": {"choice": [1e-2]}}}
+    base = settings(batch_size=8, epochs=1)
+    result = sweep(lm_factory(dropout=0.0), CONFIG, ray_dataset(DATA), str(write_parquet(tmp_path / "val", val, files=2, row_group=4)),
+                   space=space, training_config=base, num_samples=2, scheduler="none", storage_path=tmp_path, name="data")  # fmt: skip
+    expected = Trainer(lm_factory(dropout=0.0), CONFIG, base.replace(checkpoint_dir=str(tmp_path / "ck"))).train(DATA, val)
+    losses = result.dataframe["val/loss"].tolist()
+    assert losses == pytest.approx([expected["metrics_summary"]["val/loss"].iloc[0]] * 2, abs=1e-6)

@@ -84,6 +84,7 @@ class RowSource(SampleDataset):
     """
 
     chunk_rows = SHUFFLE_CHUNK_ROWS
+    forks = True  # whether DataLoader worker processes (forked) can read it
 
     def __init__(self, name: str):
         super().__init__(None, name)
@@ -416,6 +417,8 @@ def eval_batches(n: int, batch_size: int, rank: int, world_size: int) -> list[li
 
 
 def make_loader(dataset: Dataset, batches: Iterable[list[int]], collate: Collator, num_workers: int, pin_memory: bool):
+    if not getattr(dataset, "forks", True):  # e.g. Ray's object store: a forked process cannot read it
+        num_workers = 0
     # A private generator: creating the loader's iterator must not consume the global RNG,
     # or a resumed run would draw different dropout masks than the uninterrupted one.
     return torch.utils.data.DataLoader(

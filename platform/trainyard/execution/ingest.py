@@ -24,6 +24,7 @@ sample-exact.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +34,17 @@ import numpy as np
 
 from trainyard.data.files import DataFiles
 from trainyard.engine.data import ALIASES, KNOWN_KEYS, RowSource, as_dataset, check_columns
+from trainyard.execution.ray_env import verbose
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 
 
 class BlockSource(RowSource):
-    """Rows held as Arrow blocks in Ray's object store (a materialized Ray Dataset)."""
+    """Rows held as Arrow blocks in Ray's object store (a materialized Ray Dataset). Read in
+    the training process itself (`num_workers` is not used: Ray's client does not survive a
+    fork, and reading a batch from the object store costs little)."""
+
+    forks = False
 
     def __init__(self, refs: list[Any], counts: list[int], columns: list[str], name: str):
         super().__init__(name)
@@ -218,6 +224,9 @@ def blocks(dataset: Any, name: str, pad_token_id: int | None = None, context: in
     import ray
 
     dataset.context.execution_options.preserve_order = True  # the same rows in the same order, every time
+    if not verbose():  # Ray Data logs every execution's plan and progress at INFO
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        dataset.context.enable_progress_bars = False
     try:
         refs = dataset.to_arrow_refs()
     except Exception as e:  # noqa: BLE001 - Ray Data wraps the reader's error; name it
