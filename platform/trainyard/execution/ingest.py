@@ -211,11 +211,13 @@ def _tokenize_batch(batch: Any, tokenizer: Any, text_column: str, seq_len: int |
 
 
 def _encode(tokenizer: Any, text: str) -> list[int]:
-    """Built-in tokenizers take add_bos/add_eos; a Hugging Face tokenizer adds its own specials."""
-    try:
+    """The built-in tokenizers are told to add <bos>/<eos>; a Hugging Face tokenizer adds
+    the specials it was configured with."""
+    from trainyard.data.tokenizer import CharTokenizer
+
+    if isinstance(tokenizer, CharTokenizer):
         return tokenizer.encode(text, add_bos=True, add_eos=True)
-    except TypeError:
-        return list(tokenizer.encode(text))
+    return list(tokenizer(text)["input_ids"])
 
 
 def blocks(dataset: Any, name: str, pad_token_id: int | None = None, context: int | None = None) -> BlockSource:
