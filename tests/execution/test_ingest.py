@@ -51,21 +51,7 @@ def test_the_same_samples_train_alike_as_a_ray_dataset_a_parquet_path_or_in_memo
         assert results["loss_history"] == pytest.approx(in_process_batch_8["loss_history"], abs=1e-6)
 
 
-def test_two_workers_on_a_ray_dataset_train_every_sample_once_per_epoch(ray_session, in_process_batch_8, tmp_path):
-    (tmp_path / "rows").mkdir()
-    results = Trainer(
-        lm_factory(dropout=0.0), CONFIG, settings(), hooks=RecordRows(str(tmp_path / "rows")), scaling=2, run_config=run_config(tmp_path),
-    ).train(ray_dataset(DATA))
-    # 2 workers with batch 4 are one process with batch 8, step by step
-    assert results["loss_history"] == pytest.approx(in_process_batch_8["loss_history"], abs=1e-6)
-    rows = [json.loads(line) for f in sorted((tmp_path / "rows").iterdir()) for line in f.read_text().splitlines()]
-    for epoch in (1, 2):
-        trained = Counter(tuple(row) for e, _, row in rows if e == epoch)
-        assert trained == Counter(tuple(s.tolist()) for s in DATA)  # each sample once; 54 rows, nothing dropped
-        assert Counter(rank for e, rank, _ in rows if e == epoch) == {0: 27, 1: 27}
-
-
-def test_uneven_shards_of_a_parquet_path_drop_at_most_one_row_and_never_hang(ray_session, tmp_path):
+def test_two_workers_on_uneven_parquet_train_every_sample_once_but_one_and_never_hang(ray_session, tmp_path):
     data = DATA[:53]
     (tmp_path / "rows").mkdir()
     results = Trainer(
@@ -74,9 +60,13 @@ def test_uneven_shards_of_a_parquet_path_drop_at_most_one_row_and_never_hang(ray
     assert len(results["loss_history"]) == 2 * 7  # 26 rows a rank: batches of 4, 4, 4, 4, 4, 4, 2
     rows = [json.loads(line) for f in sorted((tmp_path / "rows").iterdir()) for line in f.read_text().splitlines()]
     everything = Counter(tuple(s.tolist()) for s in data)
+    dropped = []
     for epoch in (1, 2):
         trained = Counter(tuple(row) for e, _, row in rows if e == epoch)
-        assert max(trained.values()) == 1 and not trained - everything and sum(trained.values()) == 52
+        assert max(trained.values()) == 1 and not trained - everything and sum(trained.values()) == 52  # each once, one left out
+        assert Counter(rank for e, rank, _ in rows if e == epoch) == {0: 26, 1: 26}
+        dropped.append(everything - trained)
+    assert dropped[0] != dropped[1]  # not the same row every epoch
 
 
 def test_a_worker_killed_mid_epoch_resumes_sample_exact(ray_session, in_process_batch_8, tmp_path):
@@ -170,3 +160,23 @@ def test_a_sweep_reads_a_ray_dataset_and_a_parquet_path_from_one_copy(ray_sessio
     expected = Trainer(lm_factory(dropout=0.0), CONFIG, base.replace(checkpoint_dir=str(tmp_path / "ck"))).train(DATA, val)
     losses = result.dataframe["val/loss"].tolist()
     assert losses == pytest.approx([expected["metrics_summary"]["val/loss"].iloc[0]] * 2, abs=1e-6)
+
+
+def test_a_hugging_face_tokenizer_tokenizes_text_in_ray_data(ray_session):
+    pytest.importorskip("transformers")
+    import ray
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from trainyard.execution.ingest import blocks, tokenize
+
+    words = ["[PAD]", "[UNK]", "sample", "says", "hello", *map(str, range(40))]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]")  # built here: nothing downloaded
+    texts = [f"sample {i} says hello " * (1 + i % 3) for i in range(40)]
+    source = blocks(tokenize(ray.data.from_items([{"text": t} for t in texts]), "train_data", tokenizer, "text", seq_len=8, pack=True), "train_data")
+    tokens = [t for text in texts for t in tokenizer(text)["input_ids"]]
+    rows = source.__getitems__(list(range(len(source))))["input_ids"]
+    assert rows.shape == (len(tokens) // 8, 8) and rows.flatten().tolist() == tokens[: rows.numel()]
+    assert 1 not in tokens  # every word known: no [UNK]
