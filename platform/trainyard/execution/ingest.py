@@ -92,8 +92,6 @@ def ingest(data: Any, name: str, text: dict[str, Any] | None = None, pad_token_i
     dataset = read(data, name) if isinstance(data, (str, os.PathLike, list, tuple)) and _is_paths(data) else data
     if not isinstance(dataset, ray.data.Dataset):
         local = as_dataset(dataset, name)
-        if isinstance(local, RowSource):  # a local Parquet path: the engine reads it by row group
-            return local
         table = _as_table(local)
         if table is None:  # a map-style dataset of the user's own: one pickled copy in the object store
             return Shared(ray.put(local), name, len(local))
