@@ -140,20 +140,21 @@ class ParquetSource(RowSource):
         import pyarrow.parquet as pq
 
         super().__init__(name)
-        self.files = files
         self.pieces: list[tuple[str, int, int]] = []  # (file, row group, first row)
         rows = 0
         for f in files:
             try:
-                meta = pq.ParquetFile(f).metadata
+                opened = pq.ParquetFile(f)
             except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for a bad file
                 raise ValueError(f"{name}: cannot read {f} as Parquet ({type(e).__name__}: {e})") from e
-            for g in range(meta.num_row_groups):
+            found = opened.schema_arrow.names
+            check_columns(found, name, f)
+            for g in range(opened.metadata.num_row_groups):
                 self.pieces.append((f, g, rows))
-                rows += meta.row_group(g).num_rows
+                rows += opened.metadata.row_group(g).num_rows
         self.num_rows = rows
-        self.columns = [c for c in pq.ParquetFile(files[0]).schema_arrow.names if ALIASES.get(c, c) in KNOWN_KEYS]
-        check_columns(pq.ParquetFile(files[0]).schema_arrow.names, name, files[0])
+        self.firsts = np.array([p[2] for p in self.pieces], dtype=np.int64)
+        self.columns = [c for c in found if ALIASES.get(c, c) in KNOWN_KEYS]
 
     def __len__(self) -> int:
         return self.num_rows
@@ -162,8 +163,7 @@ class ParquetSource(RowSource):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        firsts = [p[2] for p in self.pieces]
-        i = max(0, int(np.searchsorted(firsts, start, side="right")) - 1)
+        i = max(0, int(np.searchsorted(self.firsts, start, side="right")) - 1)
         tables, first = [], self.pieces[i][2]
         while i < len(self.pieces) and self.pieces[i][2] < stop:
             f, g, _ = self.pieces[i]
@@ -191,11 +191,17 @@ def arrow_columns(table: Any, name: str) -> dict[str, torch.Tensor | list[torch.
     return columns
 
 
-def _arrow_tensor(column: Any, name: str, key: str) -> torch.Tensor | list[torch.Tensor]:
+def is_list_type(arrow_type: Any) -> bool:
+    """Whether an Arrow column holds a sequence per row (list, large list or fixed-size list)."""
     import pyarrow as pa
+
+    return pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type)
+
+
+def _arrow_tensor(column: Any, name: str, key: str) -> torch.Tensor | list[torch.Tensor]:
     import pyarrow.compute as pc
 
-    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type) or pa.types.is_fixed_size_list(column.type)):
+    if not is_list_type(column.type):
         return _to_tensor(column.to_numpy(zero_copy_only=False, writable=True), name, key)
     lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
     values = column.flatten().to_numpy(zero_copy_only=False, writable=True)  # torch wants writable memory
@@ -204,10 +210,10 @@ def _arrow_tensor(column: Any, name: str, key: str) -> torch.Tensor | list[torch
     return [_to_tensor(v, name, key) for v in np.split(values, np.cumsum(lengths)[:-1])]
 
 
-def parquet_files(path: str | os.PathLike, name: str) -> list[str]:
-    """The Parquet files a local path names: a file, a directory (its *.parquet files, in
-    name order) or a glob; a clear error when there are none."""
-    text = os.fspath(path)
+def local_paths(path: str | os.PathLike, name: str) -> list[str]:
+    """What a local path names: the files a glob matches (in name order), else the path
+    itself, absolute; a clear error when there is nothing there."""
+    text = os.path.expanduser(os.fspath(path))
     if any(ch in text for ch in "*?["):
         import glob
 
@@ -215,9 +221,19 @@ def parquet_files(path: str | os.PathLike, name: str) -> list[str]:
         if not files:
             raise FileNotFoundError(f"{name}: the pattern {text} matches no files")
         return files
-    p = Path(text)
+    p = Path(text).resolve()
     if not p.exists():
         raise FileNotFoundError(f"{name}: no such file or directory: {p}")
+    return [str(p)]
+
+
+def parquet_files(path: str | os.PathLike, name: str) -> list[str]:
+    """The Parquet files a local path names: a file, a directory (its *.parquet files, in
+    name order) or a glob; a clear error when there are none."""
+    found = local_paths(path, name)
+    if any(ch in os.fspath(path) for ch in "*?["):  # what the glob matched
+        return found
+    p = Path(found[0])
     if p.is_dir():
         files = sorted(str(f) for f in p.rglob("*") if f.suffix in (".parquet", ".pq"))
         if not files:
@@ -393,9 +409,10 @@ def iter_epoch_batches(n: int, batch_size: int, epoch: int, seed: int, rank: int
             continue
         pending.extend(mine[skip:].tolist())
         skip = 0
-        while len(pending) >= batch_size:
-            yield pending[:batch_size]
-            pending = pending[batch_size:]
+        whole = len(pending) - len(pending) % batch_size
+        for i in range(0, whole, batch_size):
+            yield pending[i : i + batch_size]
+        del pending[:whole]
     if pending:
         yield pending
 

@@ -179,7 +179,7 @@ class Trainer:
         self.model, self.optimizer = raw_model, optimizer
 
         if len(train_ds) < ctx.world_size:
-            raise ValueError(f"train_data has {len(train_ds)} samples, fewer than the {ctx.world_size} workers: every worker needs one")
+            raise ValueError(f"train_data has {len(train_ds)} samples, fewer than the {ctx.world_size} workers: every worker needs one; use fewer workers (scaling=, --workers) or more data")
         for ds in (train_ds, val_ds):
             if isinstance(ds, RowSource):  # read in the chunks the epoch's order visits
                 ds.chunk_rows = cfg.shuffle_chunk_rows

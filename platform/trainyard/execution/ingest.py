@@ -11,8 +11,9 @@ store, never from a pickled payload.
   from those blocks (zero-copy). Every rank and every trial reads the same blocks.
 - Text (`text_column=`) is tokenized, cut or packed into `seq_len` blocks by Ray Data
   transforms, on the way into the object store.
-- In-memory data (tensors, dicts, Arrow, HF datasets, map-style datasets): validated here,
-  then put into the object store once (`Shared`) and fetched by each worker.
+- In-memory columns (tensors, dicts, Arrow, HF datasets): validated here, then put into the
+  object store once as Arrow blocks, read like a Ray Dataset's. A map-style dataset of the
+  user's own is put there as one pickled copy (`Shared`), which each worker fetches.
 
 Why not Ray Train's `get_dataset_shard`: its `streaming_split` hands blocks to whichever
 rank asks first, so which rank trains on which sample, and where a resumed run stands,
@@ -23,7 +24,6 @@ sample-exact.
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 from dataclasses import dataclass
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from trainyard.data.files import DataFiles
-from trainyard.engine.data import ALIASES, KNOWN_KEYS, RowSource, as_dataset, check_columns
+from trainyard.engine.data import ALIASES, KNOWN_KEYS, RowSource, as_dataset, check_columns, is_list_type, local_paths
 from trainyard.execution.ray_env import verbose
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
@@ -48,7 +48,7 @@ class BlockSource(RowSource):
 
     def __init__(self, refs: list[Any], counts: list[int], columns: list[str], name: str):
         super().__init__(name)
-        self.refs, self.counts, self.columns = refs, counts, columns
+        self.refs, self.columns = refs, columns
         self.firsts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
     def __len__(self) -> int:
@@ -67,38 +67,34 @@ class BlockSource(RowSource):
 
 @dataclass
 class Shared:
-    """In-memory data put into the object store once; every worker and trial fetches it."""
+    """A map-style dataset of the user's own, put into the object store once; every worker
+    and trial fetches (unpickles) it."""
 
     ref: Any
-    name: str
-    length: int
 
 
-def ingest(data: Any, name: str, text: dict[str, Any] | None = None, pad_token_id: int | None = None, context: int | None = None) -> Any:
+def ingest(data: Any, name: str, pad_token_id: int | None = None, context: int | None = None) -> Any:
     """`data` in the form workers read it (see the module docstring); None stays None.
-
-    `text`: how to turn a text column into tokens (`text_column`, `tokenizer`, `seq_len`,
-    `pack`); `pad_token_id` and `context` (the model's longest sequence) let bad data fail
-    here, before any worker starts.
-    """
+    `pad_token_id` and `context` (the model's longest sequence) let bad data fail here,
+    before any worker starts."""
     import ray
 
     if data is None or isinstance(data, (RowSource, Shared)):
         return data
     if isinstance(data, DataFiles):
+        dataset = read(data.paths, name, data.format)
         if data.text_column:
-            text = {"tokenizer": data.tokenizer, "text_column": data.text_column, "seq_len": data.seq_len, "pack": data.pack}
-        data = read(data.paths, name, data.format)
-    dataset = read(data, name) if isinstance(data, (str, os.PathLike, list, tuple)) and _is_paths(data) else data
-    if not isinstance(dataset, ray.data.Dataset):
-        local = as_dataset(dataset, name)
-        table = _as_table(local)
-        if table is None:  # a map-style dataset of the user's own: one pickled copy in the object store
-            return Shared(ray.put(local), name, len(local))
-        return _put_blocks(table, name)
-    if text:
-        dataset = tokenize(dataset, name, **text)
-    return blocks(dataset, name, pad_token_id, context)
+            dataset = tokenize(dataset, name, data.tokenizer, data.text_column, data.seq_len, data.pack)
+        return blocks(dataset, name, pad_token_id, context)
+    if _is_paths(data):
+        data = read(data, name)
+    if isinstance(data, ray.data.Dataset):
+        return blocks(data, name, pad_token_id, context)
+    local = as_dataset(data, name)
+    table = _as_table(local)
+    if table is None:  # not columns: one pickled copy in the object store
+        return Shared(ray.put(local))
+    return _put_blocks(table, name)
 
 
 def _as_table(dataset: Any) -> Any:
@@ -160,6 +156,8 @@ def is_ray_data(data: Any) -> bool:
     the engine reads by row group)."""
     if type(data).__module__.startswith("ray.data") or isinstance(data, DataFiles):
         return True
+    if isinstance(data, (list, tuple)) and _is_paths(data):  # several paths: Ray Data reads them together
+        return True
     if isinstance(data, (str, os.PathLike)):
         text = os.fspath(data)
         return "://" in text or os.path.splitext(text.rstrip("*"))[1].lower() in (".jsonl", ".json", ".csv")
@@ -189,7 +187,7 @@ def tokenize(dataset: Any, name: str, tokenizer: Any, text_column: str = "text",
     as LLM pretraining does); unpacked, each text is cut at `seq_len`."""
     if pack and not seq_len:
         raise ValueError(f"{name}: packing cuts the text into blocks of seq_len tokens; set seq_len (e.g. seq_len: 128)")
-    found = dataset.schema().names
+    found = _quiet(dataset).schema().names  # reading the schema runs the dataset's first block
     if text_column not in found:
         raise ValueError(f"{name}: no text column {text_column!r}; the columns are {sorted(found)} (set text_column)")
     options = {"tokenizer": tokenizer, "text_column": text_column, "seq_len": seq_len, "pack": pack}
@@ -224,9 +222,7 @@ def blocks(dataset: Any, name: str, pad_token_id: int | None = None, context: in
     import ray
 
     dataset.context.execution_options.preserve_order = True  # the same rows in the same order, every time
-    if not verbose():  # Ray Data logs every execution's plan and progress at INFO
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
-        dataset.context.enable_progress_bars = False
+    _quiet(dataset)
     try:
         refs = dataset.to_arrow_refs()
     except Exception as e:  # noqa: BLE001 - Ray Data wraps the reader's error; name it
@@ -252,40 +248,37 @@ def blocks(dataset: Any, name: str, pad_token_id: int | None = None, context: in
     return BlockSource(refs, counts, columns, name)
 
 
+def _quiet(dataset: Any) -> Any:
+    """Ray Data logs every execution's plan and progress at INFO: turned down, unless verbose."""
+    if not verbose():
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        dataset.context.enable_progress_bars = False
+    return dataset
+
+
 def _block_stats(table: Any) -> tuple[int, int, int]:
     """(rows, shortest, longest input_ids) of one block."""
-    import pyarrow as pa
     import pyarrow.compute as pc
 
     column = table.column("input_ids") if "input_ids" in table.schema.names else None
-    if column is None or table.num_rows == 0 or not pa.types.is_list(column.type) and not pa.types.is_large_list(column.type) and not pa.types.is_fixed_size_list(column.type):
+    if column is None or table.num_rows == 0 or not is_list_type(column.type):
         return table.num_rows, 0, 0
     lengths = pc.list_value_length(column)
     return table.num_rows, pc.min(lengths).as_py(), pc.max(lengths).as_py()
 
 
 def _is_paths(data: Any) -> bool:
+    """A path, or a non-empty list of them."""
     if isinstance(data, (list, tuple)):
         return bool(data) and all(isinstance(d, (str, os.PathLike)) for d in data)
-    return True
+    return isinstance(data, (str, os.PathLike))
 
 
 def _expand(paths: Any, name: str) -> list[str]:
+    """URIs as they are; local globs expanded and local paths checked (`local_paths`)."""
     out = []
     for p in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
-        text = os.fspath(p)
-        if "://" in text:
-            out.append(text)
-        elif any(ch in text for ch in "*?["):
-            matched = sorted(glob.glob(os.path.expanduser(text), recursive=True))
-            if not matched:
-                raise FileNotFoundError(f"{name}: the pattern {text} matches no files")
-            out.extend(matched)
-        else:
-            path = Path(text).expanduser().resolve()
-            if not path.exists():
-                raise FileNotFoundError(f"{name}: no such file or directory: {path}")
-            out.append(str(path))
+        out.extend([os.fspath(p)] if "://" in os.fspath(p) else local_paths(p, name))
     return out
 
 

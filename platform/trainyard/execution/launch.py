@@ -61,14 +61,15 @@ def fit(trainer: Any, train_data: Any, val_data: Any = None, resume_from: Any = 
     training_config = trainer.training_config
     if training_config.checkpoint_dir is not None:
         training_config = training_config.replace(checkpoint_dir=absolute(training_config.checkpoint_dir))
+    checks = data_checks(trainer.config, trainer.task_spec)
     payload = _Payload(
         model=trainer.model_or_factory,
         config=trainer.config,
         training_config=training_config,
         task_spec=trainer.task_spec,
         hooks=list(trainer.hooks.hooks),
-        train_data=ingest(train_data, "train_data", **data_checks(trainer.config, trainer.task_spec)),
-        val_data=ingest(val_data, "val_data", **data_checks(trainer.config, trainer.task_spec)),
+        train_data=ingest(train_data, "train_data", **checks),
+        val_data=ingest(val_data, "val_data", **checks),
         resume_from=absolute(resume_from),
         tokenizer=trainer.tokenizer,
     )
