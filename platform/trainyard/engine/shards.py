@@ -6,8 +6,10 @@ written by N ranks loads into M ranks, or into one unsharded model (a world of 1
 process group at all: the driver, an in-process run).
 
 Reading runs no code from the checkpoint. DCP's `.metadata` is a pickle: it is unpickled
-with an allowlist (DCP's own metadata classes, `torch.Size`, dtypes, layouts and paths), as
-`torch.load(weights_only=True)` allows tensors and containers only. The shards hold tensors
+with an allowlist of exactly the globals an index names (the classes DCP's metadata module
+defines, its storage record, `torch.Size`, dtypes, layouts and paths; by plain name, never a
+dotted one), as `torch.load(weights_only=True)` allows tensors and containers only; what it
+builds must be a whole `Metadata` whose entries point at the checkpoint's own shard files. The shards hold tensors
 (read with `weights_only=True` by DCP itself) and pickled non-tensor entries (optimizer
 hyperparameters, step counts), which DCP's default planner reads with
 `weights_only=False`; here they are read with `weights_only=True`. Anything else is refused
@@ -28,28 +30,74 @@ from torch import nn
 
 from trainyard.engine.checkpoint import CheckpointError
 
-_ALLOWED_MODULES = ("torch.distributed.checkpoint.metadata",)
-_ALLOWED = {
+# Exactly the globals a DCP index refers to: the classes torch.distributed.checkpoint.metadata
+# defines (not the names it imports: `os`, `torch`, `dataclass`, ...), the storage record of
+# the file system writer, shapes, layouts, dtypes and paths. By module and plain name: a dotted
+# name (pickle protocol 4 resolves "os.system" through a module's own imports) is never one.
+_METADATA = "torch.distributed.checkpoint.metadata"
+_ALLOWED = frozenset({
+    *((_METADATA, name) for name in ("Metadata", "MetadataIndex", "StorageMeta", "TensorProperties",
+                                      "TensorStorageMetadata", "ChunkStorageMetadata", "BytesStorageMetadata",
+                                      "_MEM_FORMAT_ENCODING")),
     ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
     ("torch", "Size"),
     ("torch.serialization", "_get_layout"),
-    ("pathlib", "PosixPath"),
-    ("pathlib", "PurePosixPath"),
-    ("pathlib", "WindowsPath"),
-    ("pathlib", "PureWindowsPath"),
-}
+    *(("pathlib", name) for name in ("PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath")),
+})
+
+
+def _allowed(module: str, name: str) -> bool:
+    if (module, name) in _ALLOWED:
+        return True
+    return module == "torch" and name.isidentifier() and isinstance(getattr(torch, name, None), torch.dtype)
 
 
 class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        allowed = module in _ALLOWED_MODULES or (module, name) in _ALLOWED
-        allowed = allowed or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype))
-        if not allowed:
+        if not _allowed(module, name):
             raise CheckpointError(
-                f"checkpoint metadata refers to {module}.{name}, which a DCP index never holds: refusing to load "
-                "it (it could run code). The checkpoint is corrupt or was tampered with"
+                f"its DCP index (.metadata) refers to {module}.{name}, which an index never holds: refusing to "
+                "load it (it could run code). The checkpoint is corrupt or was tampered with"
             )
         return super().find_class(module, name)
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise CheckpointError("its DCP index (.metadata) holds a persistent reference, which an index never holds: "
+                              "refusing to load it. The checkpoint is corrupt or was tampered with")
+
+
+def read_metadata(data: bytes, where: str) -> Any:
+    """DCP's index (`.metadata`) from its bytes, unpickled through the allowlist above; anything
+    but a DCP `Metadata` (a payload, a truncated or foreign file) is a `CheckpointError`."""
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    try:
+        metadata = _MetadataUnpickler(io.BytesIO(data)).load()
+    except CheckpointError as e:
+        raise CheckpointError(f"{where}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - an allowed class given arguments it rejects, a truncated pickle, ...
+        raise CheckpointError(f"{where}: its DCP index (.metadata) cannot be read ({type(e).__name__}: {e}); "
+                              "the checkpoint is corrupt or was tampered with") from None
+    mappings = (getattr(metadata, "state_dict_metadata", None), getattr(metadata, "storage_data", None))
+    if not isinstance(metadata, Metadata) or not all(isinstance(m, dict) for m in mappings):
+        raise CheckpointError(f"{where}: its DCP index (.metadata) holds a {type(metadata).__name__} that is not a "
+                              "whole DCP Metadata; the checkpoint is corrupt or was tampered with")
+    for info in metadata.storage_data.values():
+        _check_storage(info, where)
+    return metadata
+
+
+def _check_storage(info: Any, where: str) -> None:
+    """Each entry is read from the file its record names, joined to the checkpoint's directory:
+    that must be one of the checkpoint's own shard files (not `../elsewhere`), read as written
+    (no stream transforms: trainyard's writer uses none)."""
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+
+    name = getattr(info, "relative_path", None)
+    own = isinstance(name, str) and name.endswith(".distcp") and name == Path(name).name and "\\" not in name
+    if not isinstance(info, _StorageInfo) or not own or getattr(info, "transform_descriptors", None):
+        raise CheckpointError(f"{where}: its DCP index (.metadata) points an entry at {name!r}, which is not one of the "
+                              "checkpoint's own shard files (*.distcp); the checkpoint is corrupt or was tampered with")
 
 
 def _safe_reader(directory: Path):
@@ -63,7 +111,7 @@ def _safe_reader(directory: Path):
 
             path = self._get_metadata_path(kwargs.get("rank"))
             with self.fs.create_stream(path, "rb") as f:
-                metadata = _MetadataUnpickler(io.BytesIO(f.read())).load()
+                metadata = read_metadata(f.read(), f"checkpoint {directory}")
             if getattr(metadata, "storage_meta", None) is None:
                 metadata.storage_meta = StorageMeta()
             metadata.storage_meta.load_id = self.load_id
