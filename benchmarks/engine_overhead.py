@@ -91,7 +91,7 @@ def engine_loop(data, config, args, ckdir, telemetry=True):
     if not telemetry:
         from unittest import mock
 
-        with mock.patch("trainyard.engine.trainer.EpochTelemetry", _NoTelemetry):
+        with mock.patch("trainyard.engine.loop.EpochTelemetry", _NoTelemetry):
             return engine_loop(data, config, args, ckdir)
     clock = _StepClock()
     tc = TrainingConfig(

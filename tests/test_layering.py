@@ -186,8 +186,8 @@ def test_ray_inside_any_engine_function_is_caught(path):
 
 
 def test_private_names_and_circles_are_caught():
-    assert violations("from trainyard.engine.trainer import _helper\n", "trainyard.hpo.runner")
-    assert violations("from trainyard.models._config import check\n", "trainyard.engine.trainer")
+    assert violations("from trainyard.engine.loop import _helper\n", "trainyard.hpo.runner")
+    assert violations("from trainyard.models._config import check\n", "trainyard.engine.loop")
     assert violations("def f():\n    from trainyard.hpo import sweep\n", "trainyard.execution.launch")
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 

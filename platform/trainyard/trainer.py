@@ -3,7 +3,7 @@
     Trainer(model, config, training_config).train(train_data, val_data)              # this process
     Trainer(model_factory, config, training_config, scaling=2).train(train_data)     # 2 Ray Train workers
 
-It is the engine's `Trainer` plus `scaling=` / `run_config=`. Ray is imported only when
+It is the engine's `TrainingLoop` plus `scaling=` / `run_config=`. Ray is imported only when
 `scaling` is set and `train` runs (`trainyard.execution.launch`); in-process training never
 loads it.
 """
@@ -18,13 +18,13 @@ from torch import nn
 from trainyard.engine.config import TrainingConfig
 from trainyard.engine.hooks import TrainingHooks
 from trainyard.engine.task import TaskSpec
-from trainyard.engine.trainer import Trainer as EngineTrainer
+from trainyard.engine.loop import TrainingLoop
 
 
 __all__ = ["Trainer"]
 
 
-class Trainer(EngineTrainer):
+class Trainer(TrainingLoop):
     """Trains `model` on `train_data`, here or, with `scaling`, in Ray Train workers (DDP).
 
     `scaling`: None (this process), a number of workers, or a `ray.train.ScalingConfig`.
@@ -49,7 +49,7 @@ class Trainer(EngineTrainer):
         self.run_config = run_config
 
     def train(self, train_data: Any, val_data: Any = None, resume_from: str | os.PathLike | None = None) -> dict[str, Any]:
-        """Train, and return the results dict (see the engine's `Trainer.train`). With
+        """Train, and return the results dict (see `TrainingLoop.train`). With
         `scaling`, the same loop runs in Ray Train workers, rank 0's results come back here
         and the trained weights are loaded into `self.model`."""
         if self.scaling is None:

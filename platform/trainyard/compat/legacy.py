@@ -1,7 +1,7 @@
 """The legacy tier-3 API (`test_fine_tuning`, `test_hyperparameter_search`), translated.
 
 Only translation lives here: old parameter names become a `TrainingConfig` exactly as
-the migration table says, and the engine `Trainer` / `trainyard.hpo.sweep` do the work.
+the migration table says, and `trainyard.Trainer` / `trainyard.hpo.sweep` do the work.
 """
 
 from __future__ import annotations

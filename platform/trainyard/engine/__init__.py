@@ -1,9 +1,9 @@
 """The engine: the training loop in plain PyTorch. It imports nothing of trainyard but its
 private helpers (`_logging`, `_yaml`), and never Ray or Optuna (tests/test_layering.py).
 
-`trainyard.engine.Trainer` runs in the run context it is handed (`Trainer.run(ctx, ...)`;
-`train(...)` is this process). The public `trainyard.Trainer` adds `scaling=` (Ray Train)
-on top of it.
+`TrainingLoop` runs in the run context it is handed (`TrainingLoop.run(ctx, ...)`;
+`train(...)` is this process). The public `trainyard.Trainer` extends it with `scaling=`
+(Ray Train).
 """
 
 from trainyard.engine.checkpoint import CheckpointError
@@ -11,6 +11,6 @@ from trainyard.engine.config import TrainingConfig
 from trainyard.engine.hooks import Event, TrainingHooks
 from trainyard.engine.state import TrainState
 from trainyard.engine.task import TaskSpec
-from trainyard.engine.trainer import Trainer
+from trainyard.engine.loop import TrainingLoop
 
-__all__ = ["CheckpointError", "Event", "TaskSpec", "Trainer", "TrainingConfig", "TrainingHooks", "TrainState"]
+__all__ = ["CheckpointError", "Event", "TaskSpec", "TrainingConfig", "TrainingHooks", "TrainState", "TrainingLoop"]

@@ -25,7 +25,7 @@ from typing import Any
 
 from trainyard._logging import get_logger
 from trainyard.engine import checkpoint as ckpt
-from trainyard.engine.trainer import Trainer as EngineTrainer
+from trainyard.engine.loop import TrainingLoop
 from trainyard.execution.configs import run_config, scaling_config
 from trainyard.execution.ingest import data_checks, ingest, resolve
 from trainyard.execution.ray_env import check_satisfiable, ensure_ray, verbose
@@ -36,7 +36,7 @@ log = get_logger("trainyard.execution")
 
 @dataclasses.dataclass
 class _Payload:
-    """Everything a worker needs to rebuild the engine Trainer."""
+    """Everything a worker needs to rebuild the training loop."""
 
     model: Any
     config: Any
@@ -114,7 +114,7 @@ def _train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     if temporary:  # rank 0 writes here, Ray copies it to storage_path, then it goes
         staging = tempfile.mkdtemp(prefix="trainyard-ckpt-")
     training_config = p.training_config.replace(checkpoint_dir=os.path.join(staging, uuid.uuid4().hex[:8]))
-    trainer = EngineTrainer(p.model, p.config, training_config, p.task_spec, hooks=p.hooks)
+    trainer = TrainingLoop(p.model, p.config, training_config, p.task_spec, hooks=p.hooks)
     trainer.tokenizer = p.tokenizer
     ctx = RayTrainContext(delete_local_checkpoints=temporary, training_config=training_config)
     try:

@@ -271,7 +271,7 @@ def _with_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
 
 def _trial(params: dict[str, Any], payload: _TrialInputs) -> None:
     """One Tune trial: the engine loop with the sampled parameters."""
-    from trainyard.engine.trainer import Trainer
+    from trainyard.engine.loop import TrainingLoop
     from trainyard.execution.contexts import TuneTrialContext
     from trainyard.execution.ingest import resolve
     from trainyard.execution.ray_env import verbose
@@ -287,7 +287,7 @@ def _trial(params: dict[str, Any], payload: _TrialInputs) -> None:
         return
     staging = tempfile.mkdtemp(prefix="trainyard-trial-")
     try:
-        trainer = Trainer(factory, model_config, training_config.replace(checkpoint_dir=f"{staging}/run"), payload.task_spec)
+        trainer = TrainingLoop(factory, model_config, training_config.replace(checkpoint_dir=f"{staging}/run"), payload.task_spec)
         context = TuneTrialContext(checkpoint_every_epoch=payload.checkpoint_every_epoch, epochs=training_config.epochs)
         trainer.run(context, resolve(payload.train_data), resolve(payload.val_data))
     finally:

@@ -1,14 +1,15 @@
-"""The engine `Trainer`: one training loop, in whatever run context it is handed.
+"""`TrainingLoop`: the engine's one training loop, in whatever run context it is handed.
 
-    results = Trainer(model, config, training_config).train(train_data, val_data)   # this process
-    results = Trainer(model, config, training_config).run(ctx, train_data, val_data)  # any RunContext
+    results = TrainingLoop(model, config, training_config).train(train_data, val_data)   # this process
+    results = TrainingLoop(model, config, training_config).run(ctx, train_data, val_data)  # any RunContext
 
 The loop, top to bottom: `run` -> `_setup` (setup.py: model, optimizer, AMP, resume) ->
 per epoch `_train_epoch` -> per accumulation window `_window` -> `_micro_step` (forward,
 loss, backward) and `step.optimizer_step` -> `_evaluate` -> `_checkpoint` (state.py) ->
 `results.build_results`. It talks to where it runs only through the run context
 (`context.py`) and to observers only through hooks (`hooks.py`, `observers.py`). Running
-on Ray (`scaling=`) is the public `trainyard.Trainer`'s business, a layer above this one.
+on Ray (`scaling=`) is the business of the public `trainyard.Trainer`, a layer above this
+one, which extends this class.
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ from trainyard.engine.task import (
 log = get_logger("trainyard.engine")
 
 
-class Trainer:
-    """Trains `model` on `train_data`; see `train` for what comes back."""
+class TrainingLoop:
+    """Trains `model` on `train_data`; see `train` for what comes back. Hooks receive it as
+    their `trainer` argument."""
 
     def __init__(
         self,
