@@ -47,7 +47,7 @@ def _hf_setup(steps: int):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from trainyard.engine.data import epoch_batches
+    from trainyard.engine.data.order import epoch_batches
 
     torch.set_num_threads(1)
     data = torch.randint(0, HF["vocab_size"], (steps * BATCH, SEQ), generator=torch.Generator().manual_seed(0))

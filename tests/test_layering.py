@@ -175,7 +175,7 @@ def test_the_table_itself_points_down():
             assert all(order.index(d) > order.index(unit) for d in deps), f"{unit}'s row names a unit above it"
 
 
-@pytest.mark.parametrize("path", sorted((PACKAGE / "engine").glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((PACKAGE / "engine").rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_ray_inside_any_engine_function_is_caught(path):
     module = module_name(path)
     source = path.read_text()

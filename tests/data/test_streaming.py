@@ -9,7 +9,8 @@ import torch
 from tests.engine.test_resume import CONFIG, StopAt, assert_same_run
 from tests.helpers import lm_factory, lm_samples
 from trainyard import Trainer, TrainingConfig
-from trainyard.engine.data import ParquetSource, as_dataset
+from trainyard.engine.data.inputs import as_dataset
+from trainyard.engine.data.rows import ParquetSource
 
 DATA = lm_samples(53, length=6, seed=4)  # 53 rows in 3 files of row groups of 7: chunks cut across both
 

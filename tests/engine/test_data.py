@@ -1,10 +1,12 @@
 import pytest
 import torch
 
-from trainyard.engine.data import Collator, as_dataset, epoch_batches, eval_batches
+from trainyard.engine.data.collate import Collator
+from trainyard.engine.data.inputs import as_dataset
+from trainyard.engine.data.order import epoch_batches, eval_batches
 
 
-from trainyard.engine.data import iter_epoch_batches
+from trainyard.engine.data.order import iter_epoch_batches
 
 
 @pytest.mark.parametrize("world", [2, 4])

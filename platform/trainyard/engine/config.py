@@ -35,6 +35,10 @@ RENAMED_FIELDS = {
     "seed": ("random_seed", "random_seed=42"),
 }
 
+# Rows per shuffle chunk (engine.data.order): the default of shuffle_chunk_rows, and the size
+# of the blocks in-memory data is put into Ray's object store in.
+SHUFFLE_CHUNK_ROWS = 65536
+
 
 @dataclass(frozen=True)
 class TrainingConfig:
@@ -59,7 +63,7 @@ class TrainingConfig:
     # The epoch's order shuffles chunks of this many consecutive rows, then the rows in each
     # chunk: a reader of large data holds one chunk at a time. Data of at most this many
     # rows is shuffled whole (DistributedSampler's order).
-    shuffle_chunk_rows: int = 65536
+    shuffle_chunk_rows: int = SHUFFLE_CHUNK_ROWS
     wandb_project: str | None = None
     mlflow_experiment: str | None = None  # MLflow; the tracking URI from MLFLOW_TRACKING_URI
     tensorboard_dir: str | None = None  # TensorBoard event files, one subdirectory per run

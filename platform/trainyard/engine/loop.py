@@ -28,18 +28,11 @@ from trainyard.engine import checkpoint as ckpt
 from trainyard.engine import rng, setup, step
 from trainyard.engine.config import TrainingConfig, as_training_config, model_config_value
 from trainyard.engine.context import LocalContext, RunContext
-from trainyard.engine.data import (
-    Collator,
-    DeviceBatch,
-    RowSource,
-    WindowFeed,
-    as_dataset,
-    batches_per_epoch,
-    eval_batches,
-    iter_epoch_batches,
-    make_loader,
-    window_sizes,
-)
+from trainyard.engine.data.collate import Collator
+from trainyard.engine.data.feed import DeviceBatch, WindowFeed, make_loader, window_sizes
+from trainyard.engine.data.inputs import as_dataset
+from trainyard.engine.data.order import batches_per_epoch, eval_batches, iter_epoch_batches
+from trainyard.engine.data.rows import RowSource
 from trainyard.engine.hooks import Event, HookDispatcher, TrainingHooks
 from trainyard.engine.metrics import MetricSums, RunningSums, evaluation_sums
 from trainyard.engine.observers import builtin_observers

@@ -16,7 +16,10 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from trainyard.engine.data import Collator, as_dataset, eval_batches, make_loader
+from trainyard.engine.data.collate import Collator
+from trainyard.engine.data.feed import make_loader
+from trainyard.engine.data.inputs import as_dataset
+from trainyard.engine.data.order import eval_batches
 from trainyard.engine.setup import forward_kwargs
 from trainyard.engine.task import TASKS, TaskSpec, as_task_spec, compute_loss, count_targets, detect_task, extract_logits, prepare_targets
 

@@ -27,7 +27,7 @@ from trainyard.engine import checkpoint as ckpt
 from trainyard.engine import rng
 from trainyard.engine.config import TrainingConfig, model_config_dict
 from trainyard.engine.context import RunContext
-from trainyard.engine.data import Collator
+from trainyard.engine.data.collate import Collator
 from trainyard.engine.metrics import MetricSums, RunningSums
 from trainyard.engine.task import TaskSpec, compute_loss
 from trainyard.engine.telemetry import EpochTelemetry

@@ -18,7 +18,7 @@ store, never from a pickled payload.
 Why not Ray Train's `get_dataset_shard`: its `streaming_split` hands blocks to whichever
 rank asks first, so which rank trains on which sample, and where a resumed run stands,
 is not reproducible. Here the rows of a rank's batch are the engine's function of
-`(seed, epoch, rank)` (`engine.data.iter_epoch_batches`), so a mid-epoch resume is
+`(seed, epoch, rank)` (`engine.data.order.iter_epoch_batches`), so a mid-epoch resume is
 sample-exact.
 """
 
@@ -33,7 +33,10 @@ from typing import Any
 import numpy as np
 
 from trainyard.data.files import DataFiles
-from trainyard.engine.data import ALIASES, KNOWN_KEYS, RowSource, as_dataset, check_columns, is_list_type, local_paths
+from trainyard.engine.data.inputs import as_dataset
+from trainyard.engine.config import SHUFFLE_CHUNK_ROWS
+from trainyard.engine.data.rows import RowSource, is_list_type, local_paths
+from trainyard.engine.data.samples import ALIASES, KNOWN_KEYS, ColumnDataset, check_columns
 from trainyard.execution.ray_env import verbose
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
@@ -91,35 +94,15 @@ def ingest(data: Any, name: str, pad_token_id: int | None = None, context: int |
     if isinstance(data, ray.data.Dataset):
         return blocks(data, name, pad_token_id, context)
     local = as_dataset(data, name)
-    table = _as_table(local)
+    table = local.to_arrow() if isinstance(local, ColumnDataset) else None
     if table is None:  # not columns: one pickled copy in the object store
         return Shared(ray.put(local))
     return _put_blocks(table, name)
 
 
-def _as_table(dataset: Any) -> Any:
-    """In-memory columns as one Arrow table (None for a dataset that is not columns)."""
-    import pyarrow as pa
-
-    from trainyard.engine.data import ColumnDataset
-
-    if not isinstance(dataset, ColumnDataset):
-        return None
-    columns = {}
-    for key, column in dataset.columns.items():
-        if isinstance(column, list):  # ragged sequences
-            columns[key] = pa.array([t.numpy() for t in column])
-        elif column.dim() == 1:
-            columns[key] = pa.array(column.numpy())
-        elif column.dim() == 2:
-            columns[key] = pa.FixedSizeListArray.from_arrays(pa.array(column.reshape(-1).numpy()), column.shape[1])
-        else:
-            return None
-    return pa.table(columns)
-
-
-def _put_blocks(table: Any, name: str, rows: int = 65536) -> "BlockSource":
-    """A table put into the object store in blocks, once: every worker and trial reads them."""
+def _put_blocks(table: Any, name: str, rows: int = SHUFFLE_CHUNK_ROWS) -> "BlockSource":
+    """A table put into the object store in blocks, once: every worker and trial reads them
+    (a block per shuffle chunk, so reading a chunk touches one block)."""
     import ray
 
     parts = [table.slice(i, rows) for i in range(0, table.num_rows, rows)]

@@ -93,7 +93,7 @@ def fit(trainer: Any, train_data: Any, val_data: Any = None, resume_from: Any = 
         results["checkpoint_path"] = result.checkpoint.path
         trainer.model = _final_model(trainer.model_or_factory, result.checkpoint)
         if training_config.export_bundle and training_config.parallelism == "fsdp" and "://" not in result.path:
-            from trainyard.engine.data import as_dataset
+            from trainyard.engine.data.inputs import as_dataset
             from trainyard.engine.export import export_trained
 
             # The workers hold shards, not a model: the bundle is made here, from the gathered weights.

@@ -202,7 +202,7 @@ def _validate(space, base, model_factory, config, val_data, num_samples, schedul
 def _check_metric(space: SearchSpace, task_spec: Any, train_data: Any) -> None:
     """The metric must be a column the trials' task reports (known here when the task is
     given, or the data is in memory; a path is read by the trials)."""
-    from trainyard.engine.data import as_dataset
+    from trainyard.engine.data.inputs import as_dataset
     from trainyard.engine.metrics import MetricSums
     from trainyard.execution.ingest import is_ray_data
     from trainyard.engine.task import as_task_spec, detect_task

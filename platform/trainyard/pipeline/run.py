@@ -190,7 +190,7 @@ def _export(pipeline: Pipeline, search: Any) -> dict[str, Any]:
     """Export the final checkpoint's model (loaded here, so that a rerun after a kill
     exports the same weights) and record each graph's parity."""
     from trainyard.engine.checkpoint import load, resolve
-    from trainyard.engine.data import as_dataset
+    from trainyard.engine.data.inputs import as_dataset
     from trainyard.engine.export import export_trained
     from trainyard.experiment import build
     from trainyard.execution.ingest import is_ray_data
