@@ -22,6 +22,11 @@ class Recorder(TrainingHooks):
     def on_batch_begin(self, trainer, batch):
         self.events.append(("batch_begin",))
 
+    def on_step_end(self, trainer, step, metrics):
+        assert step == trainer.state.global_step and metrics == trainer.step_metrics
+        assert set(metrics) == {"train/step_loss", "train/grad_norm", "train/learning_rate", "time/step_ms"}
+        self.events.append(("step_end", step))
+
     def on_batch_end(self, trainer, batch, outputs):
         assert set(outputs) == {"loss", "logits", "model_output"} and outputs["loss"].dim() == 0
         self.events.append(("batch_end",))
@@ -47,14 +52,39 @@ def test_every_event_fires_in_order_the_expected_number_of_times(tmp_path):
     # 12 samples / batch 4 = 3 batches per epoch; accumulation 1; a step checkpoint every 2 steps.
     tc = TrainingConfig(epochs=2, batch_size=4, checkpoint_every_n_steps=2, checkpoint_dir=str(tmp_path / "r"))
     Trainer(lm_factory(), CONFIG, tc, hooks=hooks).train(lm_samples(12), lm_samples(5))
-    batch = [("batch_begin",), ("batch_end",)]
+
+    def batch(step):  # every batch ends a window (no accumulation): one optimizer step each
+        return [("batch_begin",), ("step_end", step), ("batch_end",)]
+
     expected = [("train_begin", 12, 5)]
     # step 2 of epoch 1 and step 4 (= batch 1 of epoch 2) get a mid-epoch checkpoint.
-    expected += [("epoch_begin", 1), *batch, *batch, ("checkpoint", ["e0001", "b0000002"]), *batch]
+    expected += [("epoch_begin", 1), *batch(1), *batch(2), ("checkpoint", ["e0001", "b0000002"]), *batch(3)]
     expected += [("validation_end", 1), ("checkpoint", ["e0001", "b0000003"]), ("epoch_end", 1)]
-    expected += [("epoch_begin", 2), *batch, ("checkpoint", ["e0002", "b0000001"]), *batch, *batch]
+    expected += [("epoch_begin", 2), *batch(4), ("checkpoint", ["e0002", "b0000001"]), *batch(5), *batch(6)]
     expected += [("validation_end", 2), ("checkpoint", ["e0002", "b0000003"]), ("epoch_end", 2), ("train_end",)]
     assert hooks.events == expected
+
+
+def test_the_step_event_fires_once_per_optimizer_step_after_its_window(tmp_path):
+    """Accumulation 2 over 3 batches an epoch: windows of 2 and 1 batches, so steps end on
+    the 2nd and 3rd batch; a run stopped inside a window and resumed carries on counting."""
+
+    class StopInEpoch2(Recorder):
+        def on_batch_end(self, trainer, batch, outputs):
+            super().on_batch_end(trainer, batch, outputs)
+            if trainer.state.epoch == 2 and trainer.state.batch_in_epoch == 1:
+                trainer.request_stop("test")
+
+    def steps(hooks):
+        return [e for e in hooks.events if e[0] in ("batch_begin", "step_end")]
+
+    tc = TrainingConfig(epochs=2, batch_size=4, gradient_accumulation_steps=2, checkpoint_dir=str(tmp_path / "r"))
+    first, second = StopInEpoch2(), Recorder()
+    Trainer(lm_factory(), CONFIG, tc, hooks=first).train(lm_samples(12), lm_samples(4))
+    Trainer(lm_factory(), CONFIG, tc, hooks=second).train(lm_samples(12), lm_samples(4), resume_from=str(tmp_path / "r"))
+    window, end = [("batch_begin",), ("batch_begin",)], [("batch_begin",)]
+    assert steps(first) == [*window, ("step_end", 1), *end, ("step_end", 2), ("batch_begin",)]
+    assert steps(second) == [("batch_begin",), ("step_end", 3), *end, ("step_end", 4)]
 
 
 def test_every_event_is_a_hook_method():

@@ -449,6 +449,7 @@ def test_a_progress_bar_is_shown_only_on_a_terminal(ckdir, monkeypatch, tmp_path
     finally:
         logger.setLevel(previous)
     assert "epoch 1/2:" in terminal.text and "epoch 2/2:" in terminal.text and "/6 [" in terminal.text
+    assert "loss=" in terminal.text  # each optimizer step's loss, beside the bar
 
     class Pipe(_Terminal):
         def isatty(self):

@@ -7,8 +7,10 @@ The loop, in the order events fire::
         on_epoch_begin(trainer, epoch)
         for each batch:
             on_batch_begin(trainer, batch)
-            on_batch_end(trainer, batch, outputs)      # after the optimizer step when the batch ends one
-                                                       # outputs: {"loss", "logits", "model_output"}
+            on_step_end(trainer, step, metrics)        # when the batch ends an accumulation window: after
+                                                       # its optimizer step; metrics: train/step_loss,
+                                                       # train/grad_norm, train/learning_rate, time/step_ms
+            on_batch_end(trainer, batch, outputs)      # outputs: {"loss", "logits", "model_output"}
             on_checkpoint(trainer, path)               # when checkpoint_every_n_steps is due
         on_validation_end(trainer, epoch, metrics)     # only with validation data
         on_checkpoint(trainer, path)                   # epoch-end checkpoint
@@ -39,6 +41,7 @@ class Event(str, enum.Enum):
     TRAIN_BEGIN = "on_train_begin"
     EPOCH_BEGIN = "on_epoch_begin"
     BATCH_BEGIN = "on_batch_begin"
+    STEP_END = "on_step_end"
     BATCH_END = "on_batch_end"
     VALIDATION_END = "on_validation_end"
     CHECKPOINT = "on_checkpoint"
@@ -54,6 +57,8 @@ class TrainingHooks:
     def on_epoch_begin(self, trainer, epoch: int) -> None: ...
 
     def on_batch_begin(self, trainer, batch) -> None: ...
+
+    def on_step_end(self, trainer, step: int, metrics: dict) -> None: ...
 
     def on_batch_end(self, trainer, batch, outputs) -> None: ...
 

@@ -368,6 +368,7 @@ class TrainingLoop:
             "train/step_loss": loss_value, "train/grad_norm": norm, "train/learning_rate": run.optimizer.param_groups[0]["lr"],
             "time/step_ms": 1000 * step_time,
         }
+        self.hooks.fire(Event.STEP_END, self, state.global_step, self.step_metrics)
 
     def _position_metrics(self, loss: float | None) -> dict[str, Any]:
         return {"epoch": self.state.epoch, "global_step": self.state.global_step, "train/step_loss": loss}

@@ -7,8 +7,9 @@
     TensorBoardLogger  TensorBoard event files, when `tensorboard_dir` is set
     ExportBundle  the export bundle at the end, when `export_bundle=True` (export.py)
 
-A new tracker is one more `Observer` here and one line in `builtin_observers`; the loop
-does not change. Observers read only what every hook may read (`trainer.state`,
+A new tracker is one small subclass of `_StepAndEpochLogger` (open, write, finish: it gets
+every optimizer step from `on_step_end` and every epoch row) and one line in
+`builtin_observers`; the loop does not change. Observers read only what every hook may read (`trainer.state`,
 `trainer.step_metrics`, `trainer.context`, ...), and only on the main rank do they print
 or log anything.
 """
@@ -53,7 +54,6 @@ class ProgressBar(Observer):
     def __init__(self):
         self.bar: Any = None
         self.epoch: int | None = None
-        self.step = -1
 
     def on_batch_begin(self, trainer, batch) -> None:
         state = trainer.state
@@ -62,19 +62,19 @@ class ProgressBar(Observer):
         from tqdm.auto import tqdm
 
         self.close()
-        self.epoch, self.step = state.epoch, state.global_step
+        self.epoch = state.epoch
         self.bar = tqdm(
             total=trainer.batches_per_epoch, initial=state.batch_in_epoch, desc=f"epoch {state.epoch}/{trainer.training_config.epochs}",
             leave=False, dynamic_ncols=True,
         )
 
+    def on_step_end(self, trainer, step, metrics) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{metrics['train/step_loss']:.4f}", refresh=False)
+
     def on_batch_end(self, trainer, batch, outputs) -> None:
-        if self.bar is None:
-            return
-        self.bar.update(1)
-        if trainer.state.global_step != self.step:
-            self.step = trainer.state.global_step
-            self.bar.set_postfix(loss=f"{trainer.step_metrics['train/step_loss']:.4f}", refresh=False)
+        if self.bar is not None:
+            self.bar.update(1)
 
     def on_epoch_end(self, trainer, epoch, metrics) -> None:
         self.close()
@@ -112,71 +112,26 @@ def _short(value: float) -> str:
     return f"{value:.3g}"
 
 
-class WandbLogger(Observer):
-    """Weights & Biases: every optimizer step's loss, gradient norm and learning rate, and
-    every epoch row. If the user already called `wandb.init(...)`, metrics go into that run
-    and it is left open; otherwise a run is started in `project` and finished at the end.
-    Honours WANDB_MODE (e.g. `offline`) like any W&B program."""
-
-    def __init__(self, project: str):
-        self.project = project
-        self.run: Any = None
-        self.owned = False
-        self.step = -1
-
-    def on_train_begin(self, trainer, train_dataset, val_dataset) -> None:
-        if not trainer.context.is_main:
-            return
-        try:
-            import wandb
-        except ImportError as e:  # pragma: no cover - wandb is a dependency
-            raise ImportError("wandb_project is set but wandb is not installed: pip install wandb") from e
-        config = {"training": trainer.training_config.to_dict(), "model": model_config_dict(trainer.config)}
-        self.step = trainer.state.global_step
-        if wandb.run is not None:
-            self.run, self.owned = wandb.run, False
-            self.run.config.update({"trainyard": config}, allow_val_change=True)
-        else:
-            self.run, self.owned = wandb.init(project=self.project, config=config), True
-
-    def on_batch_end(self, trainer, batch, outputs) -> None:
-        if self.run is None or trainer.state.global_step == self.step:
-            return
-        self.step = trainer.state.global_step
-        self.run.log(dict(trainer.step_metrics), step=self.step)
-
-    def on_epoch_end(self, trainer, epoch, metrics) -> None:
-        if self.run is not None:
-            self.run.log({**{k: v for k, v in metrics.items() if k != "epoch"}, "epoch": epoch}, step=trainer.state.global_step)
-
-    def close(self) -> None:
-        if self.run is not None and self.owned:
-            self.run.finish()
-        self.run = None
-
-
 class _StepAndEpochLogger(Observer):
     """A tracker that records every optimizer step's metrics and every epoch row from the
     main rank: subclasses open a run, write scalars and close it."""
 
     def __init__(self):
-        self.step = -1
         self.active = False
 
     def on_train_begin(self, trainer, train_dataset, val_dataset) -> None:
         if trainer.context.is_main:
-            self.step = trainer.state.global_step
             self.open(trainer, {"training": trainer.training_config.to_dict(), "model": model_config_dict(trainer.config)})
             self.active = True
 
-    def on_batch_end(self, trainer, batch, outputs) -> None:
-        if self.active and trainer.state.global_step != self.step:
-            self.step = trainer.state.global_step
-            self.write(trainer.step_metrics, self.step)
+    def on_step_end(self, trainer, step, metrics) -> None:
+        if self.active:
+            self.write(metrics, step)
 
     def on_epoch_end(self, trainer, epoch, metrics) -> None:
         if self.active:
-            self.write({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "epoch"}, trainer.state.global_step)
+            numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "epoch"}
+            self.write_epoch(numbers, epoch, trainer.state.global_step)
 
     def close(self) -> None:
         if self.active:
@@ -187,7 +142,42 @@ class _StepAndEpochLogger(Observer):
 
     def write(self, metrics: dict[str, float], step: int) -> None: ...
 
+    def write_epoch(self, metrics: dict[str, float], epoch: int, step: int) -> None:
+        self.write(metrics, step)
+
     def finish(self) -> None: ...
+
+
+class WandbLogger(_StepAndEpochLogger):
+    """Weights & Biases: every optimizer step's loss, gradient norm and learning rate, and
+    every epoch row (with its `epoch`). If the user already called `wandb.init(...)`,
+    metrics go into that run and it is left open; otherwise a run is started in `project`
+    and finished at the end. Honours WANDB_MODE (e.g. `offline`) like any W&B program."""
+
+    def __init__(self, project: str):
+        super().__init__()
+        self.project = project
+        self.run: Any = None
+        self.owned = False
+
+    def open(self, trainer, config: dict[str, Any]) -> None:
+        wandb = _require("wandb", "wandb_project", "wandb")
+        if wandb.run is not None:
+            self.run, self.owned = wandb.run, False
+            self.run.config.update({"trainyard": config}, allow_val_change=True)
+        else:
+            self.run, self.owned = wandb.init(project=self.project, config=config), True
+
+    def write(self, metrics: dict[str, float], step: int) -> None:
+        self.run.log(dict(metrics), step=step)
+
+    def write_epoch(self, metrics: dict[str, float], epoch: int, step: int) -> None:
+        self.run.log({**metrics, "epoch": epoch}, step=step)
+
+    def finish(self) -> None:
+        if self.owned:
+            self.run.finish()
+        self.run = None
 
 
 class MLflowLogger(_StepAndEpochLogger):
