@@ -77,11 +77,10 @@ def test_a_damaged_checkpoint_is_refused_naming_the_file(tmp_path, how, message)
         Trainer(lm_factory(), CONFIG, tc).train(lm_samples(), resume_from=r["checkpoint_path"])
 
 
-def test_a_run_directory_falls_back_to_the_newest_valid_checkpoint(tmp_path, caplog, monkeypatch):
+def test_a_run_directory_falls_back_to_the_newest_valid_checkpoint(tmp_path, caplog):
     finished_run(tmp_path / "run", epochs=3)
     saved = ck.list_checkpoints(tmp_path / "run")
     _corrupt(saved[-1], "truncate")
-    monkeypatch.setattr(logging.getLogger("trainyard"), "propagate", True)
     with caplog.at_level(logging.WARNING, logger="trainyard"):
         assert ck.resolve(tmp_path / "run", warn=logging.getLogger("trainyard").warning) == saved[-2]
     assert "skipping checkpoint" in caplog.text and "model.pt" in caplog.text

@@ -245,10 +245,9 @@ def test_regression_is_detected_from_float_labels(ckdir):
     assert s["train/accuracy"].isna().all()
 
 
-def test_task_detection_is_logged(ckdir, caplog, monkeypatch):
+def test_task_detection_is_logged(ckdir, caplog):
     import logging
 
-    monkeypatch.setattr(logging.getLogger("trainyard"), "propagate", True)
     with caplog.at_level(logging.INFO, logger="trainyard"):
         train(ckdir=ckdir, epochs=1)
     assert "training as 'language_modeling'" in caplog.text
@@ -444,6 +443,7 @@ def test_a_progress_bar_is_shown_only_on_a_terminal(ckdir, monkeypatch, tmp_path
     logger.setLevel(logging.INFO)
     terminal = _Terminal()
     monkeypatch.setattr("sys.stderr", terminal)
+    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # redraw at every batch, however fast: the loss shows
     try:
         train(ckdir=ckdir, epochs=2)
     finally:

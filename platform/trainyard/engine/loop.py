@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from trainyard._logging import get_logger
+from trainyard._logging import get_logger, show_logs
 from trainyard.engine import checkpoint as ckpt
 from trainyard.engine import rng, setup, step
 from trainyard.engine.config import TrainingConfig, as_training_config, model_config_value
@@ -115,6 +115,7 @@ class TrainingLoop:
 
     def run(self, ctx: RunContext, train_data: Any, val_data: Any = None, resume_from: Any = None) -> dict[str, Any]:
         """The loop itself, in the environment `ctx` describes."""
+        show_logs()
         if self.training_config.parallelism == "fsdp" and not ctx.shards_state:
             raise ValueError(
                 f"parallelism='fsdp' needs a run context that shards the model, and {type(ctx).__name__} does not: pass "

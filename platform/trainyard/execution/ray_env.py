@@ -8,7 +8,7 @@ import re
 import sys
 import threading
 
-from trainyard._logging import get_logger
+from trainyard._logging import get_logger, show_logs
 
 log = get_logger("trainyard.execution")
 
@@ -48,6 +48,8 @@ def ensure_ray(num_cpus: int | None = None, py_modules: list[str] | None = None)
     cluster does not have it installed).
     """
     import ray
+
+    show_logs()
 
     if ray.is_initialized():
         return

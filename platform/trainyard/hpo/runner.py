@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from trainyard._logging import get_logger
+from trainyard._logging import get_logger, show_logs
 from trainyard._trust import check_private, make_private_dir
 from trainyard.engine.config import TrainingConfig, model_config_dict
 from trainyard.hpo.space import SearchSpace, load_search_space
@@ -101,6 +101,7 @@ def sweep(
     checkpoint is kept regardless. `log_epochs=False` logs each trial once, when it ends,
     instead of once per epoch.
     """
+    show_logs()
     if not isinstance(checkpoint_every_epoch, bool):
         raise TypeError(f"checkpoint_every_epoch={checkpoint_every_epoch!r} must be True or False")
     space = space if isinstance(space, SearchSpace) else load_search_space(space)

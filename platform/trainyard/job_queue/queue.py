@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainyard._logging import get_logger
+from trainyard._logging import get_logger, show_logs
 from trainyard._trust import check_private, make_private_dir
 from trainyard.engine.config import TrainingConfig
 from trainyard.execution.ray_env import check_satisfiable, ensure_ray
@@ -73,6 +73,7 @@ class JobQueue:
         refused when a pickle is read from it, unless `allow_shared_storage=True` (or
         TRAINYARD_ALLOW_SHARED_STORAGE=1) says everyone who can write it is trusted. On a
         database server, its credentials are the boundary."""
+        show_logs()
         self.url = absolute_sqlite(url)  # the jobs' processes have other working directories
         self._engine, self._table = open_table(self.url)
         self.storage_path = str(Path(storage_path or default_storage(self._engine)).expanduser().resolve())

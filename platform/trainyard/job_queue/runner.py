@@ -14,7 +14,7 @@ from trainyard.engine.checkpoint import latest_valid
 from trainyard.engine.hooks import TrainingHooks
 from trainyard.execution.configs import run_config, scaling_config
 from trainyard.execution.remote import loads
-from trainyard._logging import get_logger
+from trainyard._logging import get_logger, show_logs
 from trainyard._trust import check_private, make_private_dir
 from trainyard.job_queue.records import HEARTBEAT_S, database_files, finish, open_table, owner
 from trainyard.trainer import Trainer
@@ -50,7 +50,7 @@ def log_path(checkpoint_dir: str | Path) -> Path:
 def job_log(path: Path):
     """Append the `trainyard` logger's lines to `path` (once per process) while in the block."""
     logger = logging.getLogger("trainyard")
-    get_logger()  # its own handler and level first
+    show_logs()  # the job's process: the default line and level, which the file gets too
     if any(getattr(h, "baseFilename", None) == str(path) for h in logger.handlers):
         yield
         return

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from trainyard._logging import get_logger
+from trainyard._logging import get_logger, show_logs
 from trainyard.experiment.spec import final_spec, load_spec
 
 log = get_logger("trainyard.pipeline")
@@ -73,6 +73,8 @@ def run_pipeline(
     """Run (or finish) the main job; see the module docstring. Returns the Pipeline, whose
     `stages` hold each stage's outcome."""
     from trainyard.hpo import load_search_space
+
+    show_logs()
 
     for label, value, low in (("samples", samples, 1), ("workers", workers, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:

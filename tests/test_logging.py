@@ -1,0 +1,41 @@
+"""trainyard logs as a library: an application's logging receives its lines; a script that
+configured nothing gets the `[trainyard]` line on stderr; nothing is printed twice.
+(In fresh processes: pytest's own root handlers would hide the difference here.)"""
+
+import subprocess
+import sys
+
+TRAIN = """
+from types import SimpleNamespace
+from tests.helpers import VOCAB, lm_factory, lm_samples
+from trainyard import Trainer, TrainingConfig
+Trainer(lm_factory(), SimpleNamespace(vocab_size=VOCAB), TrainingConfig(epochs=1, checkpoint_dir={ckdir!r})).train(lm_samples(8))
+"""
+
+
+def _run(tmp_path, prelude: str = "", env: dict | None = None) -> str:
+    import os
+    import uuid
+
+    code = prelude + TRAIN.format(ckdir=str(tmp_path / uuid.uuid4().hex[:8]))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})}, check=True)
+    return proc.stderr
+
+
+def test_a_script_that_configures_nothing_gets_one_line_per_epoch(tmp_path):
+    err = _run(tmp_path)
+    assert [line for line in err.splitlines() if line.startswith("[trainyard] epoch 1/1 | train/loss")]
+
+
+def test_an_applications_own_logging_receives_the_lines_once(tmp_path):
+    prelude = "import logging\nlogging.basicConfig(level=logging.INFO, format='APP %(name)s: %(message)s')\n"
+    err = _run(tmp_path, prelude)
+    assert "APP trainyard.engine: epoch 1/1 | train/loss" in err
+    assert "[trainyard]" not in err  # the default line stays silent: the application's handler has it
+
+
+def test_the_application_sets_the_level(tmp_path):
+    prelude = "import logging\nlogging.basicConfig(level=logging.WARNING)\n"
+    assert "epoch 1/1" not in _run(tmp_path, prelude)
+    assert "epoch 1/1" not in _run(tmp_path, env={"TRAINYARD_LOG_LEVEL": "WARNING"})
