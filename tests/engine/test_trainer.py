@@ -443,7 +443,13 @@ def test_a_progress_bar_is_shown_only_on_a_terminal(ckdir, monkeypatch, tmp_path
     logger.setLevel(logging.INFO)
     terminal = _Terminal()
     monkeypatch.setattr("sys.stderr", terminal)
-    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # redraw at every batch, however fast: the loss shows
+    import tqdm.auto
+
+    class Eager(tqdm.auto.tqdm):  # redraws at every batch, however fast: the step's loss shows
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, mininterval=0, **kwargs)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Eager)
     try:
         train(ckdir=ckdir, epochs=2)
     finally:

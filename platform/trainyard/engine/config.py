@@ -15,7 +15,6 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Mapping
 
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
@@ -333,29 +332,3 @@ _VALIDATORS = {
     "keep_last_n_checkpoints": _optional_positive_int,
 }
 assert set(_VALIDATORS) == set(FIELD_NAMES), "every TrainingConfig field needs a validator"
-
-
-# -- the model config (any dict / namespace / object the user passes) -------------------
-
-
-def model_config_value(config: Any, name: str) -> Any:
-    if config is None:
-        return None
-    if isinstance(config, Mapping):
-        return config.get(name)
-    return getattr(config, name, None)
-
-
-def model_config_dict(config: Any) -> Any:
-    """The model config as plain JSON data where it can be (for checkpoints, W&B, export)."""
-    if config is None:
-        return None
-    if isinstance(config, SimpleNamespace):
-        config = vars(config)
-    elif not isinstance(config, Mapping) and hasattr(config, "to_dict"):
-        config = config.to_dict()
-    elif not isinstance(config, Mapping) and hasattr(config, "__dict__"):
-        config = vars(config)
-    if isinstance(config, Mapping):
-        return {str(k): v for k, v in config.items() if isinstance(v, (str, int, float, bool, type(None), list, tuple))}
-    return None

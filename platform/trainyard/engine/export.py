@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from trainyard.engine.checkpoint import atomic_directory, describe
-from trainyard.engine.config import model_config_dict
+from trainyard.engine.model_config import model_config_dict
 from trainyard.engine.data.collate import Collator
 from trainyard.engine.hooks import Observer
 from trainyard.engine.task import extract_logits

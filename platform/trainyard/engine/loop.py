@@ -3,13 +3,15 @@
     results = TrainingLoop(model, config, training_config).train(train_data, val_data)   # this process
     results = TrainingLoop(model, config, training_config).run(ctx, train_data, val_data)  # any RunContext
 
-The loop, top to bottom: `run` -> `_setup` (setup.py: model, optimizer, AMP, resume) ->
-per epoch `_train_epoch` -> per accumulation window `_window` -> `_micro_step` (forward,
+The loop, top to bottom: `run` -> `_setup` (setup.py: data, model, optimizer, AMP, resume)
+-> per epoch `_train_epoch` -> per accumulation window `_window` -> `_micro_step` (forward,
 loss, backward) and `step.optimizer_step` -> `_evaluate` -> `_checkpoint` (state.py) ->
-`results.build_results`. It talks to where it runs only through the run context
-(`context.py`) and to observers only through hooks (`hooks.py`, `observers.py`). Running
-on Ray (`scaling=`) is the business of the public `trainyard.Trainer`, a layer above this
-one, which extends this class.
+`results.build_results`. What changes as it runs is owned by the parts of its `Run`: the
+model call (compiled or eager), the task, the progress, the telemetry; when it saves is the
+`SavePolicy`'s. It talks to where it runs only through the run context (`context.py`) and
+to observers only through hooks (`hooks.py`, `observers.py`). Running on Ray (`scaling=`)
+is the business of the public `trainyard.Trainer`, a layer above this one, which extends
+this class.
 """
 
 from __future__ import annotations
@@ -24,31 +26,21 @@ import torch
 from torch import nn
 
 from trainyard._logging import get_logger, show_logs
-from trainyard.engine import checkpoint as ckpt
 from trainyard.engine import rng, setup, step
-from trainyard.engine.config import TrainingConfig, as_training_config, model_config_value
+from trainyard.engine.checkpoint import LoadedCheckpoint
+from trainyard.engine.config import TrainingConfig, as_training_config
+from trainyard.engine.model_config import model_config_value
 from trainyard.engine.context import LocalContext, RunContext
 from trainyard.engine.data.collate import Collator
-from trainyard.engine.data.feed import DeviceBatch, WindowFeed, make_loader, window_sizes
-from trainyard.engine.data.inputs import as_dataset
+from trainyard.engine.data.feed import WindowFeed, make_loader, to_device, window_sizes
 from trainyard.engine.data.order import batches_per_epoch, eval_batches, iter_epoch_batches
-from trainyard.engine.data.rows import RowSource
 from trainyard.engine.hooks import Event, HookDispatcher, TrainingHooks
-from trainyard.engine.metrics import MetricSums, RunningSums, evaluation_sums
+from trainyard.engine.metrics import MetricSums, evaluation_sums
 from trainyard.engine.observers import builtin_observers
 from trainyard.engine.results import build_results
-from trainyard.engine.state import Run, TrainState, average_partial_gradients, check_resumable, describe_changes, restore, save_checkpoint
-from trainyard.engine.telemetry import EpochTelemetry, compute_dtype, flops_per_token_fn, input_tokens, peak_flops, sequence_length
-from trainyard.engine.task import (
-    TaskSpec,
-    as_task_spec,
-    compute_loss,
-    confirm_task,
-    count_targets,
-    detect_task,
-    extract_logits,
-    prepare_targets,
-)
+from trainyard.engine.state import Run, SavePolicy, TrainState, average_partial_gradients, check_resumable, describe_changes, restore, save_checkpoint
+from trainyard.engine.telemetry import RunTelemetry, compute_dtype, peak_flops
+from trainyard.engine.task import TaskChoice, TaskSpec, as_task_spec, detect_task, extract_logits
 
 log = get_logger("trainyard.engine")
 
@@ -80,18 +72,18 @@ class TrainingLoop:
         self.context: RunContext | None = None  # where the current run happens
         self.batches_per_epoch = 0  # micro-batches per epoch on this rank
         self.step_metrics: dict[str, float] = {}  # the last optimizer step's loss, grad norm, lr
-        self._stop_reason: str | None = None
+        self.saves = SavePolicy(self.training_config.checkpoint_every_n_steps)
         self.tokenizer: Any = None  # travels with the export bundle when set (experiments set it)
 
     # -- the handles hooks get ---------------------------------------------------------
 
     def request_stop(self, reason: str = "requested by a hook") -> None:
         """End the run after the current batch, saving a checkpoint of that position."""
-        self._stop_reason = reason
+        self.saves.request_stop(reason)
 
     @property
     def stop_requested(self) -> bool:
-        return self._stop_reason is not None
+        return self.saves.stopping
 
     @property
     def pad_token_id(self) -> int | None:
@@ -123,7 +115,7 @@ class TrainingLoop:
                 "workers; in a hand-written Ray Train loop use create_run_context(training_config=training_config); "
                 "or use parallelism='ddp'"
             )
-        self._stop_reason = None
+        self.saves = SavePolicy(self.training_config.checkpoint_every_n_steps)
         self.context = ctx
         with setup.determinism(self.training_config.deterministic, ctx.device):
             start = time.perf_counter()
@@ -132,7 +124,7 @@ class TrainingLoop:
                 self.hooks.fire(Event.TRAIN_BEGIN, self, run.train_ds, run.val_ds)
                 while self.state.epoch <= self.training_config.epochs and not self.stop_requested:
                     self._train_epoch(run)
-                results = build_results(run, self.state, time.perf_counter() - start, self._stop_reason)
+                results = build_results(run, self.state, time.perf_counter() - start, self.saves.stop_reason)
                 self.hooks.fire(Event.TRAIN_END, self, results)
             finally:
                 self.hooks.close()
@@ -142,73 +134,43 @@ class TrainingLoop:
 
     def _setup(self, ctx: RunContext, train_data: Any, val_data: Any, resume_from: Any) -> Run:
         cfg = self.training_config
-        train_ds = as_dataset(train_data, "train_data")
-        if train_ds is None or len(train_ds) == 0:
-            raise ValueError("train_data is empty: it needs at least one sample")
-        val_ds = as_dataset(val_data, "val_data")
-        if val_ds is not None and len(val_ds) == 0:
-            raise ValueError("val_data is empty: pass None to train without validation")
-
-        # The environment's checkpoint wins: after a restart it is newer than resume_from.
-        resume_path = ctx.checkpoint_to_resume()
-        if resume_path is None and resume_from is not None:
-            resume_path = ckpt.resolve(ckpt.local_path(resume_from), warn=log.warning)
-        loaded = ckpt.load(resume_path) if resume_path is not None else None
+        train_ds, val_ds = setup.datasets(train_data, val_data, ctx, cfg)
+        loaded = setup.checkpoint_to_load(ctx, resume_from, warn=log.warning)
         if loaded is None:
             rng.seed_everything(cfg.random_seed)  # before the factory: model init is seeded too
-
-        raw_model = setup.build_model(self.model_or_factory)
-        if loaded is not None and not loaded.sharded:
-            setup.load_model_state(raw_model, loaded)
-        if cfg.activation_checkpointing:
-            setup.checkpoint_activations(raw_model, cfg.fsdp_wrap)
-        model = ctx.prepare_model(raw_model)
-        amp_dtype, scaler = setup.amp_policy(cfg, ctx.device)
-        optimizer = setup.build_optimizer(raw_model, cfg)
-        if loaded is not None and loaded.sharded:  # read into the sharded model and optimizer, resharded
-            ctx.load_state(loaded.path, raw_model, optimizer, grads=bool(loaded.state.get("sharded_grads")))
-        elif loaded is not None:
-            optimizer.load_state_dict(loaded.optimizer)
-        if loaded is not None:
-            if scaler is not None and loaded.extra.get("scaler"):
-                scaler.load_state_dict(loaded.extra["scaler"])
-        self.model, self.optimizer = raw_model, optimizer
-
-        if len(train_ds) < ctx.world_size:
-            raise ValueError(f"train_data has {len(train_ds)} samples, fewer than the {ctx.world_size} workers: every worker needs one; use fewer workers (scaling=, --workers) or more data")
-        for ds in (train_ds, val_ds):
-            if isinstance(ds, RowSource):  # read in the chunks the epoch's order visits
-                ds.chunk_rows = cfg.shuffle_chunk_rows
+        parts = setup.build_parts(self.model_or_factory, cfg, ctx, loaded)
+        self.model, self.optimizer = parts.raw_model, parts.optimizer
         self.batches_per_epoch = batches_per_epoch(len(train_ds), cfg.batch_size, ctx.world_size)
-        run = Run(
-            ctx=ctx, train_ds=train_ds, val_ds=val_ds, model=model, raw_model=raw_model, optimizer=optimizer,
-            scaler=scaler, amp_dtype=amp_dtype, collate=Collator(self.pad_token_id), run_dir=setup.run_directory(cfg, loaded),
-            batches_per_epoch=self.batches_per_epoch, forward_kwargs=setup.forward_kwargs(raw_model),
-            trainable=[p for p in raw_model.parameters() if p.requires_grad],
-        )
-        if cfg.compile_mode:  # the loss too: its softmax over the vocabulary is the step's largest memory traffic
-            run.model, run.loss_fn, run.compile_pending = setup.try_compile(model, cfg.compile_mode), setup.try_compile(compute_loss, cfg.compile_mode), True
-        run.peak_flops = peak_flops(ctx.device, compute_dtype(ctx.device, amp_dtype), cfg.peak_flops)
-        if loaded is not None:
-            check_resumable(loaded, cfg, len(train_ds), ctx.world_size)
-            if self.task_spec is None and loaded.state.get("task_spec"):
-                self.task_spec = TaskSpec.from_dict(loaded.state["task_spec"])
-            self.state = restore(run, loaded)
-            run.task_confirmed = True
-            changes = describe_changes(loaded, cfg, len(train_ds))
-            if self.state.epoch > cfg.epochs:
-                log.info("%s is the end of a finished run: all %d epochs are trained, nothing is left to do (raise epochs to train further)", loaded.path, cfg.epochs)
-            else:
-                log.info("resumed from %s (epoch %d, step %d)", loaded.path, self.state.epoch, self.state.global_step)
-            for change in changes:
-                log.info("changed since that checkpoint: %s", change)
-        else:
-            self.state = TrainState()
+        if loaded is not None and self.task_spec is None and loaded.state.get("task_spec"):
+            self.task_spec = TaskSpec.from_dict(loaded.state["task_spec"])
         if self.task_spec is not None:
-            run.task, run.task_reason = self.task_spec.name, "given by TaskSpec"
+            task = TaskChoice(self.task_spec.name, "given by TaskSpec", explicit=True)
         else:
-            run.task, run.task_reason = detect_task(train_ds[0])
+            task = TaskChoice(*detect_task(train_ds[0]), explicit=False)
+        run = Run(
+            ctx=ctx, train_ds=train_ds, val_ds=val_ds, raw_model=parts.raw_model, optimizer=parts.optimizer, scaler=parts.scaler,
+            amp_dtype=parts.amp_dtype, collate=Collator(self.pad_token_id), run_dir=setup.run_directory(cfg, loaded),
+            batches_per_epoch=self.batches_per_epoch, forward_kwargs=setup.forward_kwargs(parts.raw_model),
+            trainable=[p for p in parts.raw_model.parameters() if p.requires_grad], call=setup.ModelCall(parts.model, cfg.compile_mode),
+            task=task, telemetry=RunTelemetry(ctx.device, peak_flops(ctx.device, compute_dtype(ctx.device, parts.amp_dtype), cfg.peak_flops)),
+        )
+        self.state = self._resume(run, loaded) if loaded is not None else TrainState()
         return run
+
+    def _resume(self, run: Run, loaded: LoadedCheckpoint) -> TrainState:
+        """Continue from `loaded` (its weights are in already): the position, sums and RNG
+        streams, after checking the run can; says what changed since it was saved."""
+        cfg = self.training_config
+        check_resumable(loaded, cfg, len(run.train_ds), run.ctx.world_size)
+        state = restore(run, loaded)  # last: it restores the RNG streams
+        run.task.confirmed = True
+        if state.epoch > cfg.epochs:
+            log.info("%s is the end of a finished run: all %d epochs are trained, nothing is left to do (raise epochs to train further)", loaded.path, cfg.epochs)
+        else:
+            log.info("resumed from %s (epoch %d, step %d)", loaded.path, state.epoch, state.global_step)
+        for change in describe_changes(loaded, cfg, len(run.train_ds)):
+            log.info("changed since that checkpoint: %s", change)
+        return state
 
     # -- one epoch -----------------------------------------------------------------------
 
@@ -218,21 +180,22 @@ class TrainingLoop:
         if state.batch_in_epoch == 0:
             run.progress.epoch_sums = MetricSums()
             self.hooks.fire(Event.EPOCH_BEGIN, self, state.epoch)
-        run.running, run.telemetry = RunningSums(run.progress.epoch_sums, ctx.device), EpochTelemetry(ctx.device)
+        run.progress.start_epoch(ctx.device)
+        run.telemetry.start_epoch()
         total = run.batches_per_epoch
         batches = iter_epoch_batches(
             len(run.train_ds), cfg.batch_size, state.epoch - 1, cfg.random_seed, ctx.rank, ctx.world_size, cfg.shuffle_chunk_rows, start=state.batch_in_epoch
         )
         loader = make_loader(run.train_ds, batches, run.collate, cfg.num_workers, ctx.device.type == "cuda")
-        feed = WindowFeed(loader, window_sizes(state.batch_in_epoch, total, cfg.gradient_accumulation_steps), lambda b: self._to_device(run, b))
-        run.model.train()
-        while state.batch_in_epoch < total and not self.stop_requested:
+        sizes = window_sizes(state.batch_in_epoch, total, cfg.gradient_accumulation_steps)
+        feed = WindowFeed(loader, sizes, lambda b: to_device(b, ctx.device, run.task.name, run.collate.pad_token_id))  # the task as confirmed
+        run.call.model.train()
+        while state.batch_in_epoch < total and not self.saves.stopping:
             self._window(run, feed)
         if state.batch_in_epoch < total:  # stopped inside the epoch
             return
-        run.telemetry.waited(feed.waited)
-        run.progress.epoch_sums = run.running.host()
-        row = {"epoch": state.epoch, **run.progress.epoch_sums.reduced(ctx).metrics("train", run.task)}
+        run.telemetry.epoch.waited(feed.waited)
+        row = {"epoch": state.epoch, **run.progress.sync().reduced(ctx).metrics("train", run.task.name)}
         if run.val_ds is not None:
             val_metrics = self._evaluate(run)
             row.update(val_metrics)
@@ -240,23 +203,13 @@ class TrainingLoop:
         epoch_norms = run.progress.history["grad_norm"][-math.ceil(total / cfg.gradient_accumulation_steps) :]
         row["train/learning_rate"] = run.optimizer.param_groups[0]["lr"]
         row["train/grad_norm"] = sum(epoch_norms) / len(epoch_norms) if epoch_norms else float("nan")
-        row.update(run.telemetry.summary(ctx, run.peak_flops, run.flops_per_token is not None))
+        row.update(run.telemetry.summary(ctx))
         row["epoch_time"] = time.perf_counter() - epoch_start
         run.progress.history["epochs"].append(row)
         state.epoch_complete = True
         self._checkpoint(run, row)
         self.hooks.fire(Event.EPOCH_END, self, state.epoch, row)
         self.state = TrainState(epoch=state.epoch + 1, global_step=state.global_step)
-
-    def _to_device(self, run: Run, batch: dict[str, torch.Tensor]) -> DeviceBatch:
-        """Count on the host what the step needs to know, then move the batch (async from
-        pinned memory) and build its targets there."""
-        pad = run.collate.pad_token_id
-        tensors = {k: v.to(run.ctx.device, non_blocking=True) for k, v in batch.items()}
-        return DeviceBatch(
-            tensors, prepare_targets(run.task, tensors, pad), count_targets(run.task, prepare_targets(run.task, batch, pad)),
-            samples=len(batch["input_ids"]), input_tokens=input_tokens(batch, pad), seq_len=sequence_length(batch),
-        )
 
     def _window(self, run: Run, feed: WindowFeed) -> None:
         """One optimizer step: the micro-batches of an accumulation window. Losses and
@@ -270,93 +223,83 @@ class TrainingLoop:
             # Normalise by the targets of the whole step, over all ranks: batch b x accum k
             # then equals batch b*k, and N workers equal one with N times the batch. The
             # count was summed with the previous step's loss where that step prefetched it.
-            window_count = run.next_count if run.next_count is not None else ctx.sum_tensor(self._scalar(run, sum(b.count for b in window)))
+            summed = feed.summed_count
+            window_count = summed if summed is not None else ctx.sum_tensor(self._scalar(run, sum(b.count for b in window)))
             window_loss = self._scalar(run, 0.0)
-        run.next_count = None
+        feed.summed_count = None
         scale = ctx.world_size / window_count.clamp(min=1)
-        if run.flops_per_token is None and run.peak_flops is not None and not run.flops_counted:
-            # Counting runs an extra forward and backward: a sharded model's would all-gather
-            # and reduce-scatter, so there only a model's own flops_per_token gives MFU.
-            count = not run.ctx.shards_state or callable(getattr(run.raw_model, "flops_per_token", None))
-            run.flops_per_token = flops_per_token_fn(run.raw_model, window[0].tensors, run.forward_kwargs, run.autocast) if count else None
-            run.flops_counted = True
-        compiling = run.telemetry.counts() if run.compile_pending else None
+        run.telemetry.count_flops(run.raw_model, window[0].tensors, run.forward_kwargs, run.autocast, ctx.shards_state)
+        run.telemetry.window_begins(compiling=run.call.pending)
         for i, batch in enumerate(window):
             self.hooks.fire(Event.BATCH_BEGIN, self, batch.tensors)
             last = i == len(window) - 1
-            with contextlib.nullcontext() if last else ctx.no_sync(run.model):
+            with contextlib.nullcontext() if last else ctx.no_sync(run.call.model):
                 stats, logits, output = self._micro_step(run, batch.tensors, batch.targets, scale)
             window_loss += stats.loss_sum.detach()
-            run.running.add(stats, batch.count)
-            run.telemetry.batch(batch.samples, batch.count, batch.input_tokens, batch.seq_len, run.flops_per_token)
+            progress.running.add(stats, batch.count)
+            run.telemetry.batch(batch.samples, batch.count, batch.input_tokens, batch.seq_len)
             state.batch_in_epoch += 1
             if last:
                 feed.prefetch()  # the next window is collated and copied while the device computes
-                self._optimizer_step(run, self._reduce_loss(run, window_loss, feed.upcoming_count()) / window_count.clamp(min=1))
-                if compiling is not None:
-                    run.telemetry.leave_out_last_step(compiling)
+                self._optimizer_step(run, self._reduce_loss(run, feed, window_loss) / window_count.clamp(min=1))
             outputs = {"loss": stats.loss_sum.detach() / max(batch.count, 1), "logits": logits.detach(), "model_output": output}
             self.hooks.fire(Event.BATCH_END, self, batch.tensors, outputs)
-            if self.stop_requested and not last:
+            if self.saves.cuts_window(last):
                 step.check_cut_window(run, state, window_loss)
                 count, loss = torch.stack([window_count, window_loss]).tolist()
                 progress.window = {"count": count, "loss": loss}
                 self._checkpoint(run, self._position_metrics(None))
                 return
-        every = self.training_config.checkpoint_every_n_steps
-        mid_epoch = state.batch_in_epoch < run.batches_per_epoch
-        if mid_epoch and (self.stop_requested or (every and state.global_step % every == 0)):
+        if self.saves.saves_after_step(state, run.batches_per_epoch):
             self._checkpoint(run, self._position_metrics(progress.history["loss"][-1]))
 
-    def _reduce_loss(self, run: Run, window_loss: torch.Tensor, upcoming: int | None) -> torch.Tensor:
-        """The window's loss summed over ranks; the next window's target count rides along
-        in the same collective (every rank has the same windows, so all agree whether)."""
+    def _reduce_loss(self, run: Run, feed: WindowFeed, window_loss: torch.Tensor) -> torch.Tensor:
+        """The window's loss summed over ranks; the prefetched window's target count rides
+        along in the same collective (every rank has the same windows, so all agree whether)."""
+        upcoming = feed.upcoming_count()
         if upcoming is None:
             return run.ctx.sum_tensor(window_loss)
-        loss, run.next_count = run.ctx.sum_tensor(torch.stack([window_loss, self._scalar(run, upcoming)]))
+        loss, feed.summed_count = run.ctx.sum_tensor(torch.stack([window_loss, self._scalar(run, upcoming)]))
         return loss
 
     @staticmethod
     def _scalar(run: Run, value: float) -> torch.Tensor:
         # torch.full writes on the device; torch.tensor(value, device=...) would copy from
         # pageable host memory, which waits for the device.
-        return torch.full((), float(value), dtype=run.running.sums["loss"].dtype, device=run.ctx.device)
+        return torch.full((), float(value), dtype=run.progress.running.sums["loss"].dtype, device=run.ctx.device)
 
     def _micro_step(self, run: Run, batch: dict, target: torch.Tensor, scale: float):
         """Forward, loss (a sum, scaled to the step's target count), backward."""
-        if run.compile_pending:
+        if run.call.pending:
             return self._first_compiled_step(run, batch, target, scale)
         with run.autocast():
-            output = run.model(batch["input_ids"], **{k: batch[k] for k in run.forward_kwargs if k in batch})
+            output = run.call.model(batch["input_ids"], **{k: batch[k] for k in run.forward_kwargs if k in batch})
         logits = extract_logits(output)
-        if not run.task_confirmed:
+        if not run.task.confirmed:
             self._confirm_task(run, logits)
-        stats = run.loss_fn(run.task, logits, target)
+        stats = run.call.loss_fn(run.task.name, logits, target)
         loss = stats.loss_sum * scale
         (run.scaler.scale(loss) if run.scaler is not None else loss).backward()
         return stats, logits, output
 
     def _first_compiled_step(self, run: Run, batch: dict, target: torch.Tensor, scale: float):
         # torch.compile fails lazily, at the first call: try it once, fall back to eager.
-        run.compile_pending = False
+        run.call.pending = False
         rng_state = torch.get_rng_state()
         try:
             return self._micro_step(run, batch, target, scale)
         except Exception as e:  # noqa: BLE001 - any compiler failure means "no compile here"
-            setup.compile_failed(self.training_config.compile_mode, e)
+            run.call.fall_back(e)
             torch.set_rng_state(rng_state)
             run.optimizer.zero_grad(set_to_none=True)
-            run.model, run.loss_fn = getattr(run.model, "_orig_mod", run.model), compute_loss
             return self._micro_step(run, batch, target, scale)
 
     def _confirm_task(self, run: Run, logits: torch.Tensor) -> None:
-        explicit = self.task_spec is not None
-        run.task, run.task_reason = confirm_task(run.task, logits, run.task_reason, explicit)
-        run.task_confirmed = True
-        if not explicit:
+        run.task.confirm(logits)
+        if not run.task.explicit:
             if run.ctx.is_main:
-                log.info("task_spec=None: training as %r (%s)", run.task, run.task_reason)
-            self.task_spec = TaskSpec(name=run.task)
+                log.info("task_spec=None: training as %r (%s)", run.task.name, run.task.reason)
+            self.task_spec = TaskSpec(name=run.task.name)
 
     def _optimizer_step(self, run: Run, loss: torch.Tensor) -> None:
         state = self.state
@@ -384,22 +327,22 @@ class TrainingLoop:
         if ctx.shards_state:  # every forward gathers the shards, so every rank runs as many (the extra ones count nothing)
             padding = max(len(eval_batches(len(run.val_ds), cfg.batch_size, r, ctx.world_size)) for r in range(ctx.world_size)) - len(batches)
         sums = evaluation_sums(
-            run.model, loader, run.task, run.collate.pad_token_id, ctx.device, run.forward_kwargs, run.amp_dtype,
+            run.call.model, loader, run.task.name, run.collate.pad_token_id, ctx.device, run.forward_kwargs, run.amp_dtype,
             padding_forwards=padding, padding_batch=run.collate([run.val_ds[0]]) if padding else None,
         )
-        return sums.reduced(ctx).metrics("val", run.task)
+        return sums.reduced(ctx).metrics("val", run.task.name)
 
     def _checkpoint(self, run: Run, metrics: dict[str, Any]) -> None:
         """Save the position (main rank) and report it; every rank reports, the same number of times."""
-        if run.running is not None:
-            run.progress.epoch_sums = run.running.host()
+        progress, ctx = run.progress, run.ctx
+        progress.sync()
         ranks = None
-        if run.ctx.world_size > 1:  # what each rank summed itself (the epoch so far, a cut window) is saved per rank
-            ranks = run.ctx.gather({"epoch_sums": vars(run.progress.epoch_sums).copy(), "window": run.progress.window})
-            if run.progress.window is not None and not run.ctx.shards_state:
+        if ctx.world_size > 1:  # what each rank summed itself (the epoch so far, a cut window) is saved per rank
+            ranks = ctx.gather({"epoch_sums": vars(progress.epoch_sums).copy(), "window": progress.window})
+            if progress.window is not None and not ctx.shards_state:
                 average_partial_gradients(run)
-        writes = run.ctx.is_main or run.ctx.shards_state  # sharded: every rank writes its part
+        writes = ctx.is_main or ctx.shards_state  # sharded: every rank writes its part
         path = save_checkpoint(run, self.state, self.training_config, self.task_spec, self.config, ranks) if writes else None
-        run.ctx.report(metrics, path)
-        if path is not None and run.ctx.is_main:
+        ctx.report(metrics, path)
+        if path is not None and ctx.is_main:
             self.hooks.fire(Event.CHECKPOINT, self, str(path))

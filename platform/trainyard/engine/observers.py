@@ -22,7 +22,8 @@ import sys
 from typing import Any
 
 from trainyard._logging import get_logger
-from trainyard.engine.config import TrainingConfig, model_config_dict
+from trainyard.engine.config import TrainingConfig
+from trainyard.engine.model_config import model_config_dict
 from trainyard.engine.hooks import Observer
 from trainyard.engine.telemetry import TELEMETRY_KEYS
 

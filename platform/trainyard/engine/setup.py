@@ -1,9 +1,12 @@
 """Setup: the parts a run is built from, each from the TrainingConfig.
 
+    datasets(train, val, ctx, cfg)     the data as datasets, checked against the world size
+    checkpoint_to_load(ctx, resume)    the checkpoint a run continues from (the environment's first)
+    build_parts(factory, cfg, ctx, loaded)  model, its wrapped form, optimizer and AMP, state loaded
     build_model(model_or_factory)      the user's module (a factory is called here, seeded)
     build_optimizer(model, cfg)        AdamW, weight decay on matrices only
     amp_policy(cfg, device)            autocast dtype and GradScaler
-    try_compile(model, mode)           torch.compile, or eager with one warning
+    ModelCall(model, compile_mode)     the model as trained and its loss: compiled, or eager
     run_directory(cfg, loaded)         where checkpoints go, never over another run's
     run_id()                           the timestamp-uuid id of every run name
     blocks(model, class_names)         the repeated blocks (sharded apart under FSDP, recomputed
@@ -20,6 +23,7 @@ import os
 import time
 import uuid
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,6 +33,66 @@ from torch import nn
 
 from trainyard.engine import checkpoint as ckpt
 from trainyard.engine.config import TrainingConfig
+from trainyard.engine.context import RunContext
+from trainyard.engine.data.inputs import as_dataset
+from trainyard.engine.data.rows import RowSource
+from trainyard.engine.task import compute_loss
+
+
+def datasets(train_data: Any, val_data: Any, ctx: RunContext, cfg: TrainingConfig) -> tuple[Any, Any]:
+    """(train, val) as datasets; refused when empty, or when there are fewer training samples
+    than workers. Row sources read in the chunks the epoch's order visits."""
+    train_ds = as_dataset(train_data, "train_data")
+    if train_ds is None or len(train_ds) == 0:
+        raise ValueError("train_data is empty: it needs at least one sample")
+    val_ds = as_dataset(val_data, "val_data")
+    if val_ds is not None and len(val_ds) == 0:
+        raise ValueError("val_data is empty: pass None to train without validation")
+    if len(train_ds) < ctx.world_size:
+        raise ValueError(f"train_data has {len(train_ds)} samples, fewer than the {ctx.world_size} workers: every worker needs one; use fewer workers (scaling=, --workers) or more data")
+    for ds in (train_ds, val_ds):
+        if isinstance(ds, RowSource):
+            ds.chunk_rows = cfg.shuffle_chunk_rows
+    return train_ds, val_ds
+
+
+def checkpoint_to_load(ctx: RunContext, resume_from: Any, warn: Callable[[str], None]) -> ckpt.LoadedCheckpoint | None:
+    """The environment's checkpoint (after a restart it is newer than `resume_from`), else
+    `resume_from`'s (a run directory: its newest valid one), verified and loaded; None for a
+    fresh run."""
+    path = ctx.checkpoint_to_resume()
+    if path is None and resume_from is not None:
+        path = ckpt.resolve(ckpt.local_path(resume_from), warn=warn)
+    return ckpt.load(path) if path is not None else None
+
+
+@dataclass
+class Parts:
+    raw_model: nn.Module  # the user's module
+    model: nn.Module  # as the context prepared it (DDP / FSDP)
+    optimizer: torch.optim.Optimizer
+    amp_dtype: torch.dtype | None
+    scaler: Any
+
+
+def build_parts(model_or_factory: nn.Module | Callable[[], nn.Module], cfg: TrainingConfig, ctx: RunContext, loaded: ckpt.LoadedCheckpoint | None) -> Parts:
+    """The model (prepared for `ctx`), optimizer and AMP policy, with `loaded`'s state read
+    into them: whole, or a sharded checkpoint resharded to how they are laid out here."""
+    raw_model = build_model(model_or_factory)
+    if loaded is not None and not loaded.sharded:
+        load_model_state(raw_model, loaded)
+    if cfg.activation_checkpointing:
+        checkpoint_activations(raw_model, cfg.fsdp_wrap)
+    model = ctx.prepare_model(raw_model)
+    amp_dtype, scaler = amp_policy(cfg, ctx.device)
+    optimizer = build_optimizer(raw_model, cfg)
+    if loaded is not None and loaded.sharded:
+        ctx.load_state(loaded.path, raw_model, optimizer, grads=bool(loaded.state.get("sharded_grads")))
+    elif loaded is not None:
+        optimizer.load_state_dict(loaded.optimizer)
+    if loaded is not None and scaler is not None and loaded.extra.get("scaler"):
+        scaler.load_state_dict(loaded.extra["scaler"])
+    return Parts(raw_model, model, optimizer, amp_dtype, scaler)
 
 
 def build_model(model_or_factory: nn.Module | Callable[[], nn.Module]) -> nn.Module:
@@ -124,22 +188,34 @@ def amp_policy(cfg: TrainingConfig, device: torch.device) -> tuple[torch.dtype |
     return (torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16), None
 
 
+class ModelCall:
+    """The model as trained (maybe DDP- or FSDP-wrapped) and the loss, both compiled with
+    torch.compile when `mode` is set: the loss too, since its softmax over the vocabulary is
+    the step's largest memory traffic. torch.compile fails lazily, at the first call, so
+    that call is tried once (`pending`) and a failure falls back to eager for the run."""
+
+    def __init__(self, model: nn.Module, mode: str | None):
+        self.mode, self.pending = mode, bool(mode)
+        self.model, self.loss_fn = model, compute_loss
+        if mode:
+            self.model, self.loss_fn = try_compile(model, mode), try_compile(compute_loss, mode)
+
+    def fall_back(self, error: Exception) -> None:
+        """The first compiled call failed: say so once, and train eagerly from here."""
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        warnings.warn(
+            f"torch.compile(mode={self.mode!r}) is unavailable here ({type(error).__name__}: {first_line}); training in eager mode",
+            RuntimeWarning, stacklevel=3,
+        )
+        self.model, self.loss_fn = getattr(self.model, "_orig_mod", self.model), compute_loss
+
+
 def try_compile(model: nn.Module | Callable, mode: str) -> nn.Module | Callable:
     try:
         return torch.compile(model, mode=mode)
     except Exception as e:  # noqa: BLE001
         warnings.warn(f"torch.compile(mode={mode!r}) is unavailable here ({e}); training in eager mode", RuntimeWarning, stacklevel=3)
         return model
-
-
-def compile_failed(mode: str, error: Exception) -> None:
-    """torch.compile fails lazily, at the first call: say so once; the caller goes eager."""
-    first_line = str(error).splitlines()[0] if str(error) else ""
-    warnings.warn(
-        f"torch.compile(mode={mode!r}) is unavailable here ({type(error).__name__}: {first_line}); training in eager mode",
-        RuntimeWarning,
-        stacklevel=3,
-    )
 
 
 def run_id() -> str:

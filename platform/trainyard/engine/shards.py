@@ -163,7 +163,6 @@ def save_state(directory: Path, model: nn.Module, optimizer: Any, grads: bool) -
 def load_state(directory: Path, model: nn.Module, optimizer: Any, grads: bool) -> None:
     """Read a sharded checkpoint into the live `model` and `optimizer`, resharded to how they
     are laid out now (sharded over any number of ranks, or whole)."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
     # DCP fills an optimizer's empty state with a zero-lr step before reading into it, unless

@@ -1,8 +1,12 @@
-"""What a run is made of, and exactly what a checkpoint saves of it.
+"""What a run is made of, when it saves, and exactly what a checkpoint saves of it.
 
     TrainState   where the run is (epoch, batch, step): hooks read it
-    Progress     what the run has accumulated (history, the epoch's sums, a partial window)
-    Run          what setup built: the model as trained, optimizer, data, run directory
+    Progress     what the run has accumulated (history, the epoch's sums, a cut window, the
+                 last checkpoint)
+    SavePolicy   when a checkpoint is written inside an epoch, and the stop a hook asked for
+    Run          what setup built (model, optimizer, data, run directory), and the parts that
+                 own their own state: the model call (compiled or eager), the task, the
+                 progress, the telemetry
 
 `save_checkpoint` writes the state list below, and `restore` is its exact inverse::
 
@@ -18,19 +22,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from trainyard.engine import checkpoint as ckpt
 from trainyard.engine import rng
-from trainyard.engine.config import TrainingConfig, model_config_dict
+from trainyard.engine.config import TrainingConfig
+from trainyard.engine.model_config import model_config_dict
 from trainyard.engine.context import RunContext
 from trainyard.engine.data.collate import Collator
 from trainyard.engine.metrics import MetricSums, RunningSums
-from trainyard.engine.task import TaskSpec, compute_loss
-from trainyard.engine.telemetry import EpochTelemetry
+from trainyard.engine.setup import ModelCall
+from trainyard.engine.task import TaskChoice, TaskSpec
+from trainyard.engine.telemetry import RunTelemetry
 
 # Changing any of these in the middle of an epoch would change which samples the rest of
 # the epoch sees, so a mid-epoch resume refuses it.
@@ -52,18 +58,57 @@ class Progress:
     """What the run has accumulated beyond the weights."""
 
     history: dict[str, list] = field(default_factory=lambda: {"loss": [], "grad_norm": [], "epochs": []})
-    epoch_sums: MetricSums = field(default_factory=MetricSums)
+    epoch_sums: MetricSums = field(default_factory=MetricSums)  # the epoch so far, on the host
     window: dict[str, Any] | None = None  # an accumulation window cut by a stop, or restored mid-window
+    last_checkpoint: Path | None = None
+    running: RunningSums | None = None  # the epoch's sums while it trains, on the device
+
+    def start_epoch(self, device: torch.device) -> None:
+        """Sum the epoch on the device, from what it has summed so far (a resumed epoch)."""
+        self.running = RunningSums(self.epoch_sums, device)
+
+    def sync(self) -> MetricSums:
+        """The device sums read back into `epoch_sums` (one synchronisation)."""
+        if self.running is not None:
+            self.epoch_sums = self.running.host()
+        return self.epoch_sums
+
+
+class SavePolicy:
+    """When a checkpoint is written besides every epoch's end: every `every_n_steps` optimizer
+    steps inside an epoch, and where a stop was requested (after the current batch; inside an
+    accumulation window, the window is saved part-way, so the run resumes exactly there)."""
+
+    def __init__(self, every_n_steps: int | None):
+        self.every_n_steps = every_n_steps
+        self.stop_reason: str | None = None
+
+    def request_stop(self, reason: str) -> None:
+        self.stop_reason = reason
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_reason is not None
+
+    def cuts_window(self, last_of_window: bool) -> bool:
+        """After a micro-batch: stop here, saving the window so far."""
+        return self.stopping and not last_of_window
+
+    def saves_after_step(self, state: TrainState, batches_per_epoch: int) -> bool:
+        """After an optimizer step inside an epoch (its end saves anyway)."""
+        due = bool(self.every_n_steps) and state.global_step % self.every_n_steps == 0
+        return state.batch_in_epoch < batches_per_epoch and (self.stopping or due)
 
 
 @dataclass
 class Run:
-    """Everything one call of `Trainer.run` builds; discarded when it returns."""
+    """Everything one call of `TrainingLoop.run` builds; discarded when it returns. The fields
+    are set by setup and not reassigned; `call`, `task`, `progress` and `telemetry` own the
+    state that changes as the run goes."""
 
     ctx: RunContext
     train_ds: Any
     val_ds: Any
-    model: nn.Module  # as trained (maybe DDP-wrapped / compiled)
     raw_model: nn.Module  # the user's module: what is saved and exported
     optimizer: torch.optim.Optimizer
     scaler: Any
@@ -71,21 +116,12 @@ class Run:
     collate: Collator
     run_dir: Path
     batches_per_epoch: int
-    forward_kwargs: tuple[str, ...] = ()
-    task: str | None = None
-    task_reason: str = ""
-    task_confirmed: bool = False
-    compile_pending: bool = False
+    forward_kwargs: tuple[str, ...]
+    trainable: list[torch.Tensor]  # parameters the optimizer updates
+    call: ModelCall  # the model as trained (maybe wrapped / compiled) and its loss
+    task: TaskChoice
+    telemetry: RunTelemetry
     progress: Progress = field(default_factory=Progress)
-    last_checkpoint: Path | None = None
-    running: RunningSums | None = None  # this epoch's sums, on the device
-    telemetry: EpochTelemetry | None = None
-    peak_flops: float | None = None  # per device, in the compute dtype (None: no MFU)
-    flops_per_token: Callable[[int], float] | None = None
-    flops_counted: bool = False
-    loss_fn: Callable = compute_loss  # compiled with the model when compile_mode is set
-    trainable: list[torch.Tensor] = field(default_factory=list)  # parameters the optimizer updates
-    next_count: torch.Tensor | None = None  # the next window's target count, summed over ranks
 
     def autocast(self):
         """The forward pass's autocast (a no-op context without AMP)."""
@@ -111,7 +147,7 @@ def save_checkpoint(
         "history": run.progress.history,
         "rng": rng_plain,
         "training_config": cfg.to_dict(),
-        "task_spec": task_spec.to_dict() if task_spec else TaskSpec(name=run.task).to_dict(),
+        "task_spec": task_spec.to_dict() if task_spec else TaskSpec(name=run.task.name).to_dict(),
         "model_config": model_config_dict(model_config),
         "train_size": len(run.train_ds),
         "world_size": run.ctx.world_size,
@@ -124,7 +160,7 @@ def save_checkpoint(
         path = ckpt.save_sharded(run.run_dir, name, write, extra, meta, run.ctx.gather, run.ctx.is_main)
     else:
         path = ckpt.save(run.run_dir, name, run.raw_model.state_dict(), run.optimizer.state_dict(), extra, meta)
-    run.last_checkpoint = path
+    run.progress.last_checkpoint = path
     ckpt.prune(run.run_dir, cfg.keep_last_n_checkpoints, protect=path)
     return path
 
@@ -192,12 +228,11 @@ def restore(run: Run, loaded: ckpt.LoadedCheckpoint) -> TrainState:
         state = TrainState(epoch=state.epoch + 1, global_step=state.global_step)
     ranks = s.get("ranks")  # mid-epoch, the world size is the same (checked); at an epoch end the sums start afresh
     own = ranks[run.ctx.rank] if ranks and len(ranks) == run.ctx.world_size else s
-    run.progress = Progress(history=s["history"], epoch_sums=MetricSums(**own["epoch_sums"]))
-    run.progress.window = own["window"]  # saved mid-window: what this rank has summed of it
+    # own["window"]: saved mid-window, what this rank has summed of it
+    run.progress = Progress(history=s["history"], epoch_sums=MetricSums(**own["epoch_sums"]), window=own["window"], last_checkpoint=loaded.path)
     if loaded.extra.get("grads") is not None:  # sharded gradients were read with the sharded state
         for p, g in zip(run.raw_model.parameters(), loaded.extra["grads"]):
             p.grad = None if g is None else g.to(p.device)
-    run.last_checkpoint = loaded.path
     # Last, so nothing before it (model construction above all) disturbs the streams.
     rng.restore(loaded.extra["rng"], s["rng"])
     return state

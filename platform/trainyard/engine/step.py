@@ -37,7 +37,7 @@ def optimizer_step(run: Run, cfg: TrainingConfig, state: TrainState, loss: torch
     if not math.isfinite(loss_value):
         raise FloatingPointError(
             f"loss is {loss_value} at epoch {state.epoch}, step {state.global_step + 1}; no checkpoint was written "
-            f"for this state (the last good one is {run.last_checkpoint}). Lower learning_rate, set "
+            f"for this state (the last good one is {run.progress.last_checkpoint}). Lower learning_rate, set "
             "max_grad_norm, or check the data for invalid values"
         )
     if not math.isfinite(norm_value) and run.scaler is None:
@@ -82,6 +82,6 @@ def check_cut_window(run: Run, state: TrainState, window_loss: torch.Tensor) -> 
         what = "loss is" if loss_bad else "gradients are"
         raise FloatingPointError(
             f"the {what} not finite at epoch {state.epoch}, step {state.global_step + 1} (a stop was requested inside its "
-            f"accumulation window); no checkpoint was written for this state (the last good one is {run.last_checkpoint}). "
+            f"accumulation window); no checkpoint was written for this state (the last good one is {run.progress.last_checkpoint}). "
             "Lower learning_rate, set max_grad_norm, or check the data for invalid values"
         )

@@ -87,6 +87,22 @@ def confirm_task(name: str, logits: torch.Tensor, reason: str, explicit: bool) -
     return name, reason
 
 
+@dataclass
+class TaskChoice:
+    """The task a run trains, and why: given (a TaskSpec, or the checkpoint resumed from) or
+    detected from the first sample, then confirmed against the model's first logits."""
+
+    name: str
+    reason: str
+    explicit: bool  # given, not detected: the model's output may not refine it
+    confirmed: bool = False
+
+    def confirm(self, logits: torch.Tensor) -> None:
+        """Check the first logits fit the task (an auto-detected task may be refined)."""
+        self.name, self.reason = confirm_task(self.name, logits, self.reason, self.explicit)
+        self.confirmed = True
+
+
 def extract_logits(output: Any) -> torch.Tensor:
     """The logits in a model output: a tensor, a tuple (logits first), or .logits / ["logits"]."""
     if isinstance(output, torch.Tensor):

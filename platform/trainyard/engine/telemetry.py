@@ -220,6 +220,50 @@ class EpochTelemetry:
         return row
 
 
+class RunTelemetry:
+    """A run's telemetry, owned in one place: the device's peak, the model's FLOPs per token
+    (counted once, at the first window), this epoch's counts and clocks, and the step in
+    which torch.compile compiled (left out of the rates)."""
+
+    def __init__(self, device: torch.device, peak: float | None):
+        self.device, self.peak = device, peak
+        self.flops_per_token: Callable[[int], float] | None = None
+        self.epoch: EpochTelemetry | None = None
+        self._counted = False
+        self._compiling: tuple[int, int, float] | None = None  # the counts before the compiling step
+
+    def start_epoch(self) -> None:
+        self.epoch = EpochTelemetry(self.device)
+
+    def count_flops(self, model: nn.Module, batch: dict[str, torch.Tensor], forward_kwargs: tuple[str, ...], autocast: Callable[[], Any], sharded: bool) -> None:
+        """Once per run, where MFU can be reported (the peak is known). Counting runs an extra
+        forward and backward: a sharded model's would all-gather and reduce-scatter, so there
+        only a model's own `flops_per_token` gives MFU."""
+        if self._counted or self.peak is None:
+            return
+        self._counted = True
+        if not sharded or callable(getattr(model, "flops_per_token", None)):
+            self.flops_per_token = flops_per_token_fn(model, batch, forward_kwargs, autocast)
+
+    def window_begins(self, compiling: bool) -> None:
+        """A window starts; `compiling`: torch.compile compiles in its step."""
+        self._compiling = self.epoch.counts() if compiling else None
+
+    def batch(self, samples: int, target_tokens: int, input_tokens: int, seq_len: int) -> None:
+        self.epoch.batch(samples, target_tokens, input_tokens, seq_len, self.flops_per_token)
+
+    def step_end(self) -> float:
+        """The optimizer step ended; returns its duration in seconds."""
+        duration = self.epoch.step_end()
+        if self._compiling is not None:
+            self.epoch.leave_out_last_step(self._compiling)
+            self._compiling = None
+        return duration
+
+    def summary(self, ctx: Any) -> dict[str, float]:
+        return self.epoch.summary(ctx, self.peak, self.flops_per_token is not None)
+
+
 TELEMETRY_KEYS = (
     "throughput/tokens_per_s", "throughput/samples_per_s", "time/step_ms", "time/data_wait_frac", "time/train_s", "mfu", "memory/peak_gb",
 )

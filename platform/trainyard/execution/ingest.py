@@ -112,7 +112,7 @@ def _put_blocks(table: Any, name: str, rows: int = SHUFFLE_CHUNK_ROWS) -> "Block
 def data_checks(config: Any, task_spec: Any = None) -> dict[str, Any]:
     """What `ingest` checks data against: the pad token (the TaskSpec's, else the model
     config's) and the model's context (its longest sequence), where they are known."""
-    from trainyard.engine.config import model_config_value
+    from trainyard.engine.model_config import model_config_value
     from trainyard.engine.task import as_task_spec
 
     spec = as_task_spec(task_spec)

@@ -24,7 +24,8 @@ from typing import Any, Callable, Mapping
 
 from trainyard._logging import get_logger, show_logs
 from trainyard._trust import check_private, make_private_dir
-from trainyard.engine.config import TrainingConfig, model_config_dict
+from trainyard.engine.config import TrainingConfig
+from trainyard.engine.model_config import model_config_dict
 from trainyard.hpo.space import SearchSpace, load_search_space
 
 log = get_logger("trainyard.hpo")

@@ -11,6 +11,8 @@ import torch
 from torch.utils.data import Dataset
 
 from trainyard.engine.data.collate import Collator
+from trainyard.engine.task import count_targets, prepare_targets
+from trainyard.engine.telemetry import input_tokens, sequence_length
 
 def make_loader(dataset: Dataset, batches: Iterable[list[int]], collate: Collator, num_workers: int, pin_memory: bool):
     if not getattr(dataset, "forks", True):  # e.g. Ray's object store: a forked process cannot read it
@@ -42,6 +44,16 @@ class DeviceBatch:
     seq_len: int
 
 
+def to_device(batch: dict[str, torch.Tensor], device: torch.device, task: str, pad_token_id: int | None) -> DeviceBatch:
+    """Count on the host what the step needs to know, then move the batch (asynchronously
+    from pinned memory) and build its targets there."""
+    tensors = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    return DeviceBatch(
+        tensors, prepare_targets(task, tensors, pad_token_id), count_targets(task, prepare_targets(task, batch, pad_token_id)),
+        samples=len(batch["input_ids"]), input_tokens=input_tokens(batch, pad_token_id), seq_len=sequence_length(batch),
+    )
+
+
 class WindowFeed:
     """An epoch's batches, in accumulation windows, moved to the device.
 
@@ -56,6 +68,9 @@ class WindowFeed:
         self._to_device = to_device
         self._ahead: list[DeviceBatch] | None = None
         self.waited = 0.0
+        # The next window's target count summed over ranks, where the step before it carried
+        # that sum in its own collective (the loop sets it, and clears it at the window).
+        self.summed_count: torch.Tensor | None = None
 
     def next_window(self) -> list[DeviceBatch]:
         if self._ahead is None:
