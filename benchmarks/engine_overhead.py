@@ -69,9 +69,18 @@ class _StepClock(TrainingHooks):
 
 
 class _NoTelemetry:
-    """Stands in for the engine's EpochTelemetry to measure what telemetry itself costs."""
+    """Stands in for the engine's RunTelemetry to measure what telemetry itself costs."""
 
-    def __init__(self, device):
+    def __init__(self, device, peak):
+        pass
+
+    def start_epoch(self):
+        pass
+
+    def count_flops(self, *args):
+        pass
+
+    def window_begins(self, compiling):
         pass
 
     def waited(self, seconds):
@@ -83,7 +92,7 @@ class _NoTelemetry:
     def step_end(self):
         return 0.0
 
-    def summary(self, ctx, peak, counted):
+    def summary(self, ctx):
         return {"throughput/tokens_per_s": 0.0, "time/data_wait_frac": 0.0}
 
 
@@ -91,7 +100,7 @@ def engine_loop(data, config, args, ckdir, telemetry=True):
     if not telemetry:
         from unittest import mock
 
-        with mock.patch("trainyard.engine.loop.EpochTelemetry", _NoTelemetry):
+        with mock.patch("trainyard.engine.loop.RunTelemetry", _NoTelemetry):
             return engine_loop(data, config, args, ckdir)
     clock = _StepClock()
     tc = TrainingConfig(

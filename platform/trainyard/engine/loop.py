@@ -194,7 +194,7 @@ class TrainingLoop:
             self._window(run, feed)
         if state.batch_in_epoch < total:  # stopped inside the epoch
             return
-        run.telemetry.epoch.waited(feed.waited)
+        run.telemetry.waited(feed.waited)
         row = {"epoch": state.epoch, **run.progress.sync().reduced(ctx).metrics("train", run.task.name)}
         if run.val_ds is not None:
             val_metrics = self._evaluate(run)

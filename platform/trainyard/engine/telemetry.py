@@ -249,6 +249,10 @@ class RunTelemetry:
         """A window starts; `compiling`: torch.compile compiles in its step."""
         self._compiling = self.epoch.counts() if compiling else None
 
+    def waited(self, seconds: float) -> None:
+        """Time the epoch spent waiting for its batches."""
+        self.epoch.waited(seconds)
+
     def batch(self, samples: int, target_tokens: int, input_tokens: int, seq_len: int) -> None:
         self.epoch.batch(samples, target_tokens, input_tokens, seq_len, self.flops_per_token)
 
