@@ -21,14 +21,15 @@ HELPERS = ("_logging", "_trust", "_yaml")
 
 # unit -> the units it may import, top layer first (each row names only rows below it).
 LAYERS: dict[str, tuple[str, ...]] = {
-    "compat": ("cli", "pipeline", "job_queue", "hpo", "experiment", "trainer", "execution", "data", "models", "engine"),
-    "cli": ("pipeline", "job_queue", "hpo", "experiment", "trainer", "execution", "data", "models", "engine"),
-    "pipeline": ("hpo", "experiment", "trainer", "execution", "data", "engine"),
+    "compat": ("cli", "pipeline", "job_queue", "hpo", "experiment", "trainer", "execution", "export", "data", "models", "engine"),
+    "cli": ("pipeline", "job_queue", "hpo", "experiment", "trainer", "execution", "export", "data", "models", "engine"),
+    "pipeline": ("hpo", "experiment", "trainer", "execution", "export", "data", "engine"),
     "job_queue": ("experiment", "trainer", "execution", "engine"),
     "hpo": ("experiment", "trainer", "execution", "data", "engine"),
     "experiment": ("trainer", "data", "models", "engine"),
-    "trainer": ("execution", "engine"),
-    "execution": ("data", "models", "engine"),
+    "trainer": ("execution", "export", "engine"),
+    "execution": ("export", "data", "models", "engine"),
+    "export": ("data", "engine"),
     "data": ("engine",),
     "models": ("engine",),
     "engine": (),

@@ -15,10 +15,11 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 
-from trainyard.engine.config import TrainingConfig
+from trainyard.engine.config import TrainingConfig, as_training_config
 from trainyard.engine.hooks import TrainingHooks
-from trainyard.engine.task import TaskSpec
 from trainyard.engine.loop import TrainingLoop
+from trainyard.engine.task import TaskSpec
+from trainyard.export.run import ExportBundle
 
 
 __all__ = ["Trainer"]
@@ -35,7 +36,10 @@ class Trainer(TrainingLoop):
     def __init__(self, model: nn.Module | Callable[[], nn.Module], config: Any = None, training_config: TrainingConfig | Mapping[str, Any] | None = None,
                  task_spec: TaskSpec | str | Mapping[str, Any] | None = None, hooks: TrainingHooks | list[TrainingHooks] | None = None,
                  scaling: Any = None, run_config: Any = None):  # fmt: skip - the engine's arguments, then Ray's
-        super().__init__(model, config, training_config, task_spec, hooks)
+        training_config = as_training_config(training_config)
+        # In this process the bundle is made as training ends; on Ray, by the driver (launch.fit).
+        observers = [ExportBundle()] if training_config.export_bundle and scaling is None else []
+        super().__init__(model, config, training_config, task_spec, hooks, observers=observers)
         if scaling is not None and not (_is_positive_int(scaling) or hasattr(scaling, "num_workers")):
             raise TypeError(
                 f"scaling must be None (this process), a number of workers, or a ray.train.ScalingConfig; got {scaling!r}"

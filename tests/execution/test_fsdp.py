@@ -42,7 +42,7 @@ def epoch_losses(results):
 
 @pytest.fixture(scope="module")
 def ddp(ray_session, tmp_path_factory):
-    trainer = Trainer(gpt, CONFIG, settings(), scaling=2, run_config=run_config(tmp_path_factory.mktemp("ddp")))
+    trainer = Trainer(gpt, CONFIG, settings(export_bundle=True), scaling=2, run_config=run_config(tmp_path_factory.mktemp("ddp")))
     return trainer, trainer.train(DATA, VAL)
 
 
@@ -74,8 +74,12 @@ def test_fsdp_on_two_workers_equals_ddp_and_writes_sharded_checkpoints(ddp, fsdp
     for name, value in ddp_trainer.model.state_dict().items():
         got = trainer.model.state_dict()[name]
         assert torch.allclose(got, value, atol=1e-4), f"{name}: max diff {(got - value).abs().max()}"  # reduce-scatter vs all-reduce order
-    exported = torch.load(ck.Path(results["export_path"]) / "model.pt", weights_only=True)
-    assert all(torch.equal(exported[k], v) for k, v in trainer.model.state_dict().items())
+    # Either way the bundle is made once, by the driver, in the run's directory (a DDP worker's
+    # own bundle went into its temporary staging folder, deleted with it).
+    for run_trainer, run_results in (ddp, fsdp):
+        assert ck.Path(run_results["export_path"]) == ck.Path(run_results["run_dir"]) / "export"
+        exported = torch.load(ck.Path(run_results["export_path"]) / "model.pt", weights_only=True)
+        assert all(torch.equal(exported[k], v) for k, v in run_trainer.model.state_dict().items())
 
 
 def test_a_killed_worker_and_a_named_rerun_give_the_uninterrupted_losses(ddp, tmp_path):

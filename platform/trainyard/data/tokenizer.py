@@ -16,10 +16,16 @@ class CharTokenizer:
         self.stoi = {s: i for i, s in enumerate(self.itos)}
         self.byte_level = False
 
-    def __call__(self, text: str, max_length: int | None = None) -> dict[str, list[int]]:
-        """`{"input_ids": [...]}` of one text with <bos>/<eos>, cut at `max_length` (the HF call shape)."""
+    def __call__(self, text: str, max_length: int | None = None, truncation: bool = True) -> dict[str, list[int]]:
+        """`{"input_ids": [...]}` of one text with <bos>/<eos>, cut at `max_length`: the call
+        shape of a Hugging Face tokenizer, so code that tokenizes takes either."""
         ids = self.encode(text, add_bos=True, add_eos=True)
-        return {"input_ids": ids[:max_length] if max_length else ids}
+        return {"input_ids": ids[:max_length] if max_length and truncation else ids}
+
+    def to_spec(self) -> dict:
+        """What an export bundle's inference.py rebuilds this tokenizer from (tokenizer.json)."""
+        return {"itos": list(self.itos), "byte_level": self.byte_level, "bos_token_id": self.bos_token_id,
+                "eos_token_id": self.eos_token_id, "n_special": 3}
 
     @classmethod
     def bytes(cls) -> "CharTokenizer":

@@ -20,7 +20,7 @@ import contextlib
 import math
 import os
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -34,7 +34,7 @@ from trainyard.engine.context import LocalContext, RunContext
 from trainyard.engine.data.collate import Collator
 from trainyard.engine.data.feed import WindowFeed, make_loader, to_device, window_sizes
 from trainyard.engine.data.order import batches_per_epoch, eval_batches, iter_epoch_batches
-from trainyard.engine.hooks import Event, HookDispatcher, TrainingHooks
+from trainyard.engine.hooks import Event, HookDispatcher, Observer, TrainingHooks
 from trainyard.engine.metrics import MetricSums, evaluation_sums
 from trainyard.engine.observers import builtin_observers
 from trainyard.engine.results import build_results
@@ -56,6 +56,8 @@ class TrainingLoop:
         training_config: TrainingConfig | Mapping[str, Any] | None = None,
         task_spec: TaskSpec | str | Mapping[str, Any] | None = None,
         hooks: TrainingHooks | list[TrainingHooks] | None = None,
+        *,
+        observers: Sequence[Observer] = (),
     ):
         if not isinstance(model, nn.Module) and not callable(model):
             raise TypeError(
@@ -65,7 +67,8 @@ class TrainingLoop:
         self.config = config
         self.training_config = as_training_config(training_config)
         self.task_spec = as_task_spec(task_spec)
-        self.hooks = HookDispatcher(hooks, observers=builtin_observers(self.training_config))
+        # `observers`: a layer above adds its own after the built-in ones (the export bundle)
+        self.hooks = HookDispatcher(hooks, observers=[*builtin_observers(self.training_config), *observers])
         self.state = TrainState()
         self.model: nn.Module | None = model if isinstance(model, nn.Module) else None
         self.optimizer: torch.optim.Optimizer | None = None

@@ -5,7 +5,8 @@
     WandbLogger   W&B, when `TrainingConfig.wandb_project` is set (main rank)
     MLflowLogger  MLflow, when `mlflow_experiment` is set (MLFLOW_TRACKING_URI picks the server)
     TensorBoardLogger  TensorBoard event files, when `tensorboard_dir` is set
-    ExportBundle  the export bundle at the end, when `export_bundle=True` (export.py)
+
+(The export bundle's observer is trainyard.export's: the public Trainer adds it.)
 
 A new tracker is one small subclass of `_StepAndEpochLogger` (open, write, finish: it gets
 every optimizer step from `on_step_end` and every epoch row) and one line in
@@ -42,10 +43,6 @@ def builtin_observers(cfg: TrainingConfig) -> list[Observer]:
         observers.append(MLflowLogger(cfg.mlflow_experiment))
     if cfg.tensorboard_dir:
         observers.append(TensorBoardLogger(cfg.tensorboard_dir))
-    if cfg.export_bundle:
-        from trainyard.engine.export import ExportBundle
-
-        observers.append(ExportBundle())
     return observers
 
 

@@ -30,6 +30,7 @@ from trainyard.execution.configs import run_config, scaling_config
 from trainyard.execution.ingest import data_checks, ingest, resolve
 from trainyard.execution.ray_env import check_satisfiable, ensure_ray, verbose
 from trainyard.execution.remote import absolute, check_picklable
+from trainyard.export.run import export_trained
 
 log = get_logger("trainyard.execution")
 
@@ -92,13 +93,8 @@ def fit(trainer: Any, train_data: Any, val_data: Any = None, resume_from: Any = 
     if result.checkpoint is not None:
         results["checkpoint_path"] = result.checkpoint.path
         trainer.model = _final_model(trainer.model_or_factory, result.checkpoint)
-        if training_config.export_bundle and training_config.parallelism == "fsdp" and "://" not in result.path:
-            from trainyard.engine.data.inputs import as_dataset
-            from trainyard.engine.export import export_trained
-
-            # The workers hold shards, not a model: the bundle is made here, from the gathered weights.
-            out = Path(result.path) / "export"
-            results["export_path"] = str(export_trained(trainer, as_dataset(resolve(payload.train_data), "train_data"), out, results["task"]))
+        if training_config.export_bundle and "://" not in result.path:  # the bundle, here, from the final weights
+            results["export_path"] = str(export_trained(trainer, resolve(payload.train_data), Path(result.path) / "export", results["task"]))
     return results
 
 

@@ -192,8 +192,7 @@ def _export(pipeline: Pipeline, search: Any) -> dict[str, Any]:
     """Export the final checkpoint's model (loaded here, so that a rerun after a kill
     exports the same weights) and record each graph's parity."""
     from trainyard.engine.checkpoint import load, resolve
-    from trainyard.engine.data.inputs import as_dataset
-    from trainyard.engine.export import export_trained
+    from trainyard.export.run import export_trained
     from trainyard.experiment import build
     from trainyard.execution.ingest import is_ray_data
 
@@ -208,8 +207,7 @@ def _export(pipeline: Pipeline, search: Any) -> dict[str, Any]:
         from trainyard.execution.ingest import data_checks, ingest
 
         sample_data = ingest(sample_data, "data", **data_checks(exp.model_config, exp.task_spec))
-    data = as_dataset(sample_data, "data")
-    bundle = export_trained(trainer, data, pipeline.run_dir / "export", final["task"])
+    bundle = export_trained(trainer, sample_data, pipeline.run_dir / "export", final["task"])
     manifest = json.loads((bundle / "MANIFEST.json").read_text())
     return {"path": str(bundle), "formats": list(manifest["parity"]), "parity": manifest["parity"]}
 

@@ -1,4 +1,4 @@
-"""Export bundle: a trained model packaged for serving, written atomically to `<run>/export`.
+"""An export bundle: a model packaged for serving, written atomically into one directory.
 
     model.pt               state_dict (always)
     model.onnx             ONNX (torch.export-based exporter), dynamic batch / sequence length
@@ -6,8 +6,7 @@
     model.pt2              torch.export's ExportedProgram (`torch.export.load(path).module()`)
     model_config.json  training_config.yaml  task_spec.json
     tokenizer.json or tokenizer/   the tokenizer, when the trainer has one (experiments do)
-    inference.py  requirements.txt  README.md  Dockerfile   (inference.py: bundle_inference.py)
-    torchserve/config.properties  torchserve/handler.py
+    inference.py  requirements.txt  README.md  Dockerfile  torchserve/   (from templates/)
     MANIFEST.json          size and sha256 of every file, and each graph's measured parity
 
 The exported graphs take `input_ids` and return logits, whatever the model's own output
@@ -29,10 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainyard.data.tokenizer import CharTokenizer
 from trainyard.engine.checkpoint import atomic_directory, describe
-from trainyard.engine.model_config import model_config_dict
-from trainyard.engine.data.collate import Collator
-from trainyard.engine.hooks import Observer
 from trainyard.engine.task import extract_logits
 
 
@@ -210,15 +207,22 @@ def _write_metadata(out: Path, formats, training_config, task_spec, model_config
     (out / "model_config.json").write_text(json.dumps(model_config or {}, indent=1))
     (out / "task_spec.json").write_text(json.dumps(task_spec or {}, indent=1))
     (out / "training_config.yaml").write_text(yaml.safe_dump(training_config or {}, sort_keys=False))
-    (out / "inference.py").write_text((Path(__file__).with_name("bundle_inference.py")).read_text())
+    (out / "inference.py").write_text(_template("inference.py"))
     tokenizer_line = _write_tokenizer(out, tokenizer)
     (out / "requirements.txt").write_text(_requirements(formats, hf_tokenizer=(out / "tokenizer").is_dir()))
     shape = "x".join(["batch", "seq_len"][: example.dim()]) if example.dim() <= 2 else str(tuple(example.shape))
-    (out / "README.md").write_text(_README.format(formats=", ".join(formats) or "state_dict only", shape=shape, tokenizer_line=tokenizer_line))
-    (out / "Dockerfile").write_text(_DOCKERFILE)
+    (out / "README.md").write_text(_template("README.md").format(formats=", ".join(formats) or "state_dict only", shape=shape, tokenizer_line=tokenizer_line))
+    (out / "Dockerfile").write_text(_template("Dockerfile"))
     (out / "torchserve").mkdir()
-    (out / "torchserve" / "config.properties").write_text(_TORCHSERVE_CONFIG)
-    (out / "torchserve" / "handler.py").write_text(_TORCHSERVE_HANDLER)
+    for name in ("config.properties", "handler.py"):
+        (out / "torchserve" / name).write_text(_template(f"torchserve/{name}"))
+
+
+def _template(name: str) -> str:
+    """A file of the bundle as it ships in `templates/` (package data)."""
+    from importlib.resources import files
+
+    return files("trainyard.export").joinpath("templates", *name.split("/")).read_text()
 
 
 def _write_tokenizer(out: Path, tokenizer: Any) -> str:
@@ -226,10 +230,8 @@ def _write_tokenizer(out: Path, tokenizer: Any) -> str:
     tokenizer.json, a Hugging Face one as its own files in tokenizer/."""
     if tokenizer is None:
         return "No tokenizer came with the model: send token ids."
-    if hasattr(tokenizer, "itos"):
-        spec = {"itos": list(tokenizer.itos), "byte_level": bool(tokenizer.byte_level), "bos_token_id": tokenizer.bos_token_id,
-                "eos_token_id": tokenizer.eos_token_id, "n_special": 3}
-        (out / "tokenizer.json").write_text(json.dumps(spec))
+    if isinstance(tokenizer, CharTokenizer):
+        (out / "tokenizer.json").write_text(json.dumps(tokenizer.to_spec()))
         return "The tokenizer (`tokenizer.json`) travels with it: send text or token ids."
     if hasattr(tokenizer, "save_pretrained"):
         tokenizer.save_pretrained(str(out / "tokenizer"))
@@ -255,130 +257,3 @@ def _requirements(formats, hf_tokenizer: bool) -> str:
     if hf_tokenizer:
         lines.append(pinned("transformers"))
     return "\n".join(lines) + "\n"
-
-
-_README = """# Exported model
-
-Produced by trainyard. Formats: {formats}. Input `input_ids` ({shape}, int64); output: logits.
-{tokenizer_line}
-
-    pip install -r requirements.txt      # the versions it was exported with; CPU PyTorch
-    python inference.py --text "..."     # or token ids: python inference.py 5 6 7
-    python inference.py --serve          # POST /predictions {{"text": "..."}} or {{"input_ids": [[...]]}}
-
-`model.pt` is the PyTorch state_dict; `model_config.json`, `task_spec.json` and
-`training_config.yaml` describe how it was built and trained. `MANIFEST.json` lists the
-sha256 of every file and, under "parity", each graph's largest logit error against the
-trained model, measured when it was exported. `model.pt2`: `torch.export.load(path).module()`. Docker serves the same HTTP API:
-`docker build -t model . && docker run -p 8080:8080 model`, then
-`curl -d '{{"input_ids": [[1, 2]]}}' localhost:8080/predictions`. TorchServe: `torchserve/`.
-Loading `model.torchscript.pt` runs the code in it: load bundles you trust.
-"""
-
-_DOCKERFILE = """FROM python:3.11-slim
-WORKDIR /model
-COPY . /model
-RUN pip install --no-cache-dir -r requirements.txt
-EXPOSE 8080
-CMD ["python", "inference.py", "--serve", "--port", "8080"]
-"""
-
-
-_TORCHSERVE_CONFIG = """inference_address=http://0.0.0.0:8080
-management_address=http://0.0.0.0:8081
-metrics_address=http://0.0.0.0:8082
-default_workers_per_model=1
-"""
-
-_TORCHSERVE_HANDLER = '''"""TorchServe handler for this bundle: requests go through inference.py, as with --serve.
-
-    torch-model-archiver --model-name model --version 1.0 --handler torchserve/handler.py \\
-        --extra-files inference.py,model_config.json,task_spec.json,<model.onnx or model.pt2>,<tokenizer.json>
-    torchserve --start --model-store . --models model=model.mar --ts-config torchserve/config.properties
-
-A request body is {"text": "..."} or {"input_ids": [[...]]}; the reply is inference.py's
-JSON, or {"error": "..."} for a bad request. Needs no `ts` import: TorchServe calls
-initialize(context) and handle(data, context) on the one class defined here.
-"""
-
-import json
-import sys
-from pathlib import Path
-
-
-class Handler:
-    def __init__(self):
-        self.initialized = False
-        self.bundle = None
-        self.bad_input = ValueError
-
-    def initialize(self, context):
-        model_dir = Path(context.system_properties["model_dir"])
-        sys.path.insert(0, str(model_dir))
-        import inference
-
-        self.bundle = inference.Bundle(model_dir)
-        self.bad_input = inference.BadInput
-        self.initialized = True
-
-    def preprocess(self, data):
-        bodies = []
-        for row in data:
-            body = row.get("body") if row.get("body") is not None else row.get("data")
-            if isinstance(body, (bytes, bytearray)):
-                body = body.decode("utf-8")
-            if isinstance(body, str):
-                try:
-                    body = json.loads(body)
-                except ValueError:
-                    body = None
-            bodies.append(body)
-        return bodies
-
-    def inference(self, bodies):
-        replies = []
-        for body in bodies:
-            try:
-                replies.append(self.bundle.predict(self.bundle.ids(body)))
-            except self.bad_input as e:
-                replies.append({"error": str(e)})
-        return replies
-
-    def postprocess(self, replies):
-        return replies  # one reply per request of the batch
-
-    def handle(self, data, context):
-        if not self.initialized:
-            self.initialize(context)
-        return self.postprocess(self.inference(self.preprocess(data)))
-'''
-
-
-class ExportBundle(Observer):
-    """`export_bundle=True`: export the trained model into `<run_dir>/export` when training
-    ends (main rank), and put the path in `results["export_path"]`."""
-
-    def __init__(self):
-        self.train_dataset: Any = None
-
-    def on_train_begin(self, trainer, train_dataset, val_dataset) -> None:
-        self.train_dataset = train_dataset
-
-    def on_train_end(self, trainer, results) -> None:
-        if not trainer.context.is_main or trainer.context.shards_state:  # a shard is no model: the driver exports it
-            return
-        results["export_path"] = str(export_trained(trainer, self.train_dataset, Path(results["run_dir"]) / "export", results["task"]))
-
-
-def export_trained(trainer: Any, train_dataset: Any, out_dir: Path, task: str) -> Path:
-    """Export `trainer.model` with its configs, the first two training samples as the
-    example input."""
-    samples = [train_dataset[i] for i in range(min(2, len(train_dataset)))]
-    example = Collator(trainer.pad_token_id)(samples)["input_ids"]
-    spec = trainer.task_spec.to_dict() if trainer.task_spec is not None else {"name": task}
-    cfg = trainer.training_config
-    return export_model(
-        trainer.model, example, out_dir, cfg.export_formats, tolerance=cfg.export_tolerance,
-        training_config=cfg.to_dict(), task_spec=spec, model_config=model_config_dict(trainer.config),
-        tokenizer=trainer.tokenizer,
-    )

@@ -53,7 +53,7 @@ def test_seed_feature_3_export_bundle_serves_the_trained_model(tmp_path):
 
 
 def test_torchscript_only_export_unwraps_dict_outputs(tmp_path):
-    from trainyard.engine.export import export_model
+    from trainyard.export.bundle import export_model
     from trainyard.models import SequenceClassifier
 
     model = SequenceClassifier(vocab_size=23, d_model=16, n_heads=2, num_labels=3).eval()
@@ -79,7 +79,7 @@ class _BatchOfTwoOnly(torch.nn.Module):
 def test_an_export_that_does_not_reproduce_the_model_fails_naming_the_format_and_writes_nothing(tmp_path):
     import warnings
 
-    from trainyard.engine.export import export_model
+    from trainyard.export.bundle import export_model
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -105,7 +105,7 @@ class _FixedShapeTrace(torch.nn.Module):
 def test_a_graph_that_cannot_run_other_shapes_fails_naming_the_format_and_the_shape(tmp_path):
     import warnings
 
-    from trainyard.engine.export import export_model
+    from trainyard.export.bundle import export_model
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
