@@ -180,23 +180,14 @@ def tokenize(dataset: Any, name: str, tokenizer: Any, text_column: str = "text",
 def _tokenize_batch(batch: Any, tokenizer: Any, text_column: str, seq_len: int | None, pack: bool) -> Any:
     import pyarrow as pa
 
-    ids = [_encode(tokenizer, str(t)) for t in batch.column(text_column).to_pylist()]
+    # The built-in tokenizers add <bos>/<eos>; a Hugging Face one, the specials it was configured with.
+    ids = [list(tokenizer(str(t))["input_ids"]) for t in batch.column(text_column).to_pylist()]
     if pack:
         flat = np.fromiter((i for seq in ids for i in seq), dtype=np.int64)
         rows = len(flat) // seq_len
         values = pa.array(flat[: rows * seq_len])
         return pa.table({"input_ids": pa.FixedSizeListArray.from_arrays(values, seq_len)})
     return pa.table({"input_ids": [seq[:seq_len] if seq_len else seq for seq in ids]})
-
-
-def _encode(tokenizer: Any, text: str) -> list[int]:
-    """The built-in tokenizers are told to add <bos>/<eos>; a Hugging Face tokenizer adds
-    the specials it was configured with."""
-    from trainyard.data.tokenizer import CharTokenizer
-
-    if isinstance(tokenizer, CharTokenizer):
-        return tokenizer.encode(text, add_bos=True, add_eos=True)
-    return list(tokenizer(text)["input_ids"])
 
 
 def blocks(dataset: Any, name: str, pad_token_id: int | None = None, context: int | None = None) -> BlockSource:

@@ -217,8 +217,5 @@ def tokenize_text(data: Any, tokenizer: Any, max_len: int | None) -> Any:
     texts = list(data["text"])
     if not all(isinstance(t, str) for t in texts):
         raise TypeError("the 'text' column must hold strings")
-    from trainyard.data.tokenizer import CharTokenizer
-
-    kwargs = {} if isinstance(tokenizer, CharTokenizer) or not max_len else {"truncation": True}
-    ids = [tokenizer(t, max_length=max_len, **kwargs)["input_ids"] for t in texts]
+    ids = [tokenizer(t, max_length=max_len, truncation=bool(max_len))["input_ids"] for t in texts]
     return {"input_ids": ids, **{k: v for k, v in data.items() if k != "text"}}
