@@ -21,18 +21,19 @@ HELPERS = ("_logging", "_trust", "_yaml")
 
 # unit -> the units it may import, top layer first (each row names only rows below it).
 LAYERS: dict[str, tuple[str, ...]] = {
-    "compat": ("cli", "pipeline", "job_queue", "hpo", "experiment", "trainer", "execution", "export", "data", "models", "engine"),
-    "cli": ("pipeline", "job_queue", "hpo", "experiment", "trainer", "execution", "export", "data", "models", "engine"),
-    "pipeline": ("hpo", "experiment", "trainer", "execution", "export", "data", "engine"),
-    "job_queue": ("experiment", "trainer", "execution", "engine"),
-    "hpo": ("experiment", "trainer", "execution", "data", "engine"),
-    "experiment": ("trainer", "data", "models", "engine"),
-    "trainer": ("execution", "export", "engine"),
-    "execution": ("export", "data", "models", "engine"),
+    "compat": ("cli", "pipeline", "job_queue", "hpo", "experiment", "trainer", "execution", "export", "data", "models", "engine", "storage"),
+    "cli": ("pipeline", "job_queue", "hpo", "experiment", "trainer", "execution", "export", "data", "models", "engine", "storage"),
+    "pipeline": ("hpo", "experiment", "trainer", "execution", "export", "data", "engine", "storage"),
+    "job_queue": ("experiment", "trainer", "execution", "engine", "storage"),
+    "hpo": ("experiment", "trainer", "execution", "data", "engine", "storage"),
+    "experiment": ("trainer", "data", "models", "engine", "storage"),
+    "trainer": ("execution", "export", "engine", "storage"),
+    "execution": ("export", "data", "models", "engine", "storage"),
     "export": ("data", "engine"),
     "data": ("engine",),
     "models": ("engine",),
     "engine": (),
+    "storage": (),  # where runs keep their outputs: local paths and URIs, told apart in one place
     "__init__": ("trainer", "engine"),  # trainyard/__init__.py: public names, loaded lazily
 }
 # third-party package -> {unit: the module prefixes it may import}

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from trainyard.storage import is_local
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trainyard", description="Train and tune PyTorch models, locally or on Ray.")
@@ -159,7 +161,7 @@ def _train(args: argparse.Namespace) -> int:
     out = results_as_json(results)
     if args.results:
         Path(args.results).write_text(json.dumps(out, indent=1, default=str))
-    if results.get("run_dir") and "://" not in str(results["run_dir"]) and Path(results["run_dir"]).is_dir():
+    if results.get("run_dir") and is_local(results["run_dir"]) and Path(results["run_dir"]).is_dir():
         from trainyard.pipeline.report import write_report
 
         (Path(results["run_dir"]) / "results.json").write_text(json.dumps(out, indent=1, default=str))
@@ -214,7 +216,7 @@ def _tune(args: argparse.Namespace) -> int:
         storage_path=args.storage_path,
         seed=args.seed,
     )
-    if "://" not in result.path:
+    if is_local(result.path):
         from trainyard.pipeline.report import write_report
 
         write_report(result.path)

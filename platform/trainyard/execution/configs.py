@@ -16,21 +16,7 @@ from trainyard._trust import make_private_dir
 from trainyard.engine.config import TrainingConfig
 from trainyard.execution.ray_env import cluster_resources, verbose
 from trainyard.execution.remote import run_name
-
-DEFAULT_STORAGE = "runs"  # relative to the working directory of the process that launches
-DURABLE_STORAGE = Path("~/trainyard-runs")  # inside a submitted job (see default_storage)
-
-
-def default_storage() -> str:
-    """Where runs persist when no storage_path is given: `runs/` in the working directory;
-    but a `ray job submit` job's working directory is Ray's temporary copy of the upload,
-    deleted with it, so there `~/trainyard-runs` (on the head node; give --storage-path
-    s3://... or a shared filesystem for a cluster of several nodes)."""
-    cwd = Path.cwd().parts
-    if "runtime_resources" in cwd and any(part.startswith("_ray_pkg_") for part in cwd):
-        return str(DURABLE_STORAGE.expanduser())
-    return DEFAULT_STORAGE
-
+from trainyard.storage import absolute, default_storage, is_local
 
 _RAY_DEFAULT_NAME = re.compile(r"^ray_train_run-\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}$")
 
@@ -67,8 +53,8 @@ def run_config(given: Any, training_config: TrainingConfig, *, name: str | None 
         # and its default name has one-second resolution: a fresh name unless the user
         # chose one (and so chose to resume).
         changes["name"] = run_name("trainyard")
-    if "://" not in str(given.storage_path):
-        changes["storage_path"] = str(Path(given.storage_path).expanduser().resolve())
+    if is_local(given.storage_path):
+        changes["storage_path"] = absolute(given.storage_path)
         make_private_dir(Path(changes["storage_path"]) / changes.get("name", given.name))  # owner-only run folder
     if not verbose():
         changes["logging_config"] = LoggingConfig(log_level="WARNING")

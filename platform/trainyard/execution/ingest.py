@@ -38,6 +38,7 @@ from trainyard.engine.config import SHUFFLE_CHUNK_ROWS
 from trainyard.engine.data.rows import RowSource, is_list_type, local_paths
 from trainyard.engine.data.samples import ALIASES, KNOWN_KEYS, ColumnDataset, check_columns
 from trainyard.execution.ray_env import verbose
+from trainyard.storage import is_local, is_uri, suffix
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 
@@ -143,7 +144,7 @@ def is_ray_data(data: Any) -> bool:
         return True
     if isinstance(data, (str, os.PathLike)):
         text = os.fspath(data)
-        return "://" in text or os.path.splitext(text.rstrip("*"))[1].lower() in (".jsonl", ".json", ".csv")
+        return is_uri(text) or os.path.splitext(text.rstrip("*"))[1].lower() in (".jsonl", ".json", ".csv")
     return False
 
 
@@ -252,18 +253,17 @@ def _expand(paths: Any, name: str) -> list[str]:
     """URIs as they are; local globs expanded and local paths checked (`local_paths`)."""
     out = []
     for p in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
-        out.extend([os.fspath(p)] if "://" in os.fspath(p) else local_paths(p, name))
+        out.extend([os.fspath(p)] if is_uri(p) else local_paths(p, name))
     return out
 
 
 def _format(files: list[str], name: str) -> str:
     suffixes = set()
     for f in files:
-        p = Path(f.split("://", 1)[-1])
-        if p.suffix:
-            suffixes.add(p.suffix.lower())
-        elif not f.startswith(("s3:", "gs:")) and p.is_dir():
-            suffixes |= {q.suffix.lower() for q in p.rglob("*") if q.is_file() and q.suffix.lower() in FORMATS}
+        if suffix(f):
+            suffixes.add(suffix(f))
+        elif is_local(f) and Path(f).is_dir():
+            suffixes |= {q.suffix.lower() for q in Path(f).rglob("*") if q.is_file() and q.suffix.lower() in FORMATS}
     formats = {FORMATS[s] for s in suffixes if s in FORMATS}
     if len(formats) != 1:
         raise ValueError(
@@ -281,7 +281,7 @@ def _bad_file(files: list[str], format: str) -> str | None:
 
     for path in files:
         for f in [path] if not Path(path).is_dir() else sorted(str(q) for q in Path(path).rglob("*") if q.is_file()):
-            if "://" in f:
+            if is_uri(f):
                 return None
             try:
                 pq.ParquetFile(f)

@@ -31,6 +31,7 @@ from trainyard.execution.ingest import data_checks, ingest, resolve
 from trainyard.execution.ray_env import check_satisfiable, ensure_ray, verbose
 from trainyard.execution.remote import absolute, check_picklable
 from trainyard.export.run import export_trained
+from trainyard.storage import is_local
 
 log = get_logger("trainyard.execution")
 
@@ -55,7 +56,7 @@ def fit(trainer: Any, train_data: Any, val_data: Any = None, resume_from: Any = 
     weights in `trainer.model` and returns rank 0's results dict."""
     from ray.train.torch import TorchTrainer
 
-    if isinstance(resume_from, (str, os.PathLike)) and not ckpt.is_ray_checkpoint(resume_from) and "://" not in str(resume_from):
+    if isinstance(resume_from, (str, os.PathLike)) and not ckpt.is_ray_checkpoint(resume_from) and is_local(resume_from):
         # a missing or corrupt checkpoint is known here: say it once, before Ray and the workers start
         ckpt.verify(ckpt.resolve(resume_from, warn=log.warning))
     ensure_ray()
@@ -93,7 +94,7 @@ def fit(trainer: Any, train_data: Any, val_data: Any = None, resume_from: Any = 
     if result.checkpoint is not None:
         results["checkpoint_path"] = result.checkpoint.path
         trainer.model = _final_model(trainer.model_or_factory, result.checkpoint)
-        if training_config.export_bundle and "://" not in result.path:  # the bundle, here, from the final weights
+        if training_config.export_bundle and is_local(result.path):  # the bundle, here, from the final weights
             results["export_path"] = str(export_trained(trainer, resolve(payload.train_data), Path(result.path) / "export", results["task"]))
     return results
 

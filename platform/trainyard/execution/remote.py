@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from trainyard.engine.checkpoint import is_ray_checkpoint
+from trainyard import storage
 from trainyard.engine.setup import run_id
 
 
@@ -22,10 +23,8 @@ def run_name(prefix: str) -> str:
 def absolute(value: Any) -> Any:
     """A local path made absolute (a worker's working directory differs); anything else
     (URIs, Ray checkpoints, in-memory data) as it is."""
-    if is_ray_checkpoint(value):
-        return value
-    if isinstance(value, (str, os.PathLike)) and "://" not in str(value):
-        return str(Path(value).expanduser().resolve())
+    if isinstance(value, (str, os.PathLike)) and not is_ray_checkpoint(value):
+        return storage.absolute(value)
     return value
 
 

@@ -21,6 +21,7 @@ from trainyard.engine.hooks import TrainingHooks
 from trainyard.engine.task import TaskSpec
 from trainyard.experiment.recipe import data_recipe, model_recipe, tokenize_text, validate
 from trainyard.experiment.spec import apply_overrides, as_spec, load_spec, training_config
+from trainyard.storage import relative_to
 from trainyard.trainer import Trainer
 
 
@@ -112,8 +113,8 @@ def build_training_config(args: Any = None, config_dir: str | Path = ".") -> dic
         spec["training"] = {**(spec.get("training") or {}), **flags}
     data = spec.get("data") or {}
     for key in ("train", "val"):
-        if isinstance(data.get(key), str) and "://" not in data[key]:
-            data[key] = str((config_dir / data[key]).resolve())  # an absolute path stays as it is
+        if isinstance(data.get(key), str):
+            data[key] = relative_to(config_dir, data[key])
     validate(spec)
     return spec
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from trainyard.engine.task import TaskSpec
+from trainyard.storage import relative_to
 from trainyard.experiment.spec import training_config
 
 _NOT_MODEL_CONFIG = ("name", "factory", "name_or_path", "tokenizer")  # model-section keys that choose, not configure
@@ -178,7 +179,7 @@ def data_recipe(spec: Mapping[str, Any], dataset: Any = None, base_dir: Path | N
         return load_builtin(section.pop("name"), **section)
     if "train" in section:
         base_dir = base_dir or Path.cwd()
-        train, val = (_data_path(base_dir, section[k]) if section.get(k) else None for k in ("train", "val"))
+        train, val = (relative_to(base_dir, section[k]) if section.get(k) else None for k in ("train", "val"))
         if not any(k in section for k in FILE_OPTIONS):
             return train, val
         from trainyard.data.files import DataFiles
@@ -186,11 +187,6 @@ def data_recipe(spec: Mapping[str, Any], dataset: Any = None, base_dir: Path | N
         options = {k: section[k] for k in FILE_OPTIONS if k in section}
         return DataFiles(train, **options), (DataFiles(val, **options) if val else None)
     raise ValueError("the data section needs either name: <built-in dataset> or train: <path to Parquet>; or pass dataset=")
-
-
-def _data_path(base_dir: Path, path: str) -> str:
-    """Relative to the spec's folder; a URI (s3://...) as it is."""
-    return path if "://" in str(path) else str((base_dir / path).resolve())
 
 
 def split_dataset(dataset: Any) -> tuple[Any, Any]:

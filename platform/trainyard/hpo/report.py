@@ -22,7 +22,7 @@ FEW_TRIALS = 8  # parameter importances from fewer complete trials than this are
 def write_outputs(result: Any) -> None:
     """Best config as YAML, every trial as CSV, and the plots."""
     out = Path(result.path)
-    if "://" in result.path:  # remote storage: outputs stay with the caller
+    if is_uri(result.path):  # remote storage: outputs stay with the caller
         return
     out.mkdir(parents=True, exist_ok=True)
     result.best_config.to_yaml(out / "best_config.yaml")
@@ -38,7 +38,7 @@ def write_best_experiment(result: Any, spec: dict[str, Any], space: Any) -> None
 
     from trainyard.experiment.spec import plain
 
-    if "://" in result.path:
+    if is_uri(result.path):
         return
     best = best_experiment(spec, space, result.best_params)
     header = (f"# The best trial ({result.best_trial}) of the sweep in {result.path}: {result.metric} = "

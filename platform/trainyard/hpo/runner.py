@@ -27,6 +27,7 @@ from trainyard._trust import check_private, make_private_dir
 from trainyard.engine.config import TrainingConfig
 from trainyard.engine.model_config import model_config_dict
 from trainyard.hpo.space import SearchSpace, load_search_space
+from trainyard.storage import default_storage, is_local
 
 log = get_logger("trainyard.hpo")
 SCHEDULERS = ("asha", "median", "none")
@@ -113,7 +114,6 @@ def sweep(
 
     from ray import tune
 
-    from trainyard.execution.configs import default_storage
     from trainyard.execution.ingest import data_checks, ingest
     from trainyard.execution.ray_env import check_satisfiable, ensure_ray
     from trainyard.execution.remote import absolute, check_picklable, run_name
@@ -121,7 +121,7 @@ def sweep(
     storage = absolute(storage_path or default_storage())
     name = name or run_name("sweep")
     sweep_dir = f"{storage.rstrip('/')}/{name}"
-    if "://" not in sweep_dir:  # Tuner.restore unpickles what is there: it must be the user's own
+    if is_local(sweep_dir):  # Tuner.restore unpickles what is there: it must be the user's own
         make_private_dir(Path(sweep_dir))
         check_private([Path(sweep_dir), *Path(sweep_dir).glob("*.pkl"), *Path(sweep_dir).glob("*.json")],
                       "the sweep folder", allow=allow_shared_storage)

@@ -22,6 +22,7 @@ from trainyard.data.fingerprint import fingerprint
 from trainyard.execution.configs import run_config, scaling_config
 from trainyard.execution.remote import run_name
 from trainyard.experiment import build
+from trainyard.storage import is_local
 
 log = get_logger("trainyard.pipeline")
 LINEAGE_FILE = "lineage.json"
@@ -75,7 +76,7 @@ def execute_final_training(
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         model=trainer.model,
     )
-    if "://" not in job.run_dir:
+    if is_local(job.run_dir):
         (Path(job.run_dir) / LINEAGE_FILE).write_text(json.dumps(extract_lineage_from_best_model(job), indent=2, default=str))
     log.info("final training done (run %s): checkpoint %s", name, job.checkpoint_path)
     return job

@@ -32,6 +32,7 @@ from typing import Any, Sequence
 
 from trainyard._logging import get_logger, show_logs
 from trainyard.experiment.spec import final_spec, load_spec
+from trainyard.storage import default_storage
 
 log = get_logger("trainyard.pipeline")
 STAGES = ("sweep", "final", "export", "report")
@@ -107,8 +108,6 @@ def run_pipeline(
 
 
 def _default_output() -> Path:
-    from trainyard.execution.configs import default_storage
-
     return Path(default_storage())
 
 

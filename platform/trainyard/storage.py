@@ -1,0 +1,68 @@
+"""Where runs keep what must outlive them: local paths and URIs, told apart in one place.
+
+A location is a local path (relative to the working directory, `~` expanded) or a URI that
+pyarrow's filesystems open: `s3://bucket/prefix` (S3-compatible endpoints and credentials
+through AWS's own variables: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...), `gs://...`,
+`hdfs://...`. `file:///abs/path` is a local path. Nothing else in trainyard looks for "://".
+
+    is_uri(location)                 a URI of a remote filesystem, not a local path
+    suffix(location)                 its file suffix, lowercase (".parquet"), URI or path
+    absolute(location)               a local path made absolute (Ray's processes run in other
+                                     working directories); a URI as it is
+    relative_to(folder, location)    a path written in a file, resolved against that file's
+                                     folder; absolute paths and URIs as they are
+    default_storage()                where runs persist when no location is given
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlparse
+
+DEFAULT_STORAGE = "runs"  # relative to the working directory of the process that launches
+DURABLE_STORAGE = Path("~/trainyard-runs")  # inside a submitted job (see default_storage)
+_LOCAL_SCHEME = "file://"
+
+
+def is_uri(location: str | os.PathLike) -> bool:
+    text = os.fspath(location)
+    return "://" in text and not text.startswith(_LOCAL_SCHEME)
+
+
+def is_local(location: str | os.PathLike) -> bool:
+    return not is_uri(location)
+
+
+def suffix(location: str | os.PathLike) -> str:
+    text = os.fspath(location)
+    return PurePosixPath(urlparse(text).path).suffix.lower() if is_uri(text) else Path(text).suffix.lower()
+
+
+def absolute(location: str | os.PathLike) -> str:
+    """A local path as an absolute one (`~` expanded, `file://` dropped); a URI as it is."""
+    text = os.fspath(location)
+    if is_uri(text):
+        return text
+    if text.startswith(_LOCAL_SCHEME):
+        text = text[len(_LOCAL_SCHEME) :]
+    return str(Path(text).expanduser().resolve())
+
+
+def relative_to(folder: str | os.PathLike, location: str | os.PathLike) -> str:
+    """`location` as written in a file in `folder`: relative to that folder; absolute local
+    paths and URIs as they are."""
+    if is_uri(location):
+        return os.fspath(location)
+    return absolute(Path(folder).expanduser() / Path(os.fspath(location)).expanduser())
+
+
+def default_storage() -> str:
+    """Where runs persist when no location is given: `runs/` in the working directory; but a
+    `ray job submit` job's working directory is Ray's temporary copy of the upload, deleted
+    with it, so there `~/trainyard-runs` (on the head node; give s3://... or a shared
+    filesystem for a cluster of several nodes)."""
+    cwd = Path.cwd().parts
+    if "runtime_resources" in cwd and any(part.startswith("_ray_pkg_") for part in cwd):
+        return str(DURABLE_STORAGE.expanduser())
+    return DEFAULT_STORAGE
