@@ -34,7 +34,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -m cluster  # alone: it starts a Ray head and ends with `ray stop`
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not cluster"  # -m replaces the addopts one: keep the cluster test out
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/engine_overhead.py
