@@ -26,7 +26,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "pipeline": ("hpo", "experiment", "trainer", "execution", "export", "data", "engine", "storage"),
     "job_queue": ("experiment", "trainer", "execution", "engine", "storage"),
     "hpo": ("experiment", "trainer", "execution", "data", "engine", "storage"),
-    "experiment": ("trainer", "data", "models", "engine", "storage"),
+    "experiment": ("trainer", "execution", "data", "models", "engine", "storage"),
     "trainer": ("execution", "export", "engine", "storage"),
     "execution": ("export", "data", "models", "engine", "storage"),
     "export": ("data", "engine"),

@@ -19,6 +19,8 @@ from trainyard.engine.config import TrainingConfig, as_training_config
 from trainyard.engine.hooks import TrainingHooks
 from trainyard.engine.loop import TrainingLoop
 from trainyard.engine.task import TaskSpec
+from trainyard.execution.ingest import run_inputs
+from trainyard.execution.launch import fit
 from trainyard.export.run import ExportBundle
 
 
@@ -56,20 +58,8 @@ class Trainer(TrainingLoop):
         """Train, and return the results dict (see `TrainingLoop.train`). With
         `scaling`, the same loop runs in Ray Train workers, rank 0's results come back here
         and the trained weights are loaded into `self.model`."""
-        if self.scaling is None:
-            from trainyard.execution.ingest import is_ray_data  # no Ray import unless the data needs it
-
-            if any(is_ray_data(d) for d in (train_data, val_data)):  # read by Ray Data, then iterated here
-                from trainyard.execution.ingest import data_checks, ingest
-                from trainyard.execution.ray_env import ensure_ray
-
-                ensure_ray()
-                checks = data_checks(self.config, self.task_spec)
-                train_data = ingest(train_data, "train_data", **checks) if is_ray_data(train_data) else train_data
-                val_data = ingest(val_data, "val_data", **checks) if is_ray_data(val_data) else val_data
-            return super().train(train_data, val_data, resume_from)
-        from trainyard.execution.launch import fit
-
+        if self.scaling is None:  # Ray starts only for data that Ray Data reads
+            return super().train(*run_inputs(train_data, val_data, self.config, self.task_spec, on_ray=False), resume_from)
         return fit(self, train_data, val_data, resume_from)
 
 

@@ -23,6 +23,10 @@ class RunContext:
     rank: int = 0
     world_size: int = 1
     device: torch.device
+    # Where this run writes its checkpoints, as the environment decides (a Ray worker's
+    # staging folder, a job's folder); None: the TrainingConfig's checkpoint_dir, else the
+    # resumed checkpoint's folder, else checkpoints/<run id>.
+    run_dir: Path | None = None
 
     @property
     def is_main(self) -> bool:
@@ -74,8 +78,9 @@ class RunContext:
 class LocalContext(RunContext):
     """This process, one device."""
 
-    def __init__(self, device: str | None = None):
+    def __init__(self, device: str | None = None, run_dir: str | Path | None = None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.run_dir = Path(run_dir) if run_dir is not None else None
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model.to(self.device)

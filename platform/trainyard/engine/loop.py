@@ -152,7 +152,7 @@ class TrainingLoop:
             task = TaskChoice(*detect_task(train_ds[0]), explicit=False)
         run = Run(
             ctx=ctx, train_ds=train_ds, val_ds=val_ds, raw_model=parts.raw_model, optimizer=parts.optimizer, scaler=parts.scaler,
-            amp_dtype=parts.amp_dtype, collate=Collator(self.pad_token_id), run_dir=setup.run_directory(cfg, loaded),
+            amp_dtype=parts.amp_dtype, collate=Collator(self.pad_token_id), run_dir=setup.run_directory(ctx, cfg, loaded),
             batches_per_epoch=self.batches_per_epoch, forward_kwargs=setup.forward_kwargs(parts.raw_model),
             trainable=[p for p in parts.raw_model.parameters() if p.requires_grad], call=setup.ModelCall(parts.model, cfg.compile_mode),
             task=task, telemetry=RunTelemetry(ctx.device, peak_flops(ctx.device, compute_dtype(ctx.device, parts.amp_dtype), cfg.peak_flops)),

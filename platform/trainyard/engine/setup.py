@@ -7,7 +7,7 @@
     build_optimizer(model, cfg)        AdamW, weight decay on matrices only
     amp_policy(cfg, device)            autocast dtype and GradScaler
     ModelCall(model, compile_mode)     the model as trained and its loss: compiled, or eager
-    run_directory(cfg, loaded)         where checkpoints go, never over another run's
+    run_directory(ctx, cfg, loaded)    where checkpoints go, never over another run's
     run_id()                           the timestamp-uuid id of every run name
     blocks(model, class_names)         the repeated blocks (sharded apart under FSDP, recomputed
                                        by activation_checkpointing)
@@ -223,11 +223,13 @@ def run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
-def run_directory(cfg: TrainingConfig, loaded: ckpt.LoadedCheckpoint | None) -> Path:
-    """`checkpoint_dir`, else the resumed checkpoint's run, else `checkpoints/<timestamp-id>`;
-    a fresh run never writes beside another run's checkpoints. Created and checked writable
-    here, before any training."""
-    if cfg.checkpoint_dir is not None:
+def run_directory(ctx: RunContext, cfg: TrainingConfig, loaded: ckpt.LoadedCheckpoint | None) -> Path:
+    """The run context's folder, else `checkpoint_dir`, else the resumed checkpoint's run, else
+    `checkpoints/<timestamp-id>`; a fresh run never writes beside another run's checkpoints.
+    Created and checked writable here, before any training."""
+    if ctx.run_dir is not None:
+        run_dir = ctx.run_dir.resolve()
+    elif cfg.checkpoint_dir is not None:
         run_dir = Path(cfg.checkpoint_dir).resolve()
     elif loaded is not None:
         run_dir = loaded.path.parent.resolve()

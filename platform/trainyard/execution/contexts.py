@@ -33,7 +33,7 @@ class RayTrainContext(ProcessGroupContext):
     `ray.train.torch.prepare_model`, FSDP as any process group's (`parallelism`). Every rank
     reports each checkpoint (sharded: its own part; Ray Train merges them into one)."""
 
-    def __init__(self, delete_local_checkpoints: bool, training_config: TrainingConfig | None = None):
+    def __init__(self, delete_local_checkpoints: bool, training_config: TrainingConfig | None = None, run_dir: str | Path | None = None):
         import ray.train
         import ray.train.torch
 
@@ -42,6 +42,7 @@ class RayTrainContext(ProcessGroupContext):
         self.world_size = context.get_world_size()
         self.device = ray.train.torch.get_device()
         self._delete_local = delete_local_checkpoints
+        self.run_dir = Path(run_dir) if run_dir is not None else None  # where this rank stages its checkpoints
         self.use(training_config)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
@@ -72,14 +73,16 @@ class RayTrainContext(ProcessGroupContext):
 
 class TuneTrialContext(RunContext):
     """`checkpoint_every_epoch=False` hands Tune only the final epoch's checkpoint (of
-    `epochs`): metrics still go to Tune every epoch."""
+    `epochs`): metrics still go to Tune every epoch. `run_dir`: where the trial writes its
+    checkpoints before Tune persists them."""
 
-    def __init__(self, checkpoint_every_epoch: bool = True, epochs: int | None = None):
+    def __init__(self, checkpoint_every_epoch: bool = True, epochs: int | None = None, run_dir: str | Path | None = None):
         import ray
 
         gpus = ray.get_gpu_ids() if ray.is_initialized() else []
         self.device = torch.device("cuda" if gpus and torch.cuda.is_available() else "cpu")
         self._every_epoch, self._epochs = checkpoint_every_epoch, epochs
+        self.run_dir = Path(run_dir) if run_dir is not None else None
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model.to(self.device)

@@ -1,7 +1,7 @@
 """Data on Ray: whatever form a run's data takes, workers and trials read it from the object
 store, never from a pickled payload.
 
-    source = ingest(data, "train_data")     # on the driver, before workers start
+    train, val = run_inputs(train, val, model_config, task_spec, on_ray=True)   # on the driver
     data = resolve(source)                  # in a worker or trial: what the engine trains on
 
 - A `ray.data.Dataset`, or a Parquet / JSON lines / CSV path, directory or glob (local, or
@@ -37,7 +37,7 @@ from trainyard.engine.data.inputs import as_dataset
 from trainyard.engine.config import SHUFFLE_CHUNK_ROWS
 from trainyard.engine.data.rows import RowSource, is_list_type, local_paths
 from trainyard.engine.data.samples import ALIASES, KNOWN_KEYS, ColumnDataset, check_columns
-from trainyard.execution.ray_env import verbose
+from trainyard.execution.ray_env import ensure_ray, verbose
 from trainyard.storage import is_local, is_uri, suffix
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
@@ -108,6 +108,22 @@ def _put_blocks(table: Any, name: str, rows: int = SHUFFLE_CHUNK_ROWS) -> "Block
 
     parts = [table.slice(i, rows) for i in range(0, table.num_rows, rows)]
     return BlockSource([ray.put(p) for p in parts], [p.num_rows for p in parts], table.schema.names, name)
+
+
+def run_inputs(train_data: Any, val_data: Any, config: Any, task_spec: Any = None, *, on_ray: bool) -> tuple[Any, Any]:
+    """(train, val) as a run reads them, bad data refused before anything starts (checked
+    against the model config's or TaskSpec's pad token and the model's context). `on_ray`:
+    the run's processes are Ray's (Train workers, Tune trials), and read all of it from the
+    object store; else the run is in this process, and only what Ray must read (`is_ray_data`)
+    is read by Ray Data, the rest trained on as it is."""
+    needs_ray = on_ray or any(is_ray_data(d) for d in (train_data, val_data))
+    if not needs_ray:
+        return train_data, val_data
+    ensure_ray()
+    checks = data_checks(config, task_spec)
+    read = (lambda d: True) if on_ray else is_ray_data
+    train_data = ingest(train_data, "train_data", **checks) if read(train_data) else train_data
+    return train_data, (ingest(val_data, "val_data", **checks) if read(val_data) else val_data)
 
 
 def data_checks(config: Any, task_spec: Any = None) -> dict[str, Any]:

@@ -19,7 +19,6 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from trainyard._logging import get_logger
 from trainyard.engine import checkpoint as ckpt
 from trainyard.engine.loop import TrainingLoop
 from trainyard.execution.configs import run_config, scaling_config
-from trainyard.execution.ingest import data_checks, ingest, resolve
+from trainyard.execution.ingest import resolve, run_inputs
 from trainyard.execution.ray_env import check_satisfiable, ensure_ray, verbose
 from trainyard.execution.remote import absolute, check_picklable
 from trainyard.export.run import export_trained
@@ -61,17 +60,15 @@ def fit(trainer: Any, train_data: Any, val_data: Any = None, resume_from: Any = 
         ckpt.verify(ckpt.resolve(resume_from, warn=log.warning))
     ensure_ray()
     training_config = trainer.training_config
-    if training_config.checkpoint_dir is not None:
-        training_config = training_config.replace(checkpoint_dir=absolute(training_config.checkpoint_dir))
-    checks = data_checks(trainer.config, trainer.task_spec)
+    train_data, val_data = run_inputs(train_data, val_data, trainer.config, trainer.task_spec, on_ray=True)
     payload = _Payload(
         model=trainer.model_or_factory,
         config=trainer.config,
         training_config=training_config,
         task_spec=trainer.task_spec,
         hooks=list(trainer.hooks.hooks),
-        train_data=ingest(train_data, "train_data", **checks),
-        val_data=ingest(val_data, "val_data", **checks),
+        train_data=train_data,
+        val_data=val_data,
         resume_from=absolute(resume_from),
         tokenizer=trainer.tokenizer,
     )
@@ -86,6 +83,9 @@ def fit(trainer: Any, train_data: Any, val_data: Any = None, resume_from: Any = 
     )
     torch_trainer = TorchTrainer(_train_worker, train_loop_config={"payload": payload}, scaling_config=scaling, run_config=run)
     log.info("training on %d Ray Train worker(s); run %s in %s", scaling.num_workers, run.name, run.storage_path)
+    if training_config.checkpoint_dir is not None:
+        log.info("checkpoint_dir=%s is where runs in this process write; this run's checkpoints are kept in %s/%s",
+                 training_config.checkpoint_dir, run.storage_path, run.name)
     start = time.perf_counter()
     result = torch_trainer.fit()
     results = dict(result.return_value)
@@ -106,19 +106,16 @@ def _train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     p: _Payload = config["payload"]
     if not verbose():
         _quiet_worker_logs()
-    staging = p.training_config.checkpoint_dir
-    temporary = staging is None
-    if temporary:  # rank 0 writes here, Ray copies it to storage_path, then it goes
-        staging = tempfile.mkdtemp(prefix="trainyard-ckpt-")
-    training_config = p.training_config.replace(checkpoint_dir=os.path.join(staging, uuid.uuid4().hex[:8]))
-    trainer = TrainingLoop(p.model, p.config, training_config, p.task_spec, hooks=p.hooks)
+    # This rank writes its checkpoints here; Ray copies each into the run's storage and the
+    # local copy goes (the folder too, when the worker is done).
+    staging = tempfile.mkdtemp(prefix="trainyard-ckpt-")
+    trainer = TrainingLoop(p.model, p.config, p.training_config, p.task_spec, hooks=p.hooks)
     trainer.tokenizer = p.tokenizer
-    ctx = RayTrainContext(delete_local_checkpoints=temporary, training_config=training_config)
+    ctx = RayTrainContext(delete_local_checkpoints=True, training_config=p.training_config, run_dir=staging)
     try:
         results = trainer.run(ctx, resolve(p.train_data), resolve(p.val_data), resume_from=p.resume_from)
     finally:
-        if temporary:
-            shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
     return results if ctx.is_main else None
 
 

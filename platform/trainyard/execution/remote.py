@@ -7,7 +7,6 @@ here names the offending object before anything starts.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from trainyard.engine.checkpoint import is_ray_checkpoint

@@ -15,6 +15,8 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+from trainyard.engine.context import LocalContext
+from trainyard.execution.ingest import run_inputs
 from trainyard.experiment.build import build
 from trainyard.experiment.recipe import model_recipe, validate
 from trainyard.experiment.spec import as_spec, plain
@@ -39,13 +41,12 @@ def train_model(config: Any, dataset: Any = None, output_dir: str | Path = "outp
     """
     exp = build(config, dataset)
     out = Path(output_dir)
-    training_config = exp.training_config
-    if training_config.checkpoint_dir is None:
-        training_config = training_config.replace(checkpoint_dir=str(out / "checkpoints"))
     # A factory, not a module: the Trainer seeds random_seed before building it, so the
     # initial weights are reproducible too.
-    trainer = exp.trainer(training_config)
-    results = trainer.train(exp.train_data, exp.val_data)
+    trainer = exp.trainer()
+    cfg = exp.training_config
+    data = run_inputs(exp.train_data, exp.val_data, exp.model_config, exp.task_spec, on_ray=False)
+    results = trainer.run(LocalContext(cfg.device, run_dir=cfg.checkpoint_dir or out / "checkpoints"), *data)
     _write_outputs(out, exp.spec, results, trainer.model, exp.tokenizer)
     results["output_dir"] = str(out.resolve())
     return results

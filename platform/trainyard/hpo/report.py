@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from trainyard._logging import get_logger
+from trainyard.storage import is_uri
 
 log = get_logger("trainyard.hpo")
 

@@ -114,7 +114,7 @@ def sweep(
 
     from ray import tune
 
-    from trainyard.execution.ingest import data_checks, ingest
+    from trainyard.execution.ingest import run_inputs
     from trainyard.execution.ray_env import check_satisfiable, ensure_ray
     from trainyard.execution.remote import absolute, check_picklable, run_name
 
@@ -138,9 +138,9 @@ def sweep(
             f"one trial's Ray Train run (workers_per_trial={workers_per_trial})", "Use fewer workers per trial, or add nodes.",
         )
     # One copy for every trial: Ray Data blocks, or in-memory data put into the object store once.
-    checks = data_checks(config, task_spec)
+    train_data, val_data = run_inputs(train_data, val_data, config, task_spec, on_ray=True)
     payload = _TrialInputs(
-        model_factory, config, ingest(train_data, "train_data", **checks), ingest(val_data, "val_data", **checks), base.replace(checkpoint_every_n_steps=None),
+        model_factory, config, train_data, val_data, base.replace(checkpoint_every_n_steps=None),
         task_spec, space, workers_per_trial, bool(resources.get("gpu")), checkpoint_every_epoch,
     )
     check_picklable("model_factory", model_factory)
@@ -289,8 +289,8 @@ def _trial(params: dict[str, Any], payload: _TrialInputs) -> None:
         return
     staging = tempfile.mkdtemp(prefix="trainyard-trial-")
     try:
-        trainer = TrainingLoop(factory, model_config, training_config.replace(checkpoint_dir=f"{staging}/run"), payload.task_spec)
-        context = TuneTrialContext(checkpoint_every_epoch=payload.checkpoint_every_epoch, epochs=training_config.epochs)
+        trainer = TrainingLoop(factory, model_config, training_config, payload.task_spec)
+        context = TuneTrialContext(checkpoint_every_epoch=payload.checkpoint_every_epoch, epochs=training_config.epochs, run_dir=f"{staging}/run")
         trainer.run(context, resolve(payload.train_data), resolve(payload.val_data))
     finally:
         shutil.rmtree(staging, ignore_errors=True)

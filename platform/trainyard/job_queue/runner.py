@@ -11,8 +11,10 @@ import traceback
 from pathlib import Path
 
 from trainyard.engine.checkpoint import latest_valid
+from trainyard.engine.context import LocalContext
 from trainyard.engine.hooks import TrainingHooks
 from trainyard.execution.configs import run_config, scaling_config
+from trainyard.execution.ingest import run_inputs
 from trainyard.execution.remote import loads
 from trainyard._logging import get_logger, show_logs
 from trainyard._trust import check_private, make_private_dir
@@ -90,21 +92,20 @@ def _run(engine, table, job_id: str, attempt: int, payload: bytes, storage_path:
     try:
         check_private(database_files(engine), "the job queue's database", allow=allow_shared_storage)
         job = loads(payload)
-        checkpoint_dir = job.training_config.checkpoint_dir or str(Path(storage_path) / job_id)
-        training_config = job.training_config.replace(checkpoint_dir=checkpoint_dir)
         if job.num_workers > 1:
-            tc = training_config.replace(checkpoint_dir=None)
             trainer = Trainer(
-                job.model_factory, job.config, tc, job.task_spec, hooks=[*job.hooks, JobLog(log_file)],
+                job.model_factory, job.config, job.training_config, job.task_spec, hooks=[*job.hooks, JobLog(log_file)],
                 scaling=scaling_config(job.num_workers, use_gpu=job.use_gpu),
-                run_config=run_config(None, tc, name=job_id, storage_path=storage_path),  # a rerun resumes it
+                run_config=run_config(None, job.training_config, name=job_id, storage_path=storage_path),  # a rerun resumes it
             )
             results = trainer.train(job.train_data, job.val_data)
-        else:
-            resume = checkpoint_dir if latest_valid(Path(checkpoint_dir)) is not None else None
+        else:  # in this process, in the job's folder (unless the job's config names one)
+            run_dir = Path(job.training_config.checkpoint_dir or Path(storage_path) / job_id)
+            resume = run_dir if latest_valid(run_dir) is not None else None
             hooks = [*job.hooks, _StopWhenCancelled(watch)]  # in this process, where the watch runs
-            trainer = Trainer(job.model_factory, job.config, training_config, job.task_spec, hooks=hooks)
-            results = trainer.train(job.train_data, job.val_data, resume_from=resume)
+            trainer = Trainer(job.model_factory, job.config, job.training_config, job.task_spec, hooks=hooks)
+            data = run_inputs(job.train_data, job.val_data, job.config, job.task_spec, on_ray=False)
+            results = trainer.run(LocalContext(job.training_config.device, run_dir=run_dir), *data, resume_from=resume)
         if watch.cancelled:
             log.info("job %s: cancelled; its checkpoint %s is where resume_job continues", job_id, results.get("checkpoint_path"))
             return

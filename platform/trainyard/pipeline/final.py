@@ -56,13 +56,11 @@ def execute_final_training(
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers={workers!r} must be an integer >= 1")
     exp = build(best_config, dataset)
-    training_config = exp.training_config.replace(checkpoint_dir=None)
     source = exp.spec.get("source") or {}
     name = name or run_name(f"final-{source.get('sweep') or 'run'}")
     trainer = exp.trainer(
-        training_config,
         scaling=scaling_config(workers, use_gpu=use_gpu),
-        run_config=run_config(None, training_config, name=name, storage_path=str(output_dir)),
+        run_config=run_config(None, exp.training_config, name=name, storage_path=str(output_dir)),
     )
     results = trainer.train(exp.train_data, exp.val_data)
     job = FinalTrainingJob(

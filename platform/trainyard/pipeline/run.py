@@ -193,7 +193,7 @@ def _export(pipeline: Pipeline, search: Any) -> dict[str, Any]:
     from trainyard.engine.checkpoint import load, resolve
     from trainyard.export.run import export_trained
     from trainyard.experiment import build
-    from trainyard.execution.ingest import is_ray_data
+    from trainyard.execution.ingest import run_inputs
 
     final = pipeline.stages["final"]
     exp = build(best_spec(pipeline, search))
@@ -201,11 +201,8 @@ def _export(pipeline: Pipeline, search: Any) -> dict[str, Any]:
     model.load_state_dict(load(resolve(final["checkpoint_path"])).model)
     trainer = exp.trainer()
     trainer.model = model
-    sample_data = exp.val_data if exp.val_data is not None else exp.train_data
-    if is_ray_data(sample_data):  # files read by Ray Data: the bundle's parity samples come from its blocks
-        from trainyard.execution.ingest import data_checks, ingest
-
-        sample_data = ingest(sample_data, "data", **data_checks(exp.model_config, exp.task_spec))
+    # files read by Ray Data: the bundle's parity samples come from its blocks
+    sample_data, _ = run_inputs(exp.val_data if exp.val_data is not None else exp.train_data, None, exp.model_config, exp.task_spec, on_ray=False)
     bundle = export_trained(trainer, sample_data, pipeline.run_dir / "export", final["task"])
     manifest = json.loads((bundle / "MANIFEST.json").read_text())
     return {"path": str(bundle), "formats": list(manifest["parity"]), "parity": manifest["parity"]}
