@@ -23,6 +23,26 @@ def test_a_mistyped_key_is_refused_with_the_closest_name(override, message):
         build(load_spec(CONFIG, [override]))
 
 
+def test_a_mistyped_dataset_name_is_named_not_its_parameters(tmp_path):
+    """It used to say 'data.digits is not a data setting here': the wrong key."""
+    with pytest.raises(ValueError, match=r"^data\.name 'additoin' is not a built-in dataset: did you mean 'addition'\? the built-ins are \['addition'\]"):
+        load_spec(CONFIG, ["data.name=additoin"])
+
+
+def test_an_empty_section_takes_overrides_and_a_scalar_one_says_how_to_write_it(tmp_path):
+    """`training:` left empty plus epochs=1 is a valid config (it was refused with
+    "'NoneType' object does not support item assignment"); `model: gpt` plus
+    model.d_model=32 said "'str' object does not support item assignment"."""
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("model: {name: gpt, d_model: 32, n_layers: 1, n_heads: 2}\ndata: {name: addition, train_size: 16, val_size: 4}\ntraining:\n")
+    assert load_spec(empty, ["epochs=1"]).training.epochs == 1
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("model: gpt\ndata: {name: addition}\n")
+    with pytest.raises(ValueError, match=r"^override 'model\.d_model=32': the model section is 'gpt', not a mapping of settings; "
+                                         r"write it as model: \{name: gpt\} to set model\.d_model too$"):
+        load_spec(scalar, ["model.d_model=32"])
+
+
 def test_the_valid_keys_still_build():
     exp = build(load_spec(CONFIG, ["model.d_model=32", "data.train_size=64", "data.val_size=16"]))
     assert exp.model_config["d_model"] == 32 and len(exp.train_data["input_ids"]) == 64

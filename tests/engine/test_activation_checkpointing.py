@@ -6,7 +6,7 @@ import pytest
 from tests.helpers import VOCAB, lm_factory, lm_samples
 from trainyard import Trainer, TrainingConfig, TrainingHooks
 from trainyard.experiment import apply_overrides
-from trainyard.experiment.spec import training_config
+from trainyard.experiment.spec import parse_spec
 from trainyard.models import GPT
 
 CONFIG = {"vocab_size": VOCAB, "max_seq_len": 8, "d_model": 16, "n_layers": 2, "n_heads": 2, "dropout": 0.1}
@@ -51,7 +51,7 @@ def test_blocks_that_cannot_be_found_are_named():
 
 def test_the_settings_come_from_yaml_and_the_command_line():
     spec = apply_overrides({"training": {"epochs": 1}}, ["parallelism=fsdp", "fsdp_wrap=[Block]", "activation_checkpointing=true", "use_amp=true"])
-    cfg = training_config(spec)
+    cfg = parse_spec(spec).training
     assert (cfg.parallelism, cfg.fsdp_wrap, cfg.activation_checkpointing) == ("fsdp", ("Block",), True)
     with pytest.raises(ValueError, match=r"parallelism='zero3' is invalid: must be one of \['ddp', 'fsdp'\]"):
-        training_config(apply_overrides({}, ["parallelism=zero3"]))
+        parse_spec(apply_overrides({}, ["parallelism=zero3"]))

@@ -29,7 +29,7 @@ def test_trainyard_tune_prints_the_best_config_as_yaml(ray_session, tmp_path, ca
     assert exp.training_config == best
     winner = eval(out.split("# model: ", 1)[1].splitlines()[0])  # noqa: S307 - the dict this test's own run printed
     assert {k: exp.model_config[k] for k in winner} == winner
-    assert exp.spec["data"] == {"name": "addition", "digits": 2, "train_size": 128, "val_size": 32, "seed": 0}
+    assert exp.spec.data == {"name": "addition", "digits": 2, "train_size": 128, "val_size": 32, "seed": 0}
     assert main(["train", str(best_file), "--results", str(tmp_path / "r.json")]) == 0
 
 

@@ -74,5 +74,5 @@ def run_sweep(
         name=name,
         seed=seed,
     )
-    write_best_experiment(result, exp.spec, space)
+    write_best_experiment(result, exp.spec)
     return result

@@ -19,15 +19,15 @@ from trainyard import _yaml
 from trainyard.engine.config import FIELD_NAMES, TrainingConfig
 from trainyard.engine.hooks import TrainingHooks
 from trainyard.engine.task import TaskSpec
-from trainyard.experiment.recipe import data_recipe, model_recipe, tokenize_text, validate
-from trainyard.experiment.spec import apply_overrides, as_spec, load_spec, training_config
+from trainyard.experiment.recipe import data_recipe, model_recipe, tokenize_text
+from trainyard.experiment.spec import ExperimentSpec, apply_overrides, as_spec, load_spec, parse_spec
 from trainyard.storage import relative_to
 from trainyard.trainer import Trainer
 
 
 @dataclass
 class Experiment:
-    spec: dict[str, Any]  # the validated spec
+    spec: ExperimentSpec
     model_config: dict[str, Any]
     model_builder: Callable[[Any], Any]  # model config -> model (sweeps override the config)
     tokenizer: Any
@@ -51,15 +51,13 @@ class Experiment:
 
 
 def build(config: Any, dataset: Any = None, base_dir: Path | None = None) -> Experiment:
-    """Validate `config` (a spec, a bare model section or a TrainingConfig) and build its
-    model recipe and data: `dataset` if given (split and tokenized as `train_model`
-    describes), else the spec's data section."""
+    """Build the model recipe and data of `config` (an ExperimentSpec; a dict of sections, a
+    bare model section or a TrainingConfig is checked here first): `dataset` if given (split
+    and tokenized as `train_model` describes), else the spec's data section."""
     spec = as_spec(config)
-    validate(spec)
     builder, model_config, tokenizer = model_recipe(spec)
     train, val = data_recipe(spec, dataset, base_dir)
     max_len = model_config.get("max_seq_len")
-    task = spec.get("task")
     return Experiment(
         spec=spec,
         model_config=model_config,
@@ -67,8 +65,8 @@ def build(config: Any, dataset: Any = None, base_dir: Path | None = None) -> Exp
         tokenizer=tokenizer,
         train_data=tokenize_text(train, tokenizer, max_len),
         val_data=tokenize_text(val, tokenizer, max_len),
-        training_config=training_config(spec),
-        task_spec=TaskSpec(name=task) if task else None,
+        training_config=spec.training,
+        task_spec=TaskSpec(name=spec.task) if spec.task else None,
     )
 
 
@@ -90,11 +88,11 @@ def build_training_config(args: Any = None, config_dir: str | Path = ".") -> dic
     if options.get("config"):
         chosen = Path(options["config"])
         path = chosen if chosen.is_absolute() or chosen.is_file() else config_dir / chosen
-        spec = load_spec(path)
+        spec = load_spec(path).to_dict()
     else:
         spec = {}
         if (config_dir / "experiment.yaml").is_file():
-            spec = load_spec(config_dir / "experiment.yaml")
+            spec = load_spec(config_dir / "experiment.yaml").to_dict()
         for section in ("model", "data", "training"):
             file = config_dir / f"{section}.yaml"
             if file.is_file():
@@ -115,7 +113,7 @@ def build_training_config(args: Any = None, config_dir: str | Path = ".") -> dic
     for key in ("train", "val"):
         if isinstance(data.get(key), str):
             data[key] = relative_to(config_dir, data[key])
-    validate(spec)
+    parse_spec(spec)
     return spec
 
 

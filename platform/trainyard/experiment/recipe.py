@@ -2,38 +2,44 @@
 
     builder, model_config, tokenizer = model_recipe(spec)    # builder(model_config) -> nn.Module
     train, val = data_recipe(spec, dataset=None)             # the spec's data, or `dataset` split
+    check_model_section(model), check_data_section(data)    # what parse_spec checks of them
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import importlib
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from trainyard.engine.task import TaskSpec
 from trainyard.storage import relative_to
-from trainyard.experiment.spec import training_config
+
+if TYPE_CHECKING:  # pragma: no cover
+    from trainyard.experiment.spec import ExperimentSpec
 
 _NOT_MODEL_CONFIG = ("name", "factory", "name_or_path", "tokenizer")  # model-section keys that choose, not configure
 _VAL_KEYS = ("validation", "val", "test")
 
 
-def validate(spec: Mapping[str, Any]) -> None:
-    """Check an experiment spec without building it: training fields, model, task."""
-    training_config(spec)
-    if spec.get("task"):
-        TaskSpec(name=spec["task"])
-    model = spec.get("model") or {}
-    if not isinstance(model, Mapping):
-        raise ValueError(f"the model section must be a mapping, got {model!r}")
+def check_model_section(model: Mapping[str, Any]) -> None:
+    """A built-in model's name and keys (a factory's or a Hugging Face model's are its own)."""
     if "name_or_path" not in model and "factory" not in model:
         model_builder(dict(model))  # raises for an unknown built-in name
         _check_keys("model", model, _model_fields(model))
-    data = spec.get("data") or {}
-    if not isinstance(data, Mapping):
-        raise ValueError(f"the data section must be a mapping, got {data!r}")
+
+
+def check_data_section(data: Mapping[str, Any]) -> None:
+    """A built-in dataset's name and parameters, or the file settings."""
+    if "name" in data:
+        from trainyard.data import DATASETS
+
+        if data["name"] not in DATASETS:
+            close = difflib.get_close_matches(str(data["name"]), list(DATASETS), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"data.name {data['name']!r} is not a built-in dataset: {hint}the built-ins are {sorted(DATASETS)}; "
+                             "or give train: <path> for your own files")
     _check_keys("data", data, _data_fields(data))
 
 
@@ -63,8 +69,6 @@ FILE_OPTIONS = ("format", "text_column", "seq_len", "pack")  # how Ray Data read
 
 def _check_keys(section: str, given: Mapping[str, Any], allowed: list[str]) -> None:
     """Refuse a key nobody reads (a typo would otherwise be ignored), naming the closest."""
-    import difflib
-
     for key in given:
         if key not in allowed:
             close = difflib.get_close_matches(str(key), allowed, n=1)
@@ -75,7 +79,7 @@ def _check_keys(section: str, given: Mapping[str, Any], allowed: list[str]) -> N
 # -- the model -----------------------------------------------------------------------------
 
 
-def model_recipe(spec: Mapping[str, Any]) -> tuple[Callable[[Any], Any], dict[str, Any], Any]:
+def model_recipe(spec: ExperimentSpec) -> tuple[Callable[[Any], Any], dict[str, Any], Any]:
     """(builder: model config -> model, the model config, the tokenizer) of a spec.
 
     The model section picks the model: `name` (built-in), `factory: "module:function"`, or
@@ -84,14 +88,13 @@ def model_recipe(spec: Mapping[str, Any]) -> tuple[Callable[[Any], Any], dict[st
     `tokenizer: addition` (the default for the addition data) or `tokenizer: {alphabet: "..."}`;
     its vocabulary size and pad id enter the model config unless the section sets them.
     """
-    section = dict(spec.get("model") or {})
-    data = dict(spec.get("data") or {})
+    section, data = spec.model, spec.data
     if "name_or_path" in section:
         from trainyard.models import hf
 
         tokenizer = hf.load_tokenizer(section["name_or_path"])
         config = {"pad_token_id": tokenizer.pad_token_id, **_model_settings(section)}
-        return hf.model_builder(section["name_or_path"], spec.get("task")), config, tokenizer
+        return hf.model_builder(section["name_or_path"], spec.task), config, tokenizer
     tokenizer = _tokenizer(section.get("tokenizer"), data)
     defaults = _model_defaults(section)  # every key is there, so sweeps can search model.<any field>
     derived = {**defaults, "vocab_size": tokenizer.vocab_size, "pad_token_id": tokenizer.pad_token_id, **_data_model_config(data)}
@@ -167,12 +170,12 @@ def _data_model_config(data: Mapping[str, Any]) -> dict[str, Any]:
 # -- the data ------------------------------------------------------------------------------
 
 
-def data_recipe(spec: Mapping[str, Any], dataset: Any = None, base_dir: Path | None = None) -> tuple[Any, Any]:
+def data_recipe(spec: ExperimentSpec, dataset: Any = None, base_dir: Path | None = None) -> tuple[Any, Any]:
     """(train, val): `dataset` split as `train_model` describes, else the spec's data section
     (a built-in dataset, or Parquet paths relative to `base_dir`, default the working dir)."""
     if dataset is not None:
         return split_dataset(dataset)
-    section = dict(spec.get("data") or {})
+    section = spec.data
     if "name" in section:
         from trainyard.data import load_builtin
 

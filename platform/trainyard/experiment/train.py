@@ -18,16 +18,14 @@ from typing import Any, Mapping
 from trainyard.engine.context import LocalContext
 from trainyard.execution.ingest import run_inputs
 from trainyard.experiment.build import build
-from trainyard.experiment.recipe import model_recipe, validate
-from trainyard.experiment.spec import as_spec, plain
+from trainyard.experiment.recipe import model_recipe
+from trainyard.experiment.spec import ExperimentSpec, as_spec
 
 
 def create_model_and_tokenizer(config: Any) -> tuple[Any, Any]:
     """(model, tokenizer) for the spec's model section: a built-in model (`name: gpt`) with
     its character tokenizer, or a local Hugging Face directory (`name_or_path: ...`)."""
-    spec = as_spec(config)
-    validate(spec)
-    builder, model_config, tokenizer = model_recipe(spec)
+    builder, model_config, tokenizer = model_recipe(as_spec(config))
     return builder(model_config), tokenizer
 
 
@@ -52,11 +50,11 @@ def train_model(config: Any, dataset: Any = None, output_dir: str | Path = "outp
     return results
 
 
-def _write_outputs(out: Path, spec: Mapping[str, Any], results: Mapping[str, Any], model: Any, tokenizer: Any) -> None:
+def _write_outputs(out: Path, spec: ExperimentSpec, results: Mapping[str, Any], model: Any, tokenizer: Any) -> None:
     import yaml
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(plain(dict(spec)), sort_keys=False))
+    (out / "config.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
     summary = results["metrics_summary"]
     metrics = {
         "final_loss": results["final_loss"],
@@ -66,7 +64,7 @@ def _write_outputs(out: Path, spec: Mapping[str, Any], results: Mapping[str, Any
         "checkpoint_path": results["checkpoint_path"],
         "epochs": json.loads(summary.to_json(orient="records")),
     }
-    (out / "metrics.json").write_text(json.dumps(plain(metrics), indent=2, allow_nan=True))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
     if hasattr(model, "save_pretrained") and hasattr(tokenizer, "save_pretrained"):
         model.save_pretrained(out / "model")
         tokenizer.save_pretrained(out / "model")

@@ -31,20 +31,18 @@ def write_outputs(result: Any) -> None:
     result.plots = _plots(result, out)
 
 
-def write_best_experiment(result: Any, spec: dict[str, Any], space: Any) -> None:
+def write_best_experiment(result: Any, spec: Any) -> None:
     """`best_config.yaml` in the sweep directory: the experiment config the sweep started
-    from (model, data and training sections) with the winning values filled in, so that
-    `trainyard train <sweep>/best_config.yaml` trains the winner as it is."""
+    from (`spec`: model, data and training sections) with the winning values filled in, so
+    that `trainyard train <sweep>/best_config.yaml` trains the winner as it is."""
     import yaml
-
-    from trainyard.experiment.spec import plain
 
     if is_uri(result.path):
         return
-    best = best_experiment(spec, space, result.best_params)
+    best = spec.with_params(result.best_params).to_dict()
     header = (f"# The best trial ({result.best_trial}) of the sweep in {result.path}: {result.metric} = "
               f"{result.best_metrics.get(result.metric)!r}.\n# Train it: trainyard train {Path(result.path) / 'best_config.yaml'}\n")
-    (Path(result.path) / "best_config.yaml").write_text(header + yaml.safe_dump(plain(best), sort_keys=False))
+    (Path(result.path) / "best_config.yaml").write_text(header + yaml.safe_dump(best, sort_keys=False))
 
 
 def trial_number(trial_id: str, fallback: int) -> int:
@@ -86,19 +84,6 @@ def _trials(result: Any) -> list[dict]:
             "value": float(value) if value is not None and value == value else None,
         })
     return sorted(rows, key=lambda r: r["number"])
-
-
-def best_experiment(spec: dict[str, Any], space: Any, params: dict[str, Any]) -> dict[str, Any]:
-    """A copy of the experiment spec with a sampled point's values filled in (`model.*`
-    parameters into the model section, the rest into training)."""
-    import copy
-
-    training, model = space.split(params)
-    best = copy.deepcopy(dict(spec))
-    best["training"] = {**(best.get("training") or {}), **training}
-    if model:
-        best["model"] = {**(best.get("model") or {}), **model}
-    return best
 
 
 def _sweep_name(result: Any) -> str:

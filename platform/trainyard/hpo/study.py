@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from trainyard.data.fingerprint import fingerprint
-from trainyard.experiment import build
+from trainyard.experiment import as_spec, build
 from trainyard.hpo.space import SearchSpace, load_search_space
 
 _DIRECTIONS = {"minimize": "min", "maximize": "max", "min": "min", "max": "max"}
@@ -70,7 +70,7 @@ def run_local_hpo_sweep(
         storage_path=output_dir, name=name, seed=seed,
     )
     study = result.study
-    study.set_user_attr("trainyard.base_spec", _plain_spec(exp.spec))
+    study.set_user_attr("trainyard.base_spec", _plain_spec(exp.spec.to_dict()))
     study.set_user_attr("trainyard.data_fingerprint", fingerprint((exp.train_data, exp.val_data)))
     return study
 
@@ -89,15 +89,12 @@ def extract_best_config_from_study(study: Any) -> dict[str, Any]:
         states = sorted({t.state.name for t in study.trials}) or ["no trials"]
         raise ValueError(f"study {study.study_name!r} has no COMPLETE trial ({', '.join(states)}); nothing to take a best config from")
     attrs = dict(study.user_attrs)
-    spec = copy.deepcopy(attrs.get("trainyard.base_spec") or {})
-    if not spec and "trainyard.base_training_config" in attrs:  # a plain sweep(): its base TrainingConfig
-        spec["training"] = dict(attrs["trainyard.base_training_config"])
+    base = copy.deepcopy(attrs.get("trainyard.base_spec") or {})
+    if not base and "trainyard.base_training_config" in attrs:  # a plain sweep(): its base TrainingConfig
+        base["training"] = dict(attrs["trainyard.base_training_config"])
     best = study.best_trial
-    for key, value in best.params.items():
-        section, field = ("model", key[len("model.") :]) if key.startswith("model.") else ("training", key)
-        spec.setdefault(section, {})[field] = value
     sweep_path = attrs.get("trainyard.sweep_path")
-    spec["source"] = {
+    return as_spec(base).with_params(best.params).with_source({
         "sweep": Path(sweep_path).name if sweep_path else study.study_name,
         "sweep_path": sweep_path,
         "trial_id": attrs.get("trainyard.best_trial", best.number),
@@ -106,8 +103,7 @@ def extract_best_config_from_study(study: Any) -> dict[str, Any]:
         "value": best.value,
         "checkpoint": attrs.get("trainyard.best_checkpoint"),
         "data_fingerprint": attrs.get("trainyard.data_fingerprint"),
-    }
-    return spec
+    }).to_dict()
 
 
 def _with_backbone(spec: dict[str, Any], backbone: str) -> dict[str, Any]:

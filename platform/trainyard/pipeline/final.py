@@ -56,7 +56,7 @@ def execute_final_training(
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers={workers!r} must be an integer >= 1")
     exp = build(best_config, dataset)
-    source = exp.spec.get("source") or {}
+    source = exp.spec.source
     name = name or run_name(f"final-{source.get('sweep') or 'run'}")
     trainer = exp.trainer(
         scaling=scaling_config(workers, use_gpu=use_gpu),
@@ -68,7 +68,7 @@ def execute_final_training(
         run_dir=results["run_dir"],
         results=results,
         checkpoint_path=results["checkpoint_path"],
-        config=exp.spec,
+        config=exp.spec.to_dict(),
         data_fingerprint=fingerprint((exp.train_data, exp.val_data)),
         code_version=code_version(),
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),

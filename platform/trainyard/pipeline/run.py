@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from trainyard._logging import get_logger, show_logs
-from trainyard.experiment.spec import final_spec, load_spec
+from trainyard.experiment.spec import ExperimentSpec, load_spec
 from trainyard.storage import default_storage
 
 log = get_logger("trainyard.pipeline")
@@ -44,7 +44,7 @@ class Pipeline:
     """One run of the main job: its inputs, its directory and what its stages recorded."""
 
     run_dir: Path
-    spec: dict[str, Any]  # the experiment spec, overrides applied
+    spec: ExperimentSpec  # overrides applied, checked
     options: dict[str, Any]  # samples, workers, scheduler, seed, ...
     state: dict[str, Any]
 
@@ -80,13 +80,10 @@ def run_pipeline(
     for label, value, low in (("samples", samples, 1), ("workers", workers, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"--{label} {value!r}: give an integer >= {low}")
-    from trainyard.experiment.recipe import validate
-
-    spec = load_spec(config, overrides)
-    validate(spec)  # the final section too: all before anything starts
+    spec = load_spec(config, overrides)  # the final section too: all checked before anything starts
     search = load_search_space(space)
     options = {"samples": samples, "workers": workers, "gpu": gpu, "max_concurrent": max_concurrent, "scheduler": scheduler, "seed": seed}
-    inputs = {"config": str(Path(config).resolve()), "space": str(Path(space).resolve()), "overrides": list(overrides), "spec": spec,
+    inputs = {"config": str(Path(config).resolve()), "space": str(Path(space).resolve()), "overrides": list(overrides), "spec": spec.to_dict(),
               "space_spec": search.to_dict(), **options}
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:8]
     run_dir = Path(output_dir or _default_output()).expanduser().resolve() / (name or f"{Path(config).stem}-{digest}")
@@ -111,7 +108,7 @@ def _default_output() -> Path:
     return Path(default_storage())
 
 
-def _open(run_dir: Path, inputs: dict, digest: str, spec: dict, options: dict) -> Pipeline:
+def _open(run_dir: Path, inputs: dict, digest: str, spec: ExperimentSpec, options: dict) -> Pipeline:
     from trainyard._trust import make_private_dir
 
     path = run_dir / STATE_FILE
@@ -151,7 +148,7 @@ def _sweep(pipeline: Pipeline, search: Any) -> dict[str, Any]:
         resources_per_trial={"cpu": 1, "gpu": 1} if options["gpu"] else None,
         storage_path=str(pipeline.run_dir), name="sweep", seed=options["seed"], log_epochs=False,
     )
-    write_best_experiment(result, pipeline.spec, search)
+    write_best_experiment(result, pipeline.spec)
     counts = result.dataframe["state"].value_counts().to_dict()
     return {
         "path": result.path, "metric": result.metric, "mode": result.mode, "value": result.best_metrics.get(result.metric),
@@ -161,19 +158,15 @@ def _sweep(pipeline: Pipeline, search: Any) -> dict[str, Any]:
     }
 
 
-def best_spec(pipeline: Pipeline, search: Any) -> dict[str, Any]:
+def best_spec(pipeline: Pipeline, search: Any) -> ExperimentSpec:
     """The spec the final training runs: the winner's values, then the `final` changes, and
     a `source` section naming the sweep trial it came from."""
-    from trainyard.hpo.report import best_experiment
-
     sweep = pipeline.stages["sweep"]
-    spec = final_spec(best_experiment(pipeline.spec, search, sweep["best_params"]))
-    spec["source"] = {
+    return pipeline.spec.with_params(sweep["best_params"]).final_training().with_source({
         "sweep": Path(sweep["path"]).name, "sweep_path": sweep["path"], "trial_id": sweep["best_trial"],
         "params": sweep["best_params"], "metric": sweep["metric"], "value": sweep["value"],
         "checkpoint": sweep["checkpoint"], "data_fingerprint": sweep["data_fingerprint"],
-    }
-    return spec
+    })
 
 
 def _final(pipeline: Pipeline, search: Any) -> dict[str, Any]:
