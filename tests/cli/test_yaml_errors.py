@@ -4,7 +4,8 @@ the file (and for syntax, the line and column), wherever YAML is read."""
 import pytest
 
 from trainyard import TrainingConfig
-from trainyard.experiment import apply_overrides, build_training_config, load_spec
+from trainyard.compat.training import build_training_config
+from trainyard.experiment import apply_overrides, load_spec
 from trainyard.hpo.space import load_search_space
 
 BROKEN = "model:\n  name: gpt\n  d_model: [64\ntraining: {epochs: 2}\n"

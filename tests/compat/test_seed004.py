@@ -34,12 +34,12 @@ SEED_PATHS = [
     ("training.data", ["load_dataset"], "data.loaders"),
 ]
 HOMES = {
-    "train_model": "trainyard.experiment.train", "create_model_and_tokenizer": "trainyard.experiment.train",
-    "compute_metrics": "trainyard.engine.metrics", "evaluate_model": "trainyard.engine.metrics",
-    "run_local_hpo_sweep": "trainyard.hpo.study", "extract_best_config_from_study": "trainyard.hpo.study",
-    "create_search_space": "trainyard.hpo.study", "execute_final_training": "trainyard.pipeline.final",
-    "extract_lineage_from_best_model": "trainyard.pipeline.final", "create_run_context": "trainyard.execution.contexts",
-    "build_training_config": "trainyard.experiment.build", "main": "trainyard.cli.main",
+    "train_model": "trainyard.compat.training", "create_model_and_tokenizer": "trainyard.compat.training",
+    "compute_metrics": "trainyard.compat.training", "evaluate_model": "trainyard.compat.training",
+    "run_local_hpo_sweep": "trainyard.compat.sweeps", "extract_best_config_from_study": "trainyard.compat.sweeps",
+    "create_search_space": "trainyard.compat.sweeps", "execute_final_training": "trainyard.compat.final",
+    "extract_lineage_from_best_model": "trainyard.compat.final", "create_run_context": "trainyard.execution.contexts",
+    "build_training_config": "trainyard.compat.training", "main": "trainyard.cli.main",
     "create_kfold_splits": "trainyard.data.splits", "load_dataset": "trainyard.data.loaders",
 }
 
@@ -143,7 +143,7 @@ def test_basic_training_example(legacy, tmp_path, monkeypatch):
 
 
 def test_build_training_config_errors_name_the_problem(tmp_path):
-    from trainyard.experiment.build import build_training_config
+    from trainyard.compat.training import build_training_config
 
     with pytest.raises(FileNotFoundError, match="not a directory"):
         build_training_config(None, tmp_path / "missing")
@@ -164,7 +164,7 @@ def test_build_training_config_errors_name_the_problem(tmp_path):
 
 def test_create_model_and_tokenizer_for_the_addition_data_uses_its_tokenizer():
     from trainyard.data.addition import TOKENIZER, seq_len
-    from trainyard.experiment.train import create_model_and_tokenizer
+    from trainyard.compat.training import create_model_and_tokenizer
 
     spec = yaml.safe_load((ROOT / "jobs/configs/addition.yaml").read_text())
     model, tokenizer = create_model_and_tokenizer(spec)
@@ -177,7 +177,7 @@ def test_create_model_and_tokenizer_for_the_addition_data_uses_its_tokenizer():
 def test_compute_metrics_matches_cross_entropy_and_takes_hf_eval_predictions():
     from types import SimpleNamespace
 
-    from trainyard.engine.metrics import compute_metrics
+    from trainyard.compat.training import compute_metrics
 
     g = torch.Generator().manual_seed(0)
     logits, labels = torch.randn(3, 5, 7, generator=g), torch.randint(0, 7, (3, 5), generator=g)
@@ -203,7 +203,7 @@ def test_compute_metrics_matches_cross_entropy_and_takes_hf_eval_predictions():
 def test_evaluate_model_reproduces_the_trainers_validation_numbers(samples, tmp_path):
     from tests.helpers import TinyLM
     from trainyard import Trainer, TrainingConfig
-    from trainyard.engine.metrics import evaluate_model
+    from trainyard.compat.training import evaluate_model
 
     torch.manual_seed(0)
     trainer = Trainer(TinyLM(), None, TrainingConfig(epochs=2, batch_size=4, checkpoint_dir=str(tmp_path / "r")))
@@ -223,9 +223,9 @@ def test_hf_model_directory_trains_and_saves_a_loadable_model(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
     from trainyard.engine.checkpoint import load
-    from trainyard.engine.metrics import evaluate_model
+    from trainyard.compat.training import evaluate_model
     from trainyard.experiment.recipe import tokenize_text
-    from trainyard.experiment.train import create_model_and_tokenizer, train_model
+    from trainyard.compat.training import create_model_and_tokenizer, train_model
 
     words = ["[PAD]", "[UNK]", "[EOS]", *"the cat sat on a mat dog ran".split()]
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))

@@ -184,7 +184,7 @@ def test_a_hugging_face_tokenizer_tokenizes_text_in_ray_data(ray_session):
 
 
 def test_the_seed_004_train_model_takes_a_ray_dataset(ray_session, tmp_path):
-    from trainyard.experiment.train import train_model
+    from trainyard.compat.training import train_model
 
     spec = {"model": {"name": "gpt", "d_model": 16, "n_layers": 1, "n_heads": 2, "max_seq_len": 32},
             "training": {"epochs": 1, "batch_size": 8, "random_seed": 3, "shuffle_chunk_rows": 10, "checkpoint_dir": str(tmp_path / "ck")}}  # fmt: skip

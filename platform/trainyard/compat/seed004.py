@@ -1,7 +1,7 @@
-"""The functions of seeds/004 (the `training` package API), re-exported from their trainyard
-homes. This is the one place they are gathered; trainyard's own packages do not re-export
-them. Names load on first use, so importing a legacy path pulls in neither torch, Ray
-nor Optuna.
+"""The functions of seeds/004 (the `training` package API), gathered from their homes: the
+seed's own names live in this package (training.py, sweeps.py, final.py), translated onto
+trainyard; the rest are trainyard's own. Names load on first use, so importing a legacy
+path pulls in neither torch, Ray nor Optuna.
 """
 
 from __future__ import annotations
@@ -10,16 +10,16 @@ import importlib
 from typing import Any
 
 HOMES = {
-    "train_model": "trainyard.experiment.train",
-    "create_model_and_tokenizer": "trainyard.experiment.train",
-    "build_training_config": "trainyard.experiment.build",
-    "compute_metrics": "trainyard.engine.metrics",
-    "evaluate_model": "trainyard.engine.metrics",
-    "create_search_space": "trainyard.hpo.study",
-    "run_local_hpo_sweep": "trainyard.hpo.study",
-    "extract_best_config_from_study": "trainyard.hpo.study",
-    "execute_final_training": "trainyard.pipeline.final",
-    "extract_lineage_from_best_model": "trainyard.pipeline.final",
+    "train_model": "trainyard.compat.training",
+    "create_model_and_tokenizer": "trainyard.compat.training",
+    "build_training_config": "trainyard.compat.training",
+    "compute_metrics": "trainyard.compat.training",
+    "evaluate_model": "trainyard.compat.training",
+    "create_search_space": "trainyard.compat.sweeps",
+    "run_local_hpo_sweep": "trainyard.compat.sweeps",
+    "extract_best_config_from_study": "trainyard.compat.sweeps",
+    "execute_final_training": "trainyard.compat.final",
+    "extract_lineage_from_best_model": "trainyard.compat.final",
     "create_run_context": "trainyard.execution.contexts",
     "create_kfold_splits": "trainyard.data.splits",
     "load_dataset": "trainyard.data.loaders",

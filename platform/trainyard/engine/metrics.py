@@ -1,27 +1,20 @@
-"""Metrics: the sums an epoch or evaluation adds up, and the two public ways to get them.
-
-    compute_metrics(logits, labels)            # or compute_metrics((logits, labels)), HF style
-    evaluate_model(model, val_data)            # the numbers the Trainer reports as val/*
-
-Both go through the loss and counting the Trainer uses (`task.compute_loss`), so a model
-evaluated here gets exactly the `val/loss` its training run reported.
+"""Metrics: the sums an epoch or an evaluation adds up (`MetricSums`, on the device while an
+epoch trains: `RunningSums`), and `evaluation_sums`, a model's over batches. They go through
+the loss and counting training uses (`task.compute_loss`), so an evaluation gets exactly the
+`val/loss` its training run reported (seed 004's `evaluate_model` and `compute_metrics`, in
+`trainyard.compat.training`, are built on them).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
 
-from trainyard.engine.data.collate import Collator
-from trainyard.engine.data.feed import make_loader
-from trainyard.engine.data.inputs import as_dataset
-from trainyard.engine.data.order import eval_batches
-from trainyard.engine.setup import forward_kwargs
-from trainyard.engine.task import TASKS, TaskSpec, as_task_spec, compute_loss, count_targets, detect_task, extract_logits, prepare_targets
+from trainyard.engine.task import compute_loss, count_targets, extract_logits, prepare_targets
 
 
 @dataclass
@@ -126,82 +119,3 @@ def evaluation_sums(
     finally:
         model.train(was_training)
     return sums.host()
-
-
-def compute_metrics(eval_pred: Any, labels: Any = None, task: str | None = None, pad_token_id: int | None = None) -> dict[str, float]:
-    """Loss, perplexity, accuracy (and exact_match for language modelling) of predictions.
-
-    `compute_metrics(logits, labels)` or `compute_metrics((logits, labels))` (a Hugging
-    Face `EvalPrediction` works too). Tensors or numpy arrays. Language-modelling labels
-    are aligned with the inputs (position t predicts t + 1; -100 is ignored), as in
-    training. `task` is inferred from the shapes when not given.
-    """
-    logits = eval_pred
-    if labels is None:
-        logits, labels = _unpack(eval_pred)
-    logits, labels = torch.as_tensor(logits), torch.as_tensor(labels)
-    task = task or _infer_task(logits, labels)
-    if task not in TASKS:
-        raise ValueError(f"task={task!r} is invalid: must be one of {list(TASKS)}")
-    # Without a "labels" key, language-modelling targets are the inputs with padding ignored.
-    mask_padding = task == "language_modeling" and pad_token_id is not None
-    batch = {"input_ids": labels} if mask_padding else {"input_ids": labels, "labels": labels}
-    target = prepare_targets(task, batch, pad_token_id)
-    sums = MetricSums()
-    sums.add(compute_loss(task, logits, target), count_targets(task, target))
-    return sums.metrics("", task)
-
-
-def evaluate_model(
-    model: nn.Module,
-    data: Any,
-    task_spec: Any = None,
-    batch_size: int = 32,
-    pad_token_id: int | None = None,
-    device: str | None = None,
-) -> dict[str, float]:
-    """Evaluate `model` on `data` (any form `Trainer.train` accepts) and return
-    `{loss, perplexity, accuracy, exact_match}`: what training reports as `val/*`."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"evaluate_model needs a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
-    dataset = as_dataset(data, "data")
-    if dataset is None or len(dataset) == 0:
-        raise ValueError("evaluate_model got no samples: pass a non-empty dataset")
-    spec: TaskSpec | None = as_task_spec(task_spec)
-    task = spec.name if spec is not None else detect_task(dataset[0])[0]
-    if pad_token_id is None and spec is not None:
-        pad_token_id = spec.preprocessing_config.get("pad_token_id")
-    target_device = torch.device(device) if device else next(model.parameters()).device
-    model.to(target_device)
-    collate = Collator(pad_token_id)
-    loader = make_loader(dataset, eval_batches(len(dataset), batch_size, 0, 1), collate, 0, False)
-    sums = evaluation_sums(model, loader, task, pad_token_id, target_device, forward_kwargs(model))
-    return sums.metrics("", task)
-
-
-def _unpack(eval_pred: Any) -> tuple[Any, Any]:
-    if hasattr(eval_pred, "predictions") and hasattr(eval_pred, "label_ids"):
-        return eval_pred.predictions, eval_pred.label_ids
-    if isinstance(eval_pred, Mapping) and {"logits", "labels"} <= set(eval_pred):
-        return eval_pred["logits"], eval_pred["labels"]
-    if isinstance(eval_pred, (tuple, list)) and len(eval_pred) == 2:
-        return eval_pred
-    raise TypeError(
-        "compute_metrics takes (logits, labels), a (logits, labels) pair, or an object with "
-        f".predictions and .label_ids; got {type(eval_pred).__name__}"
-    )
-
-
-def _infer_task(logits: torch.Tensor, labels: torch.Tensor) -> str:
-    if labels.is_floating_point():
-        return "regression"
-    if logits.dim() == 3:
-        return "language_modeling"
-    if logits.dim() == 2 and logits.shape[-1] > 1:
-        return "classification"
-    raise ValueError(
-        f"cannot tell the task from logits shaped {tuple(logits.shape)} and labels shaped {tuple(labels.shape)}: "
-        f"pass task= one of {list(TASKS)}"
-    )

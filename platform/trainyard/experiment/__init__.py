@@ -2,15 +2,14 @@
 
     spec.py     ExperimentSpec: load_spec, as_spec, parse_spec (the one check), apply_overrides
     recipe.py   model_recipe, data_recipe (what the spec builds), the model and data checks
-    build.py    build -> Experiment (its `.trainer()`), build_training_config (a config dir)
-    train.py    train_model, create_model_and_tokenizer (seed 004's entry points)
+    build.py    build -> Experiment (its `.trainer()`)
 """
 
-from trainyard.experiment.build import Experiment, build, build_training_config
+from trainyard.experiment.build import Experiment, build
 from trainyard.experiment.recipe import model_recipe
 from trainyard.experiment.spec import SECTIONS, ExperimentSpec, apply_overrides, as_spec, load_spec, parse_spec
 
 __all__ = [
-    "SECTIONS", "Experiment", "ExperimentSpec", "apply_overrides", "as_spec", "build", "build_training_config", "load_spec",
+    "SECTIONS", "Experiment", "ExperimentSpec", "apply_overrides", "as_spec", "build", "load_spec",
     "model_recipe", "parse_spec",
 ]

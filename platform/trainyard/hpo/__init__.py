@@ -6,7 +6,8 @@
     space.py    search spaces: YAML, validation, Tune and Optuna forms
     runner.py   sweep(): Tuner + OptunaSearch + ASHA, trials on the engine, SweepResult
     report.py   best_config.yaml, trials.csv and the plots of a finished sweep
-    study.py    sweeps from an experiment spec and the best config of a study (seed 004)
+
+(Seed 004's sweep helpers, from an experiment spec and a study: trainyard.compat.sweeps.)
 
 Nothing here imports Ray or Optuna until a sweep runs.
 """

@@ -1,10 +1,11 @@
 """The final training of a sweep's best config, as a Ray Train run, and its lineage.
 
-    job = execute_final_training(best_config, dataset, workers=2)
-    lineage = extract_lineage_from_best_model(job)   # sweep, trial, params, checkpoint, data, code
+    job = train_final(best_spec, dataset, workers=2)
+    record = lineage(job)        # sweep, trial, params, checkpoint, data, code
 
-The lineage is also written as `lineage.json` in the run directory, so
-`extract_lineage_from_best_model(run_dir)` gives it back later from disk.
+The lineage is also written as `lineage.json` in the run directory, so `lineage(run_dir)`
+gives it back later from disk. (Seed 004 calls these `execute_final_training` and
+`extract_lineage_from_best_model`: trainyard.compat.final.)
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ class FinalTrainingJob:
     model: Any = None  # the trained model, weights loaded on this process
 
 
-def execute_final_training(
-    best_config: Any,
+def train_final(
+    best_spec: Any,
     dataset: Any = None,
     *,
     workers: int = 2,
@@ -50,12 +51,12 @@ def execute_final_training(
     output_dir: str | Path = "runs",
     name: str | None = None,
 ) -> FinalTrainingJob:
-    """Train `best_config` (an experiment spec, e.g. `extract_best_config_from_study`'s) in
-    `workers` Ray Train workers with DDP. Rerunning with the same `name` and `output_dir`
-    resumes that run from its last checkpoint."""
+    """Train `best_spec` (an ExperimentSpec, or its sections as a dict, e.g. a sweep's best)
+    in `workers` Ray Train workers with DDP. Rerunning with the same `name` and
+    `output_dir` resumes that run from its last checkpoint."""
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers={workers!r} must be an integer >= 1")
-    exp = build(best_config, dataset)
+    exp = build(best_spec, dataset)
     source = exp.spec.source
     name = name or run_name(f"final-{source.get('sweep') or 'run'}")
     trainer = exp.trainer(
@@ -75,19 +76,19 @@ def execute_final_training(
         model=trainer.model,
     )
     if is_local(job.run_dir):
-        (Path(job.run_dir) / LINEAGE_FILE).write_text(json.dumps(extract_lineage_from_best_model(job), indent=2, default=str))
+        (Path(job.run_dir) / LINEAGE_FILE).write_text(json.dumps(lineage(job), indent=2, default=str))
     log.info("final training done (run %s): checkpoint %s", name, job.checkpoint_path)
     return job
 
 
-def extract_lineage_from_best_model(job: FinalTrainingJob | str | os.PathLike) -> dict[str, Any]:
+def lineage(job: FinalTrainingJob | str | os.PathLike) -> dict[str, Any]:
     """Where the final model came from: the sweep, trial and parameters that chose its
     config, its checkpoint, the fingerprint of the data it was trained on (and of the
     sweep's data), and the code version. `job` is a FinalTrainingJob or its run directory."""
     if isinstance(job, (str, os.PathLike)):
         path = Path(job) / LINEAGE_FILE
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: pass the run_dir of an execute_final_training job (or the job itself)")
+            raise FileNotFoundError(f"{path} not found: pass the run_dir of a final training (or its job)")
         return json.loads(path.read_text())
     if not isinstance(job, FinalTrainingJob):
         raise TypeError(f"job must be a FinalTrainingJob or its run directory, got {type(job).__name__}")

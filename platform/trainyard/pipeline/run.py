@@ -171,12 +171,11 @@ def best_spec(pipeline: Pipeline, search: Any) -> ExperimentSpec:
 
 def _final(pipeline: Pipeline, search: Any) -> dict[str, Any]:
     from trainyard.engine.results import results_as_json
-    from trainyard.pipeline.final import extract_lineage_from_best_model, execute_final_training
+    from trainyard.pipeline.final import lineage, train_final
 
     options = pipeline.options
-    job = execute_final_training(best_spec(pipeline, search), workers=options["workers"], use_gpu=options["gpu"], output_dir=pipeline.run_dir, name="final")
-    lineage = {"run": str(pipeline.run_dir), **extract_lineage_from_best_model(job)}
-    write_json(pipeline.run_dir / "lineage.json", lineage)
+    job = train_final(best_spec(pipeline, search), workers=options["workers"], use_gpu=options["gpu"], output_dir=pipeline.run_dir, name="final")
+    write_json(pipeline.run_dir / "lineage.json", {"run": str(pipeline.run_dir), **lineage(job)})
     return results_as_json(job.results)  # run_dir, checkpoint_path, metrics_summary, histories, telemetry, ...
 
 

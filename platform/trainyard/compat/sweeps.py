@@ -1,4 +1,5 @@
-"""Sweeps driven by an experiment spec, and the best config of a finished one.
+"""Seed 004's `training.hpo`, translated onto trainyard: sweeps driven by an experiment spec,
+and the best config of a finished one.
 
     space = create_search_space({"search_space": {"learning_rate": {"loguniform": [1e-4, 1e-2]}}})
     study = run_local_hpo_sweep("gpt", space, dataset, config=spec, n_trials=8)
