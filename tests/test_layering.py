@@ -21,9 +21,9 @@ HELPERS = ("_logging", "_trust", "_yaml")
 
 # unit -> the units it may import, top layer first (each row names only rows below it).
 LAYERS: dict[str, tuple[str, ...]] = {
-    "compat": ("cli", "pipeline", "job_queue", "hpo", "experiment", "trainer", "execution", "export", "data", "models", "engine", "storage"),
-    "cli": ("pipeline", "job_queue", "hpo", "experiment", "trainer", "execution", "export", "data", "models", "engine", "storage"),
-    "pipeline": ("hpo", "experiment", "trainer", "execution", "export", "data", "engine", "storage"),
+    "compat": ("cli", "pipeline", "job_queue", "hpo", "experiment", "trainer", "execution", "export", "data", "models", "engine", "storage", "report"),
+    "cli": ("pipeline", "job_queue", "hpo", "experiment", "trainer", "execution", "export", "data", "models", "engine", "storage", "report"),
+    "pipeline": ("hpo", "experiment", "trainer", "execution", "export", "data", "engine", "storage", "report"),
     "job_queue": ("experiment", "trainer", "execution", "engine", "storage"),
     "hpo": ("experiment", "trainer", "execution", "data", "engine", "storage"),
     "experiment": ("trainer", "execution", "data", "models", "engine", "storage"),
@@ -33,6 +33,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "data": ("engine",),
     "models": ("engine",),
     "engine": (),
+    "report": (),  # report.html / report.md of any run, training or sweep directory (reads their files)
     "storage": (),  # where runs keep their outputs: local paths and URIs, told apart in one place
     "__init__": ("trainer", "engine"),  # trainyard/__init__.py: public names, loaded lazily
 }

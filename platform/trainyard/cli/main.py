@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return jobs.run(args)
         if args.command == "report":
-            from trainyard.pipeline.report import write_report
+            from trainyard.report import write_report
 
             print(f"report: {write_report(args.run_dir)}")
             return 0
@@ -162,7 +162,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.results:
         Path(args.results).write_text(json.dumps(out, indent=1, default=str))
     if results.get("run_dir") and is_local(results["run_dir"]) and Path(results["run_dir"]).is_dir():
-        from trainyard.pipeline.report import write_report
+        from trainyard.report import write_report
 
         (Path(results["run_dir"]) / "results.json").write_text(json.dumps(out, indent=1, default=str))
         log.info("report: %s", write_report(results["run_dir"]))
@@ -217,7 +217,7 @@ def _tune(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     if is_local(result.path):
-        from trainyard.pipeline.report import write_report
+        from trainyard.report import write_report
 
         write_report(result.path)
     print(f"# best {result.metric} = {result.best_metrics.get(result.metric)!r} ({result.mode}); sweep in {result.path}")

@@ -1,2 +1,2 @@
-"""The main job: `trainyard run`'s stages and resume (`run.py`), the final training of a
-sweep's best config with its lineage (`final.py`), and reports (`report.py`)."""
+"""The main job: `trainyard run`'s stages and resume (`run.py`), and the final training of a
+sweep's best config with its lineage (`final.py`). Its report is `trainyard.report`'s."""

@@ -201,7 +201,7 @@ def _export(pipeline: Pipeline, search: Any) -> dict[str, Any]:
 
 
 def _report(pipeline: Pipeline, search: Any) -> dict[str, Any]:
-    from trainyard.pipeline.report import write_report
+    from trainyard.report import write_report
 
     html = write_report(pipeline.run_dir)
     return {"html": str(html), "markdown": str(html.with_suffix(".md"))}

@@ -45,7 +45,7 @@ def test_trainyard_train_leaves_a_report_with_its_curves(trained):
 
 
 def test_a_section_without_data_is_left_out_not_drawn_empty(trained, tmp_path):
-    from trainyard.pipeline.report import write_report
+    from trainyard.report import write_report
 
     run = tmp_path / "run"
     run.mkdir()
