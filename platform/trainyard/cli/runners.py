@@ -51,28 +51,12 @@ def run_sweep(
     seed: int = 0,
 ):
     """A Tune sweep over `space_path`, trials built from the experiment config."""
-    from trainyard.hpo import load_search_space, sweep
-    from trainyard.hpo.report import write_best_experiment
+    from trainyard.hpo import load_search_space
+    from trainyard.hpo.experiments import sweep_experiment
 
     space = load_search_space(space_path)  # validated before Ray starts
-    exp = build(load_spec(config_path, overrides))
-    resources = {"cpu": 1, "gpu": gpus_per_trial} if gpus_per_trial else None
-    result = sweep(
-        exp.model_builder,
-        exp.model_config,
-        exp.train_data,
-        exp.val_data,
-        space=space,
-        training_config=exp.training_config,
-        task_spec=exp.task_spec,
-        num_samples=num_samples,
-        max_concurrent=max_concurrent,
-        scheduler=scheduler,
-        resources_per_trial=resources,
-        workers_per_trial=workers_per_trial,
-        storage_path=storage_path,
-        name=name,
-        seed=seed,
+    return sweep_experiment(
+        load_spec(config_path, overrides), space, num_samples=num_samples, max_concurrent=max_concurrent, scheduler=scheduler,
+        resources_per_trial={"cpu": 1, "gpu": gpus_per_trial} if gpus_per_trial else None,
+        workers_per_trial=workers_per_trial, storage_path=storage_path, name=name, seed=seed,
     )
-    write_best_experiment(result, exp.spec)
-    return result

@@ -16,8 +16,7 @@ import copy
 from pathlib import Path
 from typing import Any, Mapping
 
-from trainyard.data.fingerprint import fingerprint
-from trainyard.experiment import as_spec, build
+from trainyard.experiment import as_spec
 from trainyard.hpo.space import SearchSpace, load_search_space
 
 _DIRECTIONS = {"minimize": "min", "maximize": "max", "min": "min", "max": "max"}
@@ -60,19 +59,17 @@ def run_local_hpo_sweep(
     `config`: the experiment spec the trials start from (training fields, model settings,
     data). `dataset`: as for `train_model` (None: the spec's data section).
     """
-    from trainyard.hpo.runner import sweep
+    from trainyard.hpo.experiments import sweep_experiment
 
     space = create_search_space(search_space)
-    exp = build(_with_backbone(dict(config or {}), backbone), dataset)
-    result = sweep(
-        exp.model_builder, exp.model_config, exp.train_data, exp.val_data, space=space,
-        training_config=exp.training_config, task_spec=exp.task_spec,
-        num_samples=n_trials, max_concurrent=max_concurrent, scheduler=scheduler,
+    spec = as_spec(_with_backbone(dict(config or {}), backbone))
+    result = sweep_experiment(
+        spec, space, dataset, num_samples=n_trials, max_concurrent=max_concurrent, scheduler=scheduler,
         storage_path=output_dir, name=name, seed=seed,
     )
     study = result.study
-    study.set_user_attr("trainyard.base_spec", _plain_spec(exp.spec.to_dict()))
-    study.set_user_attr("trainyard.data_fingerprint", fingerprint((exp.train_data, exp.val_data)))
+    study.set_user_attr("trainyard.base_spec", _plain_spec(spec.to_dict()))
+    study.set_user_attr("trainyard.data_fingerprint", result.data_fingerprint)
     return study
 
 

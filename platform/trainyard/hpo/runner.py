@@ -47,6 +47,7 @@ class SweepResult:
     mode: str = "min"
     best_trial: str | None = None  # the best trial's Tune id
     plots: list[str] = field(default_factory=list)
+    data_fingerprint: str | None = None  # of the data the trials trained on, where it is known (sweep_experiment)
 
     def best_params_model(self) -> dict[str, Any]:
         """The winning model.* parameters, as model config keys."""

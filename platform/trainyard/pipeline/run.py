@@ -134,27 +134,20 @@ def _open(run_dir: Path, inputs: dict, digest: str, spec: ExperimentSpec, option
 
 
 def _sweep(pipeline: Pipeline, search: Any) -> dict[str, Any]:
-    from trainyard.hpo.report import write_best_experiment
-    from trainyard.data.fingerprint import fingerprint
-    from trainyard.experiment import build
-    from trainyard.hpo import sweep
+    from trainyard.hpo.experiments import sweep_experiment
 
-    exp = build(pipeline.spec)
     options = pipeline.options
-    result = sweep(
-        exp.model_builder, exp.model_config, exp.train_data, exp.val_data,
-        space=search, training_config=exp.training_config, task_spec=exp.task_spec,
-        num_samples=options["samples"], max_concurrent=options["max_concurrent"], scheduler=options["scheduler"],
+    result = sweep_experiment(
+        pipeline.spec, search, num_samples=options["samples"], max_concurrent=options["max_concurrent"], scheduler=options["scheduler"],
         resources_per_trial={"cpu": 1, "gpu": 1} if options["gpu"] else None,
         storage_path=str(pipeline.run_dir), name="sweep", seed=options["seed"], log_epochs=False,
     )
-    write_best_experiment(result, pipeline.spec)
     counts = result.dataframe["state"].value_counts().to_dict()
     return {
         "path": result.path, "metric": result.metric, "mode": result.mode, "value": result.best_metrics.get(result.metric),
         "best_trial": result.best_trial, "best_trial_number": int(result.dataframe.set_index("trial").loc[result.best_trial, "number"]),
         "best_params": result.best_params, "checkpoint": result.best_checkpoint,
-        "trials": {str(k): int(v) for k, v in counts.items()}, "data_fingerprint": fingerprint((exp.train_data, exp.val_data)),
+        "trials": {str(k): int(v) for k, v in counts.items()}, "data_fingerprint": result.data_fingerprint,
     }
 
 
