@@ -23,7 +23,6 @@ from trainyard.execution.ingest import run_inputs
 from trainyard.execution.launch import fit
 from trainyard.export.run import ExportBundle
 
-
 __all__ = ["Trainer"]
 
 

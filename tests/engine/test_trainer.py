@@ -449,7 +449,7 @@ def test_a_progress_bar_is_shown_only_on_a_terminal(ckdir, monkeypatch, tmp_path
         def __init__(self, *args, **kwargs):
             super().__init__(*args, mininterval=0, **kwargs)
 
-    monkeypatch.setattr(tqdm.auto, "tqdm", Eager)
+    monkeypatch.setattr("trainyard.engine.observers.tqdm", Eager)
     try:
         train(ckdir=ckdir, epochs=2)
     finally:

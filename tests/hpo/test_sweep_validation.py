@@ -15,7 +15,7 @@ def no_ray(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the sweep started Ray before refusing")
 
-    monkeypatch.setattr("trainyard.execution.ray_env.ensure_ray", refuse)
+    monkeypatch.setattr("trainyard.hpo.runner.ensure_ray", refuse)  # the sweep's first step towards Ray
 
 
 def run(params, metric="val/loss", **kwargs):

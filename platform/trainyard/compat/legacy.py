@@ -10,6 +10,8 @@ import warnings
 from typing import Any, Callable, Mapping
 
 from trainyard.engine.config import RENAMED_FIELDS, TrainingConfig
+from trainyard.hpo import sweep
+from trainyard.trainer import Trainer
 
 _DEFAULTS = TrainingConfig()
 LEGACY_WANDB_PROJECT = "transformer-builder-training"  # what use_wandb=True logged to
@@ -55,7 +57,6 @@ def test_fine_tuning(
 ) -> dict[str, Any]:
     """Deprecated: `Trainer(model, config, TrainingConfig(...)).train(train_data, val_data)`."""
     warnings.warn(_FINE_TUNING_MIGRATION, DeprecationWarning, stacklevel=2)
-    from trainyard.trainer import Trainer
 
     training_config = legacy_training_config(
         n_epochs=n_epochs, learning_rate=learning_rate, batch_size=batch_size, weight_decay=weight_decay,
@@ -133,7 +134,6 @@ def test_hyperparameter_search(
 ) -> dict[str, Any]:
     """Deprecated: `trainyard.hpo.sweep(...)` over the translated search space."""
     warnings.warn(_SEARCH_MIGRATION, DeprecationWarning, stacklevel=2)
-    from trainyard.hpo import sweep
 
     space = legacy_search_space(search_space)
     space["metric"] = "val/loss" if val_data is not None else "train/loss"

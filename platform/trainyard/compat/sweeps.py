@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from trainyard.experiment import as_spec
+from trainyard.hpo.experiments import sweep_experiment
 from trainyard.hpo.space import SearchSpace, load_search_space
 
 _DIRECTIONS = {"minimize": "min", "maximize": "max", "min": "min", "max": "max"}
@@ -59,8 +60,6 @@ def run_local_hpo_sweep(
     `config`: the experiment spec the trials start from (training fields, model settings,
     data). `dataset`: as for `train_model` (None: the spec's data section).
     """
-    from trainyard.hpo.experiments import sweep_experiment
-
     space = create_search_space(search_space)
     spec = as_spec(_with_backbone(dict(config or {}), backbone))
     result = sweep_experiment(

@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+import yaml
 from torch import nn
 
 from trainyard import _yaml
 from trainyard.engine.config import FIELD_NAMES
+from trainyard.engine.context import LocalContext
 from trainyard.engine.data.collate import Collator
 from trainyard.engine.data.feed import make_loader
 from trainyard.engine.data.inputs import as_dataset
@@ -31,8 +33,6 @@ from trainyard.engine.data.order import eval_batches
 from trainyard.engine.metrics import MetricSums, evaluation_sums
 from trainyard.engine.setup import forward_kwargs
 from trainyard.engine.task import TASKS, TaskSpec, as_task_spec, compute_loss, count_targets, detect_task, prepare_targets
-
-from trainyard.engine.context import LocalContext
 from trainyard.execution.ingest import run_inputs
 from trainyard.experiment.build import build
 from trainyard.experiment.recipe import model_recipe
@@ -69,8 +69,6 @@ def train_model(config: Any, dataset: Any = None, output_dir: str | Path = "outp
 
 
 def _write_outputs(out: Path, spec: ExperimentSpec, results: Mapping[str, Any], model: Any, tokenizer: Any) -> None:
-    import yaml
-
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
     summary = results["metrics_summary"]

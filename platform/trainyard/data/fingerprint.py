@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
+
 
 def fingerprint(data: Any) -> str | None:
     """`sha256:<hex>` of the data's content: a file or directory path (the bytes of its
@@ -20,7 +22,6 @@ def fingerprint(data: Any) -> str | None:
 
 
 def _feed(digest: Any, value: Any) -> None:
-    import numpy as np
     import torch
 
     if isinstance(value, (str, os.PathLike)) and _exists(value):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from pathlib import Path
 from typing import Any
+
+import pyarrow.parquet as pq
 
 FORMATS = (".parquet", ".pq", ".jsonl", ".csv", ".pt")
 
@@ -21,15 +24,11 @@ def load_dataset(data_asset: str | os.PathLike) -> dict[str, list]:
         raise FileNotFoundError(f"data asset {path} not found")
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq") or path.is_dir():
-        import pyarrow.parquet as pq
-
         return pq.read_table(path).to_pydict()
     if suffix == ".jsonl":
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         return _columns(rows, path)
     if suffix == ".csv":
-        import csv
-
         with open(path, newline="") as f:
             rows = [{k: _cell(v) for k, v in row.items()} for row in csv.DictReader(f)]
         return _columns(rows, path)

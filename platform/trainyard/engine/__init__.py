@@ -9,8 +9,8 @@ private helpers (`_logging`, `_yaml`), and never Ray or Optuna (tests/test_layer
 from trainyard.engine.checkpoint import CheckpointError
 from trainyard.engine.config import TrainingConfig
 from trainyard.engine.hooks import Event, TrainingHooks
+from trainyard.engine.loop import TrainingLoop
 from trainyard.engine.state import TrainState
 from trainyard.engine.task import TaskSpec
-from trainyard.engine.loop import TrainingLoop
 
 __all__ = ["CheckpointError", "Event", "TaskSpec", "TrainingConfig", "TrainingHooks", "TrainState", "TrainingLoop"]

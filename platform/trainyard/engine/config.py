@@ -17,6 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import yaml
+
+from trainyard import _yaml
+
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
 EXPORT_FORMATS = ("onnx", "torchscript", "pt2")
 AMP_DTYPES = (None, "bfloat16", "float16")
@@ -137,8 +141,6 @@ class TrainingConfig:
         return cls(**dict(data))
 
     def to_yaml(self, path: str | os.PathLike | None = None) -> str:
-        import yaml
-
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         if path is not None:
             Path(path).write_text(text)
@@ -147,8 +149,6 @@ class TrainingConfig:
     @classmethod
     def from_yaml(cls, source: str | os.PathLike) -> "TrainingConfig":
         """Load from a YAML file path, or from YAML text."""
-        from trainyard import _yaml
-
         data = (_yaml.load_file(source, "TrainingConfig YAML") if _looks_like_path(source) else _yaml.load(str(source), "TrainingConfig YAML")) or {}
         if not isinstance(data, Mapping):
             raise ValueError(f"TrainingConfig YAML must be a mapping of field: value, got {data!r}")

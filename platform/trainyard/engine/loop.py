@@ -29,18 +29,18 @@ from trainyard._logging import get_logger, show_logs
 from trainyard.engine import rng, setup, step
 from trainyard.engine.checkpoint import LoadedCheckpoint
 from trainyard.engine.config import TrainingConfig, as_training_config
-from trainyard.engine.model_config import model_config_value
 from trainyard.engine.context import LocalContext, RunContext
 from trainyard.engine.data.collate import Collator
 from trainyard.engine.data.feed import WindowFeed, make_loader, to_device, window_sizes
 from trainyard.engine.data.order import batches_per_epoch, eval_batches, iter_epoch_batches
 from trainyard.engine.hooks import Event, HookDispatcher, Observer, TrainingHooks
 from trainyard.engine.metrics import MetricSums, evaluation_sums
+from trainyard.engine.model_config import model_config_value
 from trainyard.engine.observers import builtin_observers
 from trainyard.engine.results import build_results
 from trainyard.engine.state import Run, SavePolicy, TrainState, average_partial_gradients, check_resumable, describe_changes, restore, save_checkpoint
-from trainyard.engine.telemetry import RunTelemetry, compute_dtype, peak_flops
 from trainyard.engine.task import TaskChoice, TaskSpec, as_task_spec, detect_task, extract_logits
+from trainyard.engine.telemetry import RunTelemetry, compute_dtype, peak_flops
 
 log = get_logger("trainyard.engine")
 

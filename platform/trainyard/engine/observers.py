@@ -17,15 +17,20 @@ or log anything.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import sys
+from pathlib import Path
 from typing import Any
+
+from tqdm.auto import tqdm
 
 from trainyard._logging import get_logger
 from trainyard.engine.config import TrainingConfig
-from trainyard.engine.model_config import model_config_dict
 from trainyard.engine.hooks import Observer
+from trainyard.engine.model_config import model_config_dict
+from trainyard.engine.setup import run_id
 from trainyard.engine.telemetry import TELEMETRY_KEYS
 
 log = get_logger("trainyard.engine")
@@ -57,7 +62,6 @@ class ProgressBar(Observer):
         state = trainer.state
         if self.epoch == state.epoch or not _shows_progress(trainer):
             return
-        from tqdm.auto import tqdm
 
         self.close()
         self.epoch = state.epoch
@@ -220,12 +224,8 @@ class TensorBoardLogger(_StepAndEpochLogger):
         self.writer: Any = None
 
     def open(self, trainer, config: dict[str, Any]) -> None:
-        from pathlib import Path
-
         _require("tensorboard", "tensorboard_dir", "tensorboard")
         from torch.utils.tensorboard import SummaryWriter
-
-        from trainyard.engine.setup import run_id
 
         self.writer = SummaryWriter(log_dir=str(Path(self.directory) / run_id()))
         for section, values in config.items():
@@ -241,8 +241,6 @@ class TensorBoardLogger(_StepAndEpochLogger):
 
 
 def _require(module: str, field: str, package: str):
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as e:

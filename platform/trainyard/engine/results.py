@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -51,8 +52,6 @@ def build_results(run: Run, state: TrainState, elapsed: float, stop_reason: str 
 
 def results_as_json(results: dict[str, Any]) -> dict[str, Any]:
     """The results dict as JSON data: metrics_summary as one record per epoch (NaN as null)."""
-    import json
-
     out = dict(results)
     summary = out.get("metrics_summary")
     if hasattr(summary, "to_json"):

@@ -30,10 +30,10 @@ from torch import nn
 from trainyard.engine import checkpoint as ckpt
 from trainyard.engine import rng
 from trainyard.engine.config import TrainingConfig
-from trainyard.engine.model_config import model_config_dict
 from trainyard.engine.context import RunContext
 from trainyard.engine.data.collate import Collator
 from trainyard.engine.metrics import MetricSums, RunningSums
+from trainyard.engine.model_config import model_config_dict
 from trainyard.engine.setup import ModelCall
 from trainyard.engine.task import TaskChoice, TaskSpec
 from trainyard.engine.telemetry import RunTelemetry

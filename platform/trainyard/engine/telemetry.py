@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from trainyard.engine.task import extract_logits
 
@@ -95,8 +96,6 @@ def count_flops_per_token(
 
     Runs in eval mode (no dropout, so no random numbers are drawn) and with
     `torch.autograd.grad`, so no `.grad` is touched: the run it measures is not disturbed."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     params = [p for p in model.parameters() if p.requires_grad]
     was_training = model.training
     model.eval()

@@ -31,12 +31,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from trainyard.data.files import DataFiles
-from trainyard.engine.data.inputs import as_dataset
 from trainyard.engine.config import SHUFFLE_CHUNK_ROWS
+from trainyard.engine.data.inputs import as_dataset
 from trainyard.engine.data.rows import RowSource, is_list_type, local_paths
 from trainyard.engine.data.samples import ALIASES, KNOWN_KEYS, ColumnDataset, check_columns
+from trainyard.engine.model_config import model_config_value
+from trainyard.engine.task import as_task_spec
 from trainyard.execution.ray_env import ensure_ray, verbose
 from trainyard.storage import is_local, is_uri, suffix
 
@@ -59,7 +64,6 @@ class BlockSource(RowSource):
         return int(self.firsts[-1])
 
     def read(self, start: int, stop: int) -> Any:
-        import pyarrow as pa
         import ray
 
         first = int(np.searchsorted(self.firsts, start, side="right")) - 1
@@ -129,9 +133,6 @@ def run_inputs(train_data: Any, val_data: Any, config: Any, task_spec: Any = Non
 def data_checks(config: Any, task_spec: Any = None) -> dict[str, Any]:
     """What `ingest` checks data against: the pad token (the TaskSpec's, else the model
     config's) and the model's context (its longest sequence), where they are known."""
-    from trainyard.engine.model_config import model_config_value
-    from trainyard.engine.task import as_task_spec
-
     spec = as_task_spec(task_spec)
     pad = spec.preprocessing_config.get("pad_token_id") if spec is not None else None
     context = next((model_config_value(config, k) for k in CONTEXT_KEYS if model_config_value(config, k)), None)
@@ -195,8 +196,6 @@ def tokenize(dataset: Any, name: str, tokenizer: Any, text_column: str = "text",
 
 
 def _tokenize_batch(batch: Any, tokenizer: Any, text_column: str, seq_len: int | None, pack: bool) -> Any:
-    import pyarrow as pa
-
     # The built-in tokenizers add <bos>/<eos>; a Hugging Face one, the specials it was configured with.
     ids = [list(tokenizer(str(t))["input_ids"]) for t in batch.column(text_column).to_pylist()]
     if pack:
@@ -249,8 +248,6 @@ def _quiet(dataset: Any) -> Any:
 
 def _block_stats(table: Any) -> tuple[int, int, int]:
     """(rows, shortest, longest input_ids) of one block."""
-    import pyarrow.compute as pc
-
     column = table.column("input_ids") if "input_ids" in table.schema.names else None
     if column is None or table.num_rows == 0 or not is_list_type(column.type):
         return table.num_rows, 0, 0
@@ -293,7 +290,6 @@ def _bad_file(files: list[str], format: str) -> str | None:
     """`FILE: ` of the first local Parquet file that does not open (where a read failed)."""
     if format != "parquet":
         return None
-    import pyarrow.parquet as pq
 
     for path in files:
         for f in [path] if not Path(path).is_dir() else sorted(str(q) for q in Path(path).rglob("*") if q.is_file()):

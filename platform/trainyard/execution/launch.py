@@ -25,7 +25,9 @@ from typing import Any
 from trainyard._logging import get_logger
 from trainyard.engine import checkpoint as ckpt
 from trainyard.engine.loop import TrainingLoop
+from trainyard.engine.shards import full_model_state
 from trainyard.execution.configs import run_config, scaling_config
+from trainyard.execution.contexts import RayTrainContext
 from trainyard.execution.ingest import resolve, run_inputs
 from trainyard.execution.ray_env import check_satisfiable, ensure_ray, verbose
 from trainyard.execution.remote import absolute, check_picklable
@@ -101,8 +103,6 @@ def fit(trainer: Any, train_data: Any, val_data: Any = None, resume_from: Any = 
 
 def _train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     """Runs in every Ray Train worker: the engine loop, with the Ray run context."""
-    from trainyard.execution.contexts import RayTrainContext
-
     p: _Payload = config["payload"]
     if not verbose():
         _quiet_worker_logs()
@@ -135,9 +135,6 @@ def _final_model(model_or_factory: Any, checkpoint: Any):
     """The trained weights on the driver, as an in-process run leaves them in `trainer.model`
     (gathered whole from the shards of an FSDP run)."""
     from torch import nn
-
-    from trainyard.engine import checkpoint as ckpt
-    from trainyard.engine.shards import full_model_state
 
     model = model_or_factory if isinstance(model_or_factory, nn.Module) else model_or_factory()
     with checkpoint.as_directory() as d:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import sys
+import tempfile
 import threading
+from pathlib import Path
 
 from trainyard._logging import get_logger, show_logs
 
@@ -27,8 +30,6 @@ def token_auth_if_available() -> None:
     ~/.ray/auth_token, but a client sends it only when RAY_AUTH_MODE=token, which Ray reads
     once, when it is imported: set it when a token is there and the user chose no mode
     (called when this package is imported, before any module here imports Ray)."""
-    from pathlib import Path
-
     if "RAY_AUTH_MODE" in os.environ or "ray" in sys.modules:
         return
     token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
@@ -205,8 +206,6 @@ def cluster_resources() -> dict[str, float]:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -227,8 +226,6 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
 def _unanswered(address: str, timeout: float) -> OSError | None:
     """Why nothing accepts a connection at `[scheme://]host:port`, or None if something does
     (or the address is no host:port, like "auto", which Ray resolves itself)."""
-    import socket
-
     host, sep, port = address.split("://", 1)[-1].rpartition(":")
     if not sep or not port.isdigit():
         return None
@@ -246,9 +243,6 @@ def _running_cluster() -> str | None:
     not, so it is never joined by accident. A stale file (a head stopped without
     `ray stop`) points at a dead port and is ignored.
     """
-    import tempfile
-    from pathlib import Path
-
     current = Path(os.environ.get("RAY_TMPDIR", tempfile.gettempdir()), "ray", "ray_current_cluster")
     try:
         address = current.read_text().strip()

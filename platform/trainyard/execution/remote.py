@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from trainyard.engine.checkpoint import is_ray_checkpoint
 from trainyard import storage
+from trainyard.engine.checkpoint import is_ray_checkpoint
 from trainyard.engine.setup import run_id
 
 

@@ -11,9 +11,15 @@ import dataclasses
 import difflib
 import functools
 import importlib
+import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from trainyard.data import DATASETS, load_builtin
+from trainyard.data.addition import TOKENIZER, model_config
+from trainyard.data.files import DataFiles
+from trainyard.data.tokenizer import CharTokenizer
+from trainyard.models import CONFIGS, MODELS, build_model, hf
 from trainyard.storage import relative_to
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,8 +39,6 @@ def check_model_section(model: Mapping[str, Any]) -> None:
 def check_data_section(data: Mapping[str, Any]) -> None:
     """A built-in dataset's name and parameters, or the file settings."""
     if "name" in data:
-        from trainyard.data import DATASETS
-
         if data["name"] not in DATASETS:
             close = difflib.get_close_matches(str(data["name"]), list(DATASETS), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
@@ -45,8 +49,6 @@ def check_data_section(data: Mapping[str, Any]) -> None:
 
 def _model_fields(section: Mapping[str, Any]) -> list[str]:
     """The keys a built-in model's section may hold: its config's fields, and the choosers."""
-    from trainyard.models import CONFIGS
-
     config = CONFIGS.get(section.get("name", "gpt"))
     fields = [f.name for f in dataclasses.fields(config)] if config is not None else []
     return [*fields, *_NOT_MODEL_CONFIG, "preset"]
@@ -55,10 +57,6 @@ def _model_fields(section: Mapping[str, Any]) -> list[str]:
 def _data_fields(section: Mapping[str, Any]) -> list[str]:
     """The keys a data section may hold: the built-in dataset's parameters, or the paths."""
     if "name" in section:
-        import inspect
-
-        from trainyard.data import DATASETS
-
         loader = DATASETS.get(section["name"])
         return ["name", *inspect.signature(loader).parameters] if loader is not None else ["name"]
     return ["train", "val", *FILE_OPTIONS]
@@ -90,8 +88,6 @@ def model_recipe(spec: ExperimentSpec) -> tuple[Callable[[Any], Any], dict[str, 
     """
     section, data = spec.model, spec.data
     if "name_or_path" in section:
-        from trainyard.models import hf
-
         tokenizer = hf.load_tokenizer(section["name_or_path"])
         config = {"pad_token_id": tokenizer.pad_token_id, **_model_settings(section)}
         return hf.model_builder(section["name_or_path"], spec.task), config, tokenizer
@@ -114,7 +110,6 @@ def model_builder(section: dict[str, Any]) -> Callable[[Any], Any]:
     if "factory" in section:
         module_name, _, attr = str(section["factory"]).partition(":")
         return getattr(importlib.import_module(module_name), attr)
-    from trainyard.models import MODELS, build_model
 
     name = section.get("name", "gpt")
     if name not in MODELS:
@@ -126,8 +121,6 @@ def model_builder(section: dict[str, Any]) -> Callable[[Any], Any]:
 
 
 def _model_defaults(section: Mapping[str, Any]) -> dict[str, Any]:
-    from trainyard.models import CONFIGS
-
     config = CONFIGS.get(section.get("name", "gpt")) if "factory" not in section else None
     if config is None:
         return {}
@@ -143,15 +136,11 @@ def _model_settings(section: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _tokenizer(choice: Any, data: Mapping[str, Any]):
-    from trainyard.data.tokenizer import CharTokenizer
-
     if choice is None:
         choice = "addition" if data.get("name") == "addition" else "bytes"
     if choice == "bytes":
         return CharTokenizer.bytes()
     if choice == "addition":
-        from trainyard.data.addition import TOKENIZER
-
         return TOKENIZER
     if isinstance(choice, Mapping) and isinstance(choice.get("alphabet"), str) and choice["alphabet"]:
         return CharTokenizer(choice["alphabet"])
@@ -161,8 +150,6 @@ def _tokenizer(choice: Any, data: Mapping[str, Any]):
 def _data_model_config(data: Mapping[str, Any]) -> dict[str, Any]:
     """Model config entries a built-in dataset needs (its sequence length)."""
     if data.get("name") == "addition":
-        from trainyard.data.addition import model_config
-
         return model_config(data.get("digits", 3))
     return {}
 
@@ -177,15 +164,12 @@ def data_recipe(spec: ExperimentSpec, dataset: Any = None, base_dir: Path | None
         return split_dataset(dataset)
     section = spec.data
     if "name" in section:
-        from trainyard.data import load_builtin
-
         return load_builtin(section.pop("name"), **section)
     if "train" in section:
         base_dir = base_dir or Path.cwd()
         train, val = (relative_to(base_dir, section[k]) if section.get(k) else None for k in ("train", "val"))
         if not any(k in section for k in FILE_OPTIONS):
             return train, val
-        from trainyard.data.files import DataFiles
 
         options = {k: section[k] for k in FILE_OPTIONS if k in section}
         return DataFiles(train, **options), (DataFiles(val, **options) if val else None)

@@ -22,10 +22,13 @@ import copy
 import json
 import logging
 import warnings
+from importlib.metadata import PackageNotFoundError, version
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
 from trainyard.data.tokenizer import CharTokenizer
@@ -202,8 +205,6 @@ class _quiet:
 
 
 def _write_metadata(out: Path, formats, training_config, task_spec, model_config, example: torch.Tensor, tokenizer: Any) -> None:
-    import yaml
-
     (out / "model_config.json").write_text(json.dumps(model_config or {}, indent=1))
     (out / "task_spec.json").write_text(json.dumps(task_spec or {}, indent=1))
     (out / "training_config.yaml").write_text(yaml.safe_dump(training_config or {}, sort_keys=False))
@@ -220,8 +221,6 @@ def _write_metadata(out: Path, formats, training_config, task_spec, model_config
 
 def _template(name: str) -> str:
     """A file of the bundle as it ships in `templates/` (package data)."""
-    from importlib.resources import files
-
     return files("trainyard.export").joinpath("templates", *name.split("/")).read_text()
 
 
@@ -242,8 +241,6 @@ def _write_tokenizer(out: Path, tokenizer: Any) -> str:
 def _requirements(formats, hf_tokenizer: bool) -> str:
     """What inference.py needs, pinned to the versions the bundle was exported (and
     verified) with; PyTorch's CPU build, from its own index."""
-    from importlib.metadata import PackageNotFoundError, version
-
     def pinned(name: str) -> str:
         try:
             return f"{name}=={version(name).split('+')[0]}"

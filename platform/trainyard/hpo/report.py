@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from trainyard._logging import get_logger
 from trainyard.storage import is_uri
 
@@ -35,8 +37,6 @@ def write_best_experiment(result: Any, spec: Any) -> None:
     """`best_config.yaml` in the sweep directory: the experiment config the sweep started
     from (`spec`: model, data and training sections) with the winning values filled in, so
     that `trainyard train <sweep>/best_config.yaml` trains the winner as it is."""
-    import yaml
-
     if is_uri(result.path):
         return
     best = spec.with_params(result.best_params).to_dict()
@@ -180,7 +180,6 @@ def _importances(plt, trials, result):
 def _parallel(plt, trials, result):
     """One line per trial across the parameters; colour: the metric (dark = better); pruned dashed."""
     import matplotlib as mpl
-
     import optuna
 
     names = sorted({n for t in trials for n in t["params"]})

@@ -25,9 +25,21 @@ from typing import Any, Callable, Mapping
 from trainyard._logging import get_logger, show_logs
 from trainyard._trust import check_private, make_private_dir
 from trainyard.engine.config import TrainingConfig
+from trainyard.engine.data.inputs import as_dataset
+from trainyard.engine.loop import TrainingLoop
+from trainyard.engine.metrics import MetricSums
 from trainyard.engine.model_config import model_config_dict
+from trainyard.engine.task import as_task_spec, detect_task
+from trainyard.engine.telemetry import TELEMETRY_KEYS
+from trainyard.execution.configs import scaling_config, trial_run_config
+from trainyard.execution.contexts import TuneTrialContext
+from trainyard.execution.ingest import is_ray_data, resolve, run_inputs
+from trainyard.execution.ray_env import check_satisfiable, cluster_resources, ensure_ray, verbose
+from trainyard.execution.remote import absolute, check_picklable, run_name
+from trainyard.hpo.report import trial_number, write_outputs
 from trainyard.hpo.space import SearchSpace, load_search_space
 from trainyard.storage import default_storage, is_local
+from trainyard.trainer import Trainer
 
 log = get_logger("trainyard.hpo")
 SCHEDULERS = ("asha", "median", "none")
@@ -115,10 +127,6 @@ def sweep(
 
     from ray import tune
 
-    from trainyard.execution.ingest import run_inputs
-    from trainyard.execution.ray_env import check_satisfiable, ensure_ray
-    from trainyard.execution.remote import absolute, check_picklable, run_name
-
     storage = absolute(storage_path or default_storage())
     name = name or run_name("sweep")
     sweep_dir = f"{storage.rstrip('/')}/{name}"
@@ -168,7 +176,6 @@ def sweep(
         )
     grid = tuner.fit()
     result = _collect(grid, space, base, sweep_dir)
-    from trainyard.hpo.report import write_outputs
 
     write_outputs(result)
     table.summary(result)
@@ -205,12 +212,6 @@ def _validate(space, base, model_factory, config, val_data, num_samples, schedul
 def _check_metric(space: SearchSpace, task_spec: Any, train_data: Any) -> None:
     """The metric must be a column the trials' task reports (known here when the task is
     given, or the data is in memory; a path is read by the trials)."""
-    from trainyard.engine.data.inputs import as_dataset
-    from trainyard.engine.metrics import MetricSums
-    from trainyard.execution.ingest import is_ray_data
-    from trainyard.engine.task import as_task_spec, detect_task
-    from trainyard.engine.telemetry import TELEMETRY_KEYS
-
     spec = as_task_spec(task_spec)
     if spec is not None:
         task = spec.name
@@ -274,11 +275,6 @@ def _with_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
 
 def _trial(params: dict[str, Any], payload: _TrialInputs) -> None:
     """One Tune trial: the engine loop with the sampled parameters."""
-    from trainyard.engine.loop import TrainingLoop
-    from trainyard.execution.contexts import TuneTrialContext
-    from trainyard.execution.ingest import resolve
-    from trainyard.execution.ray_env import verbose
-
     if not verbose():
         logging.getLogger("trainyard").setLevel(logging.WARNING)  # the driver's table speaks for trials
     training, model_overrides = payload.space.split({p.name: params[p.name] for p in payload.space.params})
@@ -299,9 +295,6 @@ def _trial(params: dict[str, Any], payload: _TrialInputs) -> None:
 
 def _nested_train_run(factory, model_config, training_config, payload: _TrialInputs) -> None:
     """A multi-worker trial: a Ray Train run inside the trial, reporting to Tune."""
-    from trainyard.execution.configs import scaling_config, trial_run_config
-    from trainyard.trainer import Trainer
-
     scaling = scaling_config(payload.workers_per_trial, use_gpu=payload.use_gpu)
     run_config = trial_run_config(training_config)
     Trainer(factory, model_config, training_config, payload.task_spec, scaling=scaling, run_config=run_config).train(
@@ -330,8 +323,6 @@ def _scheduler(kind: str, epochs: int):
 
 def _default_concurrency(resources: Mapping[str, float], workers_per_trial: int) -> int:
     """As many trials as the cluster's CPUs hold (a nested Train run's workers count too)."""
-    from trainyard.execution.ray_env import cluster_resources
-
     cpus = cluster_resources().get("CPU", 1)
     per_trial = (resources.get("cpu", 1) or 1) + (workers_per_trial if workers_per_trial > 1 else 0)
     return max(1, int(cpus // per_trial))
@@ -349,8 +340,6 @@ def _quiet_optuna() -> None:
 def _collect(grid, space: SearchSpace, base: TrainingConfig, sweep_dir: str) -> SweepResult:
     import optuna
     import pandas as pd
-
-    from trainyard.hpo.report import trial_number
 
     names = [p.name for p in space.params]
     distributions = space.optuna_space()
@@ -426,8 +415,6 @@ def _live_table(space: SearchSpace, epochs: int, log_epochs: bool = True):
     """A Tune callback printing one compact line per trial event instead of Tune's wall
     (defined here so that importing this module does not import Ray)."""
     from ray.tune import Callback
-
-    from trainyard.hpo.report import trial_number
 
     class Table(Callback):
         def __init__(self):

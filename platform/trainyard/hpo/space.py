@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from trainyard import _yaml
 from trainyard.engine.config import FIELD_NAMES, TrainingConfig
 
 DISTRIBUTIONS = ("uniform", "loguniform", "quniform", "randint", "qrandint", "choice")
@@ -100,8 +101,6 @@ def load_search_space(source: str | Path | Mapping[str, Any]) -> SearchSpace:
     if isinstance(source, Mapping):
         data, name = dict(source), "<dict>"
     else:
-        from trainyard import _yaml
-
         path = Path(source)
         data, name = _yaml.load_file(path, "search space") or {}, str(path)
     if not isinstance(data, Mapping):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import time
@@ -88,8 +89,6 @@ def open_table(url: str):
 def _with_driver(url: str) -> str:
     """`postgresql://` names no driver, and SQLAlchemy then wants psycopg2: use psycopg 3
     (the `postgres` extra) when that is what is installed."""
-    import importlib.util
-
     scheme, sep, rest = url.partition("://")
     if sep and scheme in ("postgresql", "postgres") and importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg"):
         return f"postgresql+psycopg://{rest}"

@@ -10,14 +10,14 @@ import time
 import traceback
 from pathlib import Path
 
+from trainyard._logging import get_logger, show_logs
+from trainyard._trust import check_private, make_private_dir
 from trainyard.engine.checkpoint import latest_valid
 from trainyard.engine.context import LocalContext
 from trainyard.engine.hooks import TrainingHooks
 from trainyard.execution.configs import run_config, scaling_config
 from trainyard.execution.ingest import run_inputs
 from trainyard.execution.remote import loads
-from trainyard._logging import get_logger, show_logs
-from trainyard._trust import check_private, make_private_dir
 from trainyard.job_queue.records import HEARTBEAT_S, database_files, finish, open_table, owner
 from trainyard.trainer import Trainer
 

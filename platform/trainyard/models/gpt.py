@@ -12,7 +12,6 @@ from torch import nn
 
 from trainyard.models._config import check_positive_ints, config_fields
 
-
 # Named configurations. gpt2-small is the model the field compares training speed on: 124M
 # parameters, vocabulary padded from 50257 to 50304 (a multiple of 64, for fast matmuls).
 PRESETS: dict[str, dict[str, Any]] = {

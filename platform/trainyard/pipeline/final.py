@@ -15,6 +15,7 @@ import os
 import subprocess
 import time
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +117,6 @@ def code_version(directory: str | os.PathLike | None = None) -> dict[str, Any]:
     """The git commit of `directory` (default: the working directory: the user's project)
     and whether it had uncommitted changes to tracked files; the installed trainyard
     version, and its commit when it runs from a git checkout."""
-    from importlib import metadata
-
     try:
         version = metadata.version("trainyard")
     except metadata.PackageNotFoundError:

@@ -31,7 +31,17 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from trainyard._logging import get_logger, show_logs
+from trainyard._trust import make_private_dir
+from trainyard.engine.checkpoint import load, resolve
+from trainyard.engine.results import results_as_json
+from trainyard.execution.ingest import run_inputs
+from trainyard.experiment import build
 from trainyard.experiment.spec import ExperimentSpec, load_spec
+from trainyard.export.run import export_trained
+from trainyard.hpo import load_search_space
+from trainyard.hpo.experiments import sweep_experiment
+from trainyard.pipeline.final import lineage, train_final
+from trainyard.report import write_report
 from trainyard.storage import default_storage
 
 log = get_logger("trainyard.pipeline")
@@ -73,8 +83,6 @@ def run_pipeline(
 ) -> Pipeline:
     """Run (or finish) the main job; see the module docstring. Returns the Pipeline, whose
     `stages` hold each stage's outcome."""
-    from trainyard.hpo import load_search_space
-
     show_logs()
 
     for label, value, low in (("samples", samples, 1), ("workers", workers, 1)):
@@ -109,8 +117,6 @@ def _default_output() -> Path:
 
 
 def _open(run_dir: Path, inputs: dict, digest: str, spec: ExperimentSpec, options: dict) -> Pipeline:
-    from trainyard._trust import make_private_dir
-
     path = run_dir / STATE_FILE
     if path.is_file():
         try:
@@ -134,8 +140,6 @@ def _open(run_dir: Path, inputs: dict, digest: str, spec: ExperimentSpec, option
 
 
 def _sweep(pipeline: Pipeline, search: Any) -> dict[str, Any]:
-    from trainyard.hpo.experiments import sweep_experiment
-
     options = pipeline.options
     result = sweep_experiment(
         pipeline.spec, search, num_samples=options["samples"], max_concurrent=options["max_concurrent"], scheduler=options["scheduler"],
@@ -163,9 +167,6 @@ def best_spec(pipeline: Pipeline, search: Any) -> ExperimentSpec:
 
 
 def _final(pipeline: Pipeline, search: Any) -> dict[str, Any]:
-    from trainyard.engine.results import results_as_json
-    from trainyard.pipeline.final import lineage, train_final
-
     options = pipeline.options
     job = train_final(best_spec(pipeline, search), workers=options["workers"], use_gpu=options["gpu"], output_dir=pipeline.run_dir, name="final")
     write_json(pipeline.run_dir / "lineage.json", {"run": str(pipeline.run_dir), **lineage(job)})
@@ -175,11 +176,6 @@ def _final(pipeline: Pipeline, search: Any) -> dict[str, Any]:
 def _export(pipeline: Pipeline, search: Any) -> dict[str, Any]:
     """Export the final checkpoint's model (loaded here, so that a rerun after a kill
     exports the same weights) and record each graph's parity."""
-    from trainyard.engine.checkpoint import load, resolve
-    from trainyard.export.run import export_trained
-    from trainyard.experiment import build
-    from trainyard.execution.ingest import run_inputs
-
     final = pipeline.stages["final"]
     exp = build(best_spec(pipeline, search))
     model = exp.model_factory()
@@ -194,8 +190,6 @@ def _export(pipeline: Pipeline, search: Any) -> dict[str, Any]:
 
 
 def _report(pipeline: Pipeline, search: Any) -> dict[str, Any]:
-    from trainyard.report import write_report
-
     html = write_report(pipeline.run_dir)
     return {"html": str(html), "markdown": str(html.with_suffix(".md"))}
 

@@ -14,6 +14,7 @@ from trainyard.engine.data.collate import Collator
 from trainyard.engine.task import count_targets, prepare_targets
 from trainyard.engine.telemetry import input_tokens, sequence_length
 
+
 def make_loader(dataset: Dataset, batches: Iterable[list[int]], collate: Collator, num_workers: int, pin_memory: bool):
     if not getattr(dataset, "forks", True):  # e.g. Ray's object store: a forked process cannot read it
         num_workers = 0

@@ -16,6 +16,7 @@ import torch
 from trainyard.engine.data.rows import ParquetSource, parquet_files
 from trainyard.engine.data.samples import ColumnDataset, SampleDataset, same_shapes, to_sample
 
+
 def as_dataset(data: Any, name: str = "train_data") -> SampleDataset | None:
     """Wrap user data as a SampleDataset; a clear error for anything unusable."""
     if data is None or isinstance(data, SampleDataset):

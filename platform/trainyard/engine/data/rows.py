@@ -3,15 +3,20 @@ Data blocks in the object store (`trainyard.execution.ingest`, a RowSource too).
 
 from __future__ import annotations
 
+import glob
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 
 from trainyard.engine.config import SHUFFLE_CHUNK_ROWS
 from trainyard.engine.data.samples import ALIASES, KNOWN_KEYS, SampleDataset, check_columns, to_tensor
+
 
 class RowSource(SampleDataset):
     """Rows read by range from storage that is never loaded whole: Parquet row groups here,
@@ -47,8 +52,6 @@ class RowSource(SampleDataset):
         return [{k: v[i] for k, v in columns.items()} for i in range(len(indices))]
 
     def _rows(self, indices: list[int]) -> Any:
-        import pyarrow as pa
-
         idx = np.asarray(indices, dtype=np.int64)
         chunk_of = idx // self.chunk_rows
         wanted = list(dict.fromkeys(chunk_of.tolist()))
@@ -78,8 +81,6 @@ class ParquetSource(RowSource):
     """A local Parquet file, directory or glob, read lazily by row groups (pyarrow)."""
 
     def __init__(self, files: list[str], name: str):
-        import pyarrow.parquet as pq
-
         super().__init__(name)
         self.pieces: list[tuple[str, int, int]] = []  # (file, row group, first row)
         rows = 0
@@ -101,9 +102,6 @@ class ParquetSource(RowSource):
         return self.num_rows
 
     def read(self, start: int, stop: int) -> Any:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         i = max(0, int(np.searchsorted(self.firsts, start, side="right")) - 1)
         tables, first = [], self.pieces[i][2]
         while i < len(self.pieces) and self.pieces[i][2] < stop:
@@ -126,14 +124,10 @@ def arrow_columns(table: Any, name: str) -> dict[str, torch.Tensor | list[torch.
 
 def is_list_type(arrow_type: Any) -> bool:
     """Whether an Arrow column holds a sequence per row (list, large list or fixed-size list)."""
-    import pyarrow as pa
-
     return pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type)
 
 
 def _arrow_tensor(column: Any, name: str, key: str) -> torch.Tensor | list[torch.Tensor]:
-    import pyarrow.compute as pc
-
     if not is_list_type(column.type):
         return to_tensor(column.to_numpy(zero_copy_only=False, writable=True), name, key)
     lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
@@ -148,8 +142,6 @@ def local_paths(path: str | os.PathLike, name: str) -> list[str]:
     itself, absolute; a clear error when there is nothing there."""
     text = os.path.expanduser(os.fspath(path))
     if any(ch in text for ch in "*?["):
-        import glob
-
         files = sorted(glob.glob(text, recursive=True))
         if not files:
             raise FileNotFoundError(f"{name}: the pattern {text} matches no files")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+import pyarrow as pa
 import torch
 from torch.utils.data import Dataset
 
@@ -62,8 +63,6 @@ class ColumnDataset(SampleDataset):
     def to_arrow(self) -> Any:
         """The columns as one Arrow table (ragged sequences as list columns), or None when a
         column has more than two dimensions."""
-        import pyarrow as pa
-
         columns = {}
         for key, column in self.columns.items():
             if isinstance(column, list):  # ragged sequences
