@@ -110,7 +110,8 @@ def violations(source: str, module: str) -> list[str]:
 
 
 def all_modules() -> dict[str, str]:
-    return {module_name(p): p.read_text() for p in sorted(PACKAGE.rglob("*.py"))}
+    """Every module of the package (not the export bundle's files: package data, run elsewhere)."""
+    return {module_name(p): p.read_text() for p in sorted(PACKAGE.rglob("*.py")) if "templates" not in p.parts}
 
 
 def unit_graph(modules: dict[str, str]) -> dict[str, set[str]]:
@@ -197,3 +198,67 @@ def test_private_names_and_circles_are_caught():
 
 def test_the_readme_shows_the_same_table():
     assert render_table() in (ROOT / "README.md").read_text(), "README.md's layout section must show:\n" + render_table()
+
+
+# -- size and laziness --------------------------------------------------------------------
+
+LONGEST_FUNCTION = 80  # lines; a longer one says why in a `# long: ...` comment on or above its def
+ENGINE_LARGEST_MODULE = 350  # lines
+# Imported inside functions only: what `import trainyard` / `trainyard.Trainer` must not pay for
+# (Ray, Optuna, torch's distributed and export machinery, torch itself in the torch-free
+# modules, pandas, matplotlib, SQLAlchemy, the optional extras).
+LAZY_BOUNDARY = ("ray", "optuna", "torch", "pandas", "matplotlib", "sqlalchemy", "onnx", "onnxruntime", "transformers", "peft",
+                 "wandb", "mlflow", "tensorboard", "datasets", "psycopg", "grp", "pwd")
+LAZY_UNITS = ("cli",)  # a command loads what it runs: `trainyard --help` answers without torch
+
+
+def long_functions(source: str) -> list[tuple[int, str, int]]:
+    """(line, name, length) of every function over LONGEST_FUNCTION lines with no reason given."""
+    lines = source.split("\n")
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            length = node.end_lineno - node.lineno + 1
+            around = " ".join(lines[max(0, node.lineno - 2) : node.lineno])
+            if length > LONGEST_FUNCTION and "# long:" not in around:
+                found.append((node.lineno, node.name, length))
+    return found
+
+
+def lazy_imports(source: str, module: str) -> list[str]:
+    """Imports inside functions that are not at the boundary (package faces, whose
+    `__getattr__` loads names on first use, and the CLI may import lazily)."""
+    is_face = (PACKAGE.parent / Path(*module.split("."))).is_dir()
+    if unit_of(module) in LAZY_UNITS or is_face:
+        return []
+    problems = []
+    for fn in ast.walk(ast.parse(source)):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    name = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
+                    if (name or "").split(".")[0] not in LAZY_BOUNDARY:
+                        problems.append(f"{module}:{node.lineno} imports {name} inside {fn.name}(): import it at the top")
+    return problems
+
+
+def test_no_function_is_longer_than_the_limit_without_saying_why():
+    found = [f"{module}:{line} {name}() is {length} lines" for module, source in all_modules().items() for line, name, length in long_functions(source)]
+    assert found == [], f"split these by phase, or say why in a '# long:' comment on the def: {found}"
+
+
+def test_the_engines_largest_module_stays_readable():
+    sizes = {p.relative_to(PACKAGE).as_posix(): len(p.read_text().splitlines()) for p in (PACKAGE / "engine").rglob("*.py")}
+    assert max(sizes.values()) < ENGINE_LARGEST_MODULE, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
+
+
+def test_imports_inside_functions_are_only_at_the_boundary():
+    assert [p for module, source in all_modules().items() for p in lazy_imports(source, module)] == []
+
+
+def test_the_size_and_laziness_checks_can_fail():
+    body = "\n".join(f"    x{i} = {i}" for i in range(LONGEST_FUNCTION))
+    assert long_functions(f"def f():\n{body}\n")
+    assert not long_functions(f"# long: a table of cases, one a line\ndef f():\n{body}\n")
+    assert lazy_imports("def f():\n    from trainyard.engine import checkpoint\n", "trainyard.hpo.runner")
+    assert not lazy_imports("def f():\n    import ray\n", "trainyard.hpo.runner")

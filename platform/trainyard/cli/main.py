@@ -11,15 +11,24 @@ import shlex
 import signal
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
+from trainyard.cli import jobs
 from trainyard.storage import is_local
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The command line: `train`, `tune`, `run`, `report` and `jobs`."""
     parser = argparse.ArgumentParser(prog="trainyard", description="Train and tune PyTorch models, locally or on Ray.")
     parser.add_argument("--verbose", action="store_true", default=False, help="show debug logs (and, on Ray, Ray's own logs)")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_tune, _add_run, _add_report, jobs.add_parser):
+        add(sub)
+    return parser
+
+
+def _add_train(sub: Any) -> None:
+    """`trainyard train CONFIG [k=v ...]`: one training run, here or on Ray Train workers."""
     train = sub.add_parser("train", help="train a model from an experiment config")
     train.add_argument("config", help="experiment YAML, e.g. jobs/configs/addition.yaml")
     train.add_argument("overrides", nargs="*", help="key=value, e.g. epochs=3 model.d_model=64")
@@ -30,6 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     train.add_argument("--storage-path", default=None, help="with --workers: where checkpoints persist")
     train.add_argument("--results", default=None, help="write the results (JSON) here")
     train.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show debug logs and Ray's own logs")
+
+
+def _add_tune(sub: Any) -> None:
+    """`trainyard tune SPACE --config CONFIG`: a sweep with Ray Tune + Optuna."""
     tune = sub.add_parser("tune", help="sweep a search space with Ray Tune + Optuna")
     tune.add_argument("space", help="search space YAML, e.g. tune_spaces/addition_small.yaml")
     tune.add_argument("--config", required=True, help="experiment YAML the trials start from")
@@ -43,6 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune.add_argument("--storage-path", default=None, help="where the sweep directory goes (default runs/)")
     tune.add_argument("--seed", type=int, default=0)
     tune.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show Ray's own logs")
+
+
+def _add_run(sub: Any) -> None:
+    """`trainyard run CONFIG --space SPACE`: the main job, resumable."""
     run = sub.add_parser("run", help="the main job: sweep, final training on Ray Train, verified export, report (resumable)")
     run.add_argument("config", help="experiment YAML; its final: section changes the final training (e.g. epochs)")
     run.add_argument("overrides", nargs="*", help="key=value overrides of the experiment config")
@@ -56,11 +73,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--name", default=None, help="run name (default: derived from the command, so rerunning it resumes)")
     run.add_argument("--output-dir", default=None, help="where the run directory goes (default runs/)")
     run.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show debug logs and Ray's own logs")
+
+
+def _add_report(sub: Any) -> None:
+    """`trainyard report RUN_DIR`: report.html and report.md."""
     report = sub.add_parser("report", help="write report.html and report.md for a run, training or sweep directory")
     report.add_argument("run_dir", help="a directory a trainyard command printed")
-    from trainyard.cli import jobs
 
-    jobs.add_parser(sub)
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
     # key=value overrides may come after options (`tune SPACE --config C epochs=3`),
     # which argparse's positional collection does not allow: gather them here.
     args, extra = parser.parse_known_args(argv)

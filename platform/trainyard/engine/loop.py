@@ -60,9 +60,7 @@ class TrainingLoop:
         observers: Sequence[Observer] = (),
     ):
         if not isinstance(model, nn.Module) and not callable(model):
-            raise TypeError(
-                f"model must be a torch.nn.Module or a zero-argument function returning one, got {type(model).__name__}"
-            )
+            raise TypeError(f"model must be a torch.nn.Module or a zero-argument function returning one, got {type(model).__name__}")
         self.model_or_factory = model
         self.config = config
         self.training_config = as_training_config(training_config)

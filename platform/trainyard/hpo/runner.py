@@ -127,25 +127,12 @@ def sweep(
 
     from ray import tune
 
-    storage = absolute(storage_path or default_storage())
-    name = name or run_name("sweep")
-    sweep_dir = f"{storage.rstrip('/')}/{name}"
-    if is_local(sweep_dir):  # Tuner.restore unpickles what is there: it must be the user's own
-        make_private_dir(Path(sweep_dir))
-        check_private([Path(sweep_dir), *Path(sweep_dir).glob("*.pkl"), *Path(sweep_dir).glob("*.json")],
-                      "the sweep folder", allow=allow_shared_storage)
+    storage, name = absolute(storage_path or default_storage()), name or run_name("sweep")
+    sweep_dir = _sweep_folder(storage, name, allow_shared_storage)
     ensure_ray()
     _quiet_optuna()
     resources = dict(resources_per_trial or {"cpu": 1})
-    check_satisfiable(
-        {_RAY_RESOURCE.get(k, k): v for k, v in resources.items()}, 1, f"one trial (resources_per_trial={resources})",
-        "Ask for less per trial (resources_per_trial, --gpus-per-trial), or add nodes.",
-    )
-    if workers_per_trial > 1:
-        check_satisfiable(
-            {"CPU": 1, "GPU": 1 if resources.get("gpu") else 0}, workers_per_trial,
-            f"one trial's Ray Train run (workers_per_trial={workers_per_trial})", "Use fewer workers per trial, or add nodes.",
-        )
+    _check_resources(resources, workers_per_trial)
     # One copy for every trial: Ray Data blocks, or in-memory data put into the object store once.
     train_data, val_data = run_inputs(train_data, val_data, config, task_spec, on_ray=True)
     payload = _TrialInputs(
@@ -163,23 +150,41 @@ def sweep(
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=_searcher(space, seed, max_concurrent or _default_concurrency(resources, workers_per_trial)),
-                scheduler=_scheduler(scheduler, base.epochs),
-                num_samples=num_samples,
-                metric=space.metric,
-                mode=space.mode,
+                scheduler=_scheduler(scheduler, base.epochs), num_samples=num_samples, metric=space.metric, mode=space.mode,
                 reuse_actors=workers_per_trial == 1,  # a fresh actor per trial costs ~2 s
             ),
             run_config=tune.RunConfig(
-                name=name, storage_path=storage, callbacks=[table], verbose=0,
-                failure_config=tune.FailureConfig(max_failures=max_failures),
+                name=name, storage_path=storage, callbacks=[table], verbose=0, failure_config=tune.FailureConfig(max_failures=max_failures),
             ),
         )
-    grid = tuner.fit()
-    result = _collect(grid, space, base, sweep_dir)
-
+    result = _collect(tuner.fit(), space, base, sweep_dir)
     write_outputs(result)
     table.summary(result)
     return result
+
+
+def _sweep_folder(storage: str, name: str, allow_shared_storage: bool) -> str:
+    """`<storage>/<name>`, created owner-only where it is local: Tuner.restore unpickles what
+    is there, so a folder that another user owns or can write is refused."""
+    sweep_dir = f"{storage.rstrip('/')}/{name}"
+    if is_local(sweep_dir):
+        make_private_dir(Path(sweep_dir))
+        check_private([Path(sweep_dir), *Path(sweep_dir).glob("*.pkl"), *Path(sweep_dir).glob("*.json")],
+                      "the sweep folder", allow=allow_shared_storage)
+    return sweep_dir
+
+
+def _check_resources(resources: Mapping[str, float], workers_per_trial: int) -> None:
+    """The cluster can run one trial (and a multi-worker trial's Ray Train run), or say so."""
+    check_satisfiable(
+        {_RAY_RESOURCE.get(k, k): v for k, v in resources.items()}, 1, f"one trial (resources_per_trial={dict(resources)})",
+        "Ask for less per trial (resources_per_trial, --gpus-per-trial), or add nodes.",
+    )
+    if workers_per_trial > 1:
+        check_satisfiable(
+            {"CPU": 1, "GPU": 1 if resources.get("gpu") else 0}, workers_per_trial,
+            f"one trial's Ray Train run (workers_per_trial={workers_per_trial})", "Use fewer workers per trial, or add nodes.",
+        )
 
 
 def _validate(space, base, model_factory, config, val_data, num_samples, scheduler, workers_per_trial, max_concurrent) -> None:
