@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 from trainyard import _yaml
 from trainyard.engine.config import TrainingConfig
 from trainyard.engine.task import TaskSpec
-from trainyard.experiment.recipe import check_data_section, check_model_section
+from trainyard.experiment.sections import check_data_section, check_model_section
 
 SECTIONS = ("model", "data", "task", "training", "final", "source")  # source: provenance, informational
 MODEL_PREFIX = "model."  # a parameter named model.<key> sets the model section's <key>
