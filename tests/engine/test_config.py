@@ -134,3 +134,17 @@ def test_integer_learning_rate_is_accepted_as_float():
 
 def test_yaml_scientific_notation_is_a_number():
     assert TrainingConfig.from_yaml("learning_rate: 1e-3\nweight_decay: 1E-2\n").learning_rate == 1e-3
+
+
+def test_numpy_values_are_kept_as_plain_numbers_and_the_config_saves():
+    """Values computed with NumPy (a sweep's sample, a schedule) arrive as NumPy scalars:
+    np.float64 was kept as NumPy (to_yaml and the export at the end of a run failed) and
+    np.bool_ was refused."""
+    import numpy as np
+
+    config = TrainingConfig(learning_rate=np.float64(1e-3), batch_size=np.int64(8), use_amp=np.bool_(False), max_grad_norm=np.float32(0.5))
+    assert [type(v) for v in (config.learning_rate, config.batch_size, config.use_amp, config.max_grad_norm)] == [float, int, bool, float]
+    assert TrainingConfig.from_yaml(config.to_yaml()) == config
+    assert type(config.replace(epochs=np.int32(2)).epochs) is int
+    with pytest.raises(ValueError, match=r"TrainingConfig\.epochs=2\.5 is invalid: must be an integer >= 1"):
+        TrainingConfig(epochs=np.float64(2.5))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import numbers
 import os
 import re
 from dataclasses import dataclass
@@ -90,12 +89,8 @@ class TrainingConfig:
         for name in ("checkpoint_dir", "tensorboard_dir"):
             if isinstance(getattr(self, name), os.PathLike):
                 object.__setattr__(self, name, os.fspath(getattr(self, name)))
-        for f in dataclasses.fields(self):  # numpy scalars (np.int64(8), np.float32(1e-3)) as plain numbers
-            v = getattr(self, f.name)
-            if isinstance(v, numbers.Integral) and not isinstance(v, (bool, int)):
-                object.__setattr__(self, f.name, int(v))
-            elif isinstance(v, numbers.Real) and not isinstance(v, (bool, int, float)):
-                object.__setattr__(self, f.name, float(v))
+        for f in dataclasses.fields(self):  # NumPy scalars (np.int64(8), np.float64(1e-3), np.bool_) as plain values
+            object.__setattr__(self, f.name, _plain_scalar(getattr(self, f.name)))
         if _is_int(self.learning_rate):
             object.__setattr__(self, "learning_rate", float(self.learning_rate))
         for f in dataclasses.fields(self):
@@ -203,6 +198,16 @@ TrainingConfig.__init__ = _guard_unknown_keywords(TrainingConfig.__init__)
 
 
 # -- per-field validation ---------------------------------------------------------------
+
+
+def _plain_scalar(v: Any) -> Any:
+    """A NumPy scalar as the plain bool, int or float it holds (np.float64 subclasses float,
+    np.bool_ is no bool): the config is saved as YAML and JSON, which take plain values only.
+    Recognised by its module, so NumPy need not be imported here."""
+    if type(v).__module__ != "numpy" or not hasattr(v, "item"):
+        return v
+    plain = v.item()
+    return plain if isinstance(plain, (bool, int, float)) else v
 
 
 def _is_int(v: Any) -> bool:
