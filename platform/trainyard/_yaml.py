@@ -11,7 +11,23 @@ import yaml
 
 
 class _Loader(yaml.SafeLoader):
-    pass
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        """A key written twice in one mapping is refused (YAML would keep the last silently)."""
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: YAML's own way to override
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                if key in first:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {key!r} is written twice in one mapping (first on line {first[key] + 1}): keep one",
+                        key_node.start_mark,
+                    )
+                first[key] = key_node.start_mark.line
+            except TypeError:  # an unhashable key: the constructor says so itself
+                pass
+        return super().construct_mapping(node, deep)
 
 
 _FLOAT = re.compile(

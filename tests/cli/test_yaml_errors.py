@@ -37,3 +37,19 @@ def test_a_binary_file_or_a_directory_is_named(tmp_path):
         load_search_space(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"experiment config .*nope\.yaml not found"):
         load_spec(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("load", [load_spec, load_search_space, TrainingConfig.from_yaml], ids=["config", "space", "training"])
+def test_a_key_written_twice_is_refused_naming_both_lines(tmp_path, load):
+    """YAML keeps the last of two equal keys silently: `epochs: 1 ... epochs: 2` trained 2."""
+    path = tmp_path / "twice.yaml"
+    path.write_text("params: {learning_rate: {loguniform: [1.0e-4, 1.0e-2]}}\nepochs: 1\nlearning_rate: 1.0e-3\nepochs: 2\n")
+    with pytest.raises(ValueError, match=r"twice\.yaml, line 4, column 1: invalid YAML: the key 'epochs' is written twice in one mapping "
+                                         r"\(first on line 2\): keep one"):
+        load(str(path))
+
+
+def test_yaml_merge_keys_still_override():
+    from trainyard import _yaml
+
+    assert _yaml.load("base: &b {x: 1, y: 1}\nrun:\n  <<: *b\n  x: 2\n")["run"] == {"x": 2, "y": 1}
