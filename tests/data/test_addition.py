@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -53,3 +55,14 @@ def test_a_small_gpt_learns_addition(tmp_path):
     results = trainer.train(train, val)
     assert results["metrics_summary"]["val/exact_match"].iloc[-1] > 0.9
     assert solve(trainer.model, 47, 38, digits=2) == 85
+
+
+@pytest.mark.parametrize(("override", "shown"), [("data.train_size=many", "train_size='many'"), ("data.seed=x", "seed='x'"),
+                                                 ("data.digits=0", "digits=0"), ("data.val_size=2.5", "val_size=2.5")])
+def test_a_built_in_datasets_parameter_of_the_wrong_type_is_named(override, shown):
+    """They ended in "'<' not supported between instances of 'str' and 'int'" and the like."""
+    from tests.conftest import ROOT
+    from trainyard.experiment import build, load_spec
+
+    with pytest.raises(ValueError, match=rf"^the addition dataset's {re.escape(shown)} must be an integer >= \d \(data\.\w+ in an experiment config\)$"):
+        build(load_spec(ROOT / "jobs" / "configs" / "addition.yaml", [override]))

@@ -253,6 +253,22 @@ def test_task_detection_is_logged(ckdir, caplog):
     assert "training as 'language_modeling'" in caplog.text
 
 
+def test_labels_of_the_wrong_length_are_refused_not_read_as_classification(ckdir, tmp_path):
+    """Labels that are sequences but not of input_ids' shape were auto-detected as
+    'classification' and then failed inside the loss; in memory and in Parquet alike."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    samples = [{"input_ids": s, "labels": s[:3]} for s in lm_samples(8)]
+    message = r"labels of shape \(3,\) fit no task with input_ids of shape \(8,\): language modelling needs labels shaped like input_ids"
+    with pytest.raises(ValueError, match=message):
+        train(data=samples, ckdir=ckdir)
+    path = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"input_ids": [s["input_ids"].tolist() for s in samples], "labels": [s["labels"].tolist() for s in samples]}), path)
+    with pytest.raises(ValueError, match=message):
+        train(data=str(path), ckdir=str(tmp_path / "ck2"))
+
+
 def test_explicit_task_that_does_not_fit_the_model_is_a_clear_error(ckdir):
     with pytest.raises(ValueError, match="classification.*batch, num_classes"):
         train(ckdir=ckdir, task_spec=TaskSpec(name="classification", modality="text"), data=TensorDataset(torch.stack(lm_samples()), torch.zeros(24, dtype=torch.long)))

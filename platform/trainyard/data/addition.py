@@ -51,6 +51,9 @@ def make_addition_dataset(n: int, digits: int = 3, seed: int = 0, exclude: set[t
 
 def addition_splits(train_size: int, val_size: int, digits: int = 3, seed: int = 0) -> tuple[dict, dict]:
     """Train and validation sets with no problem in common."""
+    for name, value, low in (("train_size", train_size, 1), ("val_size", val_size, 1), ("digits", digits, 1), ("seed", seed, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"the addition dataset's {name}={value!r} must be an integer >= {low} (data.{name} in an experiment config)")
     val = make_addition_dataset(val_size, digits, seed=seed + 1)
     held_out = {_pair(row, digits) for row in val["input_ids"].tolist()}
     return make_addition_dataset(train_size, digits, seed=seed, exclude=held_out), val

@@ -66,8 +66,14 @@ def detect_task(sample: Mapping[str, torch.Tensor]) -> tuple[str, str]:
         return "language_modeling", "samples have input_ids and no labels"
     if labels.is_floating_point():
         return "regression", f"labels are {labels.dtype}"
-    if labels.dim() >= 1 and labels.numel() > 1 and labels.shape == sample["input_ids"].shape:
-        return "language_modeling", "labels have the shape of input_ids"
+    if labels.dim() >= 1 and labels.numel() > 1:
+        if labels.shape == sample["input_ids"].shape:
+            return "language_modeling", "labels have the shape of input_ids"
+        raise ValueError(
+            f"labels of shape {tuple(labels.shape)} fit no task with input_ids of shape {tuple(sample['input_ids'].shape)}: language "
+            "modelling needs labels shaped like input_ids (-100 where there is no loss), classification one integer per sample, "
+            "regression float values; fix the labels column, or pass task_spec to say which task it is"
+        )
     return "classification", "labels are one integer per sample"
 
 
