@@ -26,3 +26,13 @@ def test_suffix_of_paths_and_uris():
     assert storage.suffix("s3://bucket/dir/part-0.PARQUET") == ".parquet"
     assert storage.suffix("s3://bucket/dir/") == "" and storage.suffix("data/x.jsonl") == ".jsonl"
     assert storage.suffix("gs://b/x.csv?generation=3") == ".csv"
+
+
+def test_a_run_name_is_one_folder_and_never_a_path():
+    import pytest
+
+    for good in ("addition-7afa0610", "final", "sweep.v2", "my_run"):
+        assert storage.folder_name(good) == good
+    for bad in ("../../x", "/abs", "a/b", "a\\b", "..", ".", "", " ", "x\x00"):
+        with pytest.raises(ValueError, match=r"must be one folder name .* not a path: the run writes in <storage>/<name>"):
+            storage.folder_name(bad)

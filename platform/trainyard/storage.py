@@ -12,6 +12,7 @@ through AWS's own variables: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...), `gs://..
     relative_to(folder, location)    a path written in a file, resolved against that file's
                                      folder; absolute paths and URIs as they are
     default_storage()                where runs persist when no location is given
+    folder_name(name, what)          a run's name, which names its folder: one folder, never a path
 """
 
 from __future__ import annotations
@@ -55,6 +56,17 @@ def relative_to(folder: str | os.PathLike, location: str | os.PathLike) -> str:
     if is_uri(location):
         return os.fspath(location)
     return absolute(Path(folder).expanduser() / Path(os.fspath(location)).expanduser())
+
+
+def folder_name(name: str, what: str = "run name") -> str:
+    """`name` as the folder a run writes under its storage: one plain folder name. A path
+    (`../x`, `/abs`, `a/b`) would put the run outside its storage, and is refused."""
+    if not isinstance(name, str) or not name.strip() or name in (".", "..") or any(c in name for c in "/\\\x00"):
+        raise ValueError(
+            f"{what} {name!r} must be one folder name (letters, digits, '-', '_', '.'), not a path: the run writes in "
+            "<storage>/<name>; to write elsewhere choose the storage (--storage-path, --output-dir; storage_path= in Python)"
+        )
+    return name
 
 
 def default_storage() -> str:

@@ -61,3 +61,11 @@ def test_key_value_arguments_to_a_command_without_overrides_are_refused(argv, ca
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and f"unrecognized arguments: {argv[-1]}" in capsys.readouterr().err
+
+
+def test_a_ray_run_name_that_is_a_path_is_one_line_before_ray(capsys):
+    """`--name ../x` put the run's folder outside its storage."""
+    from trainyard.cli.main import main
+
+    assert main(["train", str(ADDITION), "--workers", "2", "--name", "../x"]) == 2
+    assert capsys.readouterr().err.startswith("trainyard: error: run name '../x' must be one folder name")

@@ -73,3 +73,8 @@ def test_resuming_a_sweep_folder_others_can_write_is_refused_before_ray(tmp_path
     with pytest.raises(AssertionError, match="started Ray"):  # a new folder passes the check
         run({"learning_rate": {"loguniform": [1e-4, 1e-2]}}, storage_path=tmp_path / "sweeps", name="mine")
     assert stat.S_IMODE((tmp_path / "sweeps" / "mine").stat().st_mode) == 0o700
+
+
+def test_a_sweep_name_that_is_a_path_is_refused_before_ray():
+    with pytest.raises(ValueError, match=r"sweep name '\.\./up' must be one folder name"):
+        run({"learning_rate": {"loguniform": [1e-4, 1e-2]}}, name="../up")

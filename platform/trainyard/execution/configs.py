@@ -16,7 +16,7 @@ from trainyard._trust import make_private_dir
 from trainyard.engine.config import TrainingConfig
 from trainyard.execution.ray_env import cluster_resources, verbose
 from trainyard.execution.remote import run_name
-from trainyard.storage import absolute, default_storage, is_local
+from trainyard.storage import absolute, default_storage, folder_name, is_local
 
 _RAY_DEFAULT_NAME = re.compile(r"^ray_train_run-\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}$")
 
@@ -37,6 +37,8 @@ def run_config(given: Any, training_config: TrainingConfig, *, name: str | None 
     """The user's RunConfig (`given`) or a new one (`name`, `storage_path`, checkpoints kept
     as `keep_last_n_checkpoints`), with a unique name unless one was chosen, an absolute
     local storage path, and Ray Train's own logs at WARNING unless verbose."""
+    if name is not None:
+        folder_name(name)  # before Ray's import: it names the run's folder under storage_path
     import ray.train
     from ray.train.v2.api.config import LoggingConfig
 
@@ -48,6 +50,8 @@ def run_config(given: Any, training_config: TrainingConfig, *, name: str | None 
             callbacks=callbacks,
         )
     changes: dict[str, Any] = {}
+    if given.name is not None:
+        folder_name(given.name)  # it names the run's folder under storage_path
     if given.name is None or _RAY_DEFAULT_NAME.match(given.name):
         # Ray silently resumes a run whose (name, storage_path) exists, even a finished one,
         # and its default name has one-second resolution: a fresh name unless the user

@@ -38,7 +38,7 @@ from trainyard.execution.ray_env import check_satisfiable, cluster_resources, en
 from trainyard.execution.remote import absolute, check_picklable, run_name
 from trainyard.hpo.report import trial_number, write_outputs
 from trainyard.hpo.space import SearchSpace, load_search_space
-from trainyard.storage import default_storage, is_local
+from trainyard.storage import default_storage, folder_name, is_local
 from trainyard.trainer import Trainer
 
 log = get_logger("trainyard.hpo")
@@ -127,7 +127,7 @@ def sweep(
 
     from ray import tune
 
-    storage, name = absolute(storage_path or default_storage()), name or run_name("sweep")
+    storage, name = absolute(storage_path or default_storage()), folder_name(name, "sweep name") if name else run_name("sweep")
     sweep_dir = _sweep_folder(storage, name, allow_shared_storage)
     ensure_ray()
     _quiet_optuna()

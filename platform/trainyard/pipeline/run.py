@@ -42,7 +42,7 @@ from trainyard.hpo import load_search_space
 from trainyard.hpo.experiments import sweep_experiment
 from trainyard.pipeline.final import lineage, train_final
 from trainyard.report import write_report
-from trainyard.storage import default_storage
+from trainyard.storage import default_storage, folder_name
 
 log = get_logger("trainyard.pipeline")
 STAGES = ("sweep", "final", "export", "report")
@@ -94,7 +94,7 @@ def run_pipeline(
     inputs = {"config": str(Path(config).resolve()), "space": str(Path(space).resolve()), "overrides": list(overrides), "spec": spec.to_dict(),
               "space_spec": search.to_dict(), **options}
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    run_dir = Path(output_dir or _default_output()).expanduser().resolve() / (name or f"{Path(config).stem}-{digest}")
+    run_dir = Path(output_dir or _default_output()).expanduser().resolve() / (folder_name(name) if name else f"{Path(config).stem}-{digest}")
     pipeline = _open(run_dir, inputs, digest, spec, options)
     done = [s for s in STAGES if s in pipeline.stages]
     if len(done) == len(STAGES):
