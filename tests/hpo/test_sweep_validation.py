@@ -78,3 +78,15 @@ def test_resuming_a_sweep_folder_others_can_write_is_refused_before_ray(tmp_path
 def test_a_sweep_name_that_is_a_path_is_refused_before_ray():
     with pytest.raises(ValueError, match=r"sweep name '\.\./up' must be one folder name"):
         run({"learning_rate": {"loguniform": [1e-4, 1e-2]}}, name="../up")
+
+
+def test_searching_fsdp_with_one_worker_per_trial_is_refused_before_ray():
+    with pytest.raises(ValueError, match=r"parallelism='fsdp' \(in training_config or the search space\) shards each trial's model across "
+                                         r"workers: set workers_per_trial >= 2"):
+        run({"parallelism": {"choice": ["ddp", "fsdp"]}})
+
+
+@pytest.mark.parametrize("gpus", [-1, "half", float("nan")])
+def test_a_trial_asking_for_negative_or_no_number_of_gpus_is_refused_before_ray(gpus):
+    with pytest.raises(ValueError, match=r"resources_per_trial gpu=.* \(--gpus-per-trial\) must be a number >= 0"):
+        run({"learning_rate": {"loguniform": [1e-4, 1e-2]}}, resources_per_trial={"cpu": 1, "gpu": gpus})

@@ -122,6 +122,7 @@ def sweep(
     space = space if isinstance(space, SearchSpace) else load_search_space(space)
     base = training_config or TrainingConfig()
     _validate(space, base, model_factory, config, val_data, num_samples, scheduler, workers_per_trial, max_concurrent)
+    _check_trial_resources(resources_per_trial)
     _check_metric(space, task_spec, train_data)
     _check_model_values(space, model_factory, config)
 
@@ -195,8 +196,10 @@ def _validate(space, base, model_factory, config, val_data, num_samples, schedul
             raise ValueError(f"{label}={value!r} must be an integer >= 1")
     if max_concurrent is not None and (not isinstance(max_concurrent, int) or max_concurrent < 1):
         raise ValueError(f"max_concurrent={max_concurrent!r} must be an integer >= 1, or None")
-    if base.parallelism == "fsdp" and workers_per_trial == 1:
-        raise ValueError("training_config.parallelism='fsdp' shards each trial's model across workers: set workers_per_trial >= 2 (each trial a Ray Train run), or parallelism='ddp'")
+    fsdp = base.parallelism == "fsdp" or any(p.name == "parallelism" and "fsdp" in p.sample_values() for p in space.params)
+    if fsdp and workers_per_trial == 1:
+        raise ValueError("parallelism='fsdp' (in training_config or the search space) shards each trial's model across workers: "
+                         "set workers_per_trial >= 2 (each trial a Ray Train run), or search and train with parallelism='ddp'")
     if space.metric.startswith("val/") and val_data is None:
         raise ValueError(f"the sweep optimises {space.metric!r} but val_data is None: pass val_data, or use metric: train/loss")
     space.check_model_keys(model_config_dict(config))
@@ -212,6 +215,14 @@ def _validate(space, base, model_factory, config, val_data, num_samples, schedul
                     base.replace(**{p.name: value})
                 except (ValueError, TypeError) as e:
                     raise ValueError(f"{space.source}: parameter {p.name!r} = {value!r} does not fit the base training_config: {e}") from None
+
+
+def _check_trial_resources(resources: Mapping[str, float] | None) -> None:
+    """What one trial asks of Ray: amounts >= 0 of CPUs, GPUs and custom resources."""
+    for key, amount in (resources or {}).items():
+        if not isinstance(amount, (int, float)) or isinstance(amount, bool) or not amount >= 0:
+            flag = " (--gpus-per-trial)" if key == "gpu" else ""
+            raise ValueError(f"resources_per_trial {key}={amount!r}{flag} must be a number >= 0 (e.g. 0.5 shares a GPU between two trials)")
 
 
 def _check_metric(space: SearchSpace, task_spec: Any, train_data: Any) -> None:
