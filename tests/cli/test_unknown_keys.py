@@ -81,3 +81,23 @@ def test_a_missing_or_corrupt_checkpoint_is_one_line_and_exit_code_2(tmp_path, c
         assert "Traceback" not in err
     code, err = train("--resume", str(checkpoint), "--verbose")
     assert code == 2 and "Traceback" in err  # --verbose shows it
+
+
+@pytest.mark.parametrize(("factory", "message"), [
+    ("missing_module:fn", "the module 'missing_module' cannot be imported (ModuleNotFoundError: No module named 'missing_module'); "
+                          "it must be importable where trainyard runs"),
+    ("json:nope", "json has no function 'nope'; name a function defined there"),
+    ("json:loadz", "json has no function 'loadz'; did you mean json:load?"),
+    ("nocolon", "must be 'package.module:function'"),
+])
+def test_a_model_factory_that_cannot_be_found_is_one_line(factory, message):
+    """They ended in ModuleNotFoundError / AttributeError tracebacks."""
+    with pytest.raises(ValueError) as info:
+        load_spec(CONFIG, [f"model.factory={factory}"])
+    assert str(info.value).startswith(f"model.factory={factory!r}") and message in str(info.value)
+
+
+def test_a_missing_factory_module_exits_2_in_one_line():
+    proc = subprocess.run([sys.executable, "-m", "trainyard.cli.main", "train", str(CONFIG), "model.factory=missing_module:fn"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

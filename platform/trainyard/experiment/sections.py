@@ -17,9 +17,12 @@ NOT_MODEL_CONFIG = ("name", "factory", "name_or_path", "tokenizer")  # model-sec
 
 
 def check_model_section(model: Mapping[str, Any]) -> None:
-    """A built-in model's name and keys (a factory's or a Hugging Face model's are its own)."""
-    if "name_or_path" not in model and "factory" not in model:
-        model_builder(dict(model))  # raises for an unknown built-in name
+    """A built-in model's name and keys, or a factory that imports (a factory's keys and a
+    Hugging Face model's are their own)."""
+    if "name_or_path" in model:
+        return
+    model_builder(dict(model))  # raises for an unknown built-in name, or a factory that cannot be found
+    if "factory" not in model:
         _check_keys("model", model, _model_fields(model))
 
 
@@ -62,9 +65,9 @@ def _check_keys(section: str, given: Mapping[str, Any], allowed: list[str]) -> N
 
 
 def model_builder(section: dict[str, Any]) -> Callable[[Any], Any]:
+    """The function that builds the section's model from a model config."""
     if "factory" in section:
-        module_name, _, attr = str(section["factory"]).partition(":")
-        return getattr(importlib.import_module(module_name), attr)
+        return _factory(section["factory"])
 
     name = section.get("name", "gpt")
     if name not in MODELS:
@@ -73,3 +76,24 @@ def model_builder(section: dict[str, Any]) -> Callable[[Any], Any]:
             "or name_or_path: <a local Hugging Face model directory>"
         )
     return functools.partial(build_model, name)
+
+
+def _factory(text: Any) -> Callable[[Any], Any]:
+    """`package.module:function`, imported; each way it can be wrong says what to write."""
+    module_name, sep, attr = str(text).partition(":")
+    if not (sep and module_name and attr):
+        raise ValueError(f"model.factory={text!r} must be 'package.module:function' (a function of the model config returning a torch.nn.Module)")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(
+            f"model.factory={text!r}: the module {module_name!r} cannot be imported ({type(e).__name__}: {e}); it must be importable "
+            "where trainyard runs (installed, or its folder on PYTHONPATH)"
+        ) from None
+    function = getattr(module, attr, None)
+    if not callable(function):
+        names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n, None))]
+        close = difflib.get_close_matches(attr, names, n=1)
+        hint = f"did you mean {module_name}:{close[0]}?" if close else "name a function defined there"
+        raise ValueError(f"model.factory={text!r}: {module_name} has no function {attr!r}; {hint}")
+    return function
