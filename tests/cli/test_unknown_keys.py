@@ -101,3 +101,8 @@ def test_a_missing_factory_module_exits_2_in_one_line():
     proc = subprocess.run([sys.executable, "-m", "trainyard.cli.main", "train", str(CONFIG), "model.factory=missing_module:fn"],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_a_model_vocabulary_smaller_than_the_tokenizers_is_refused():
+    with pytest.raises(ValueError, match=r"model vocab_size=5 is smaller than the tokenizer's 15 ids"):
+        build(load_spec(CONFIG, ["model.vocab_size=5"]))

@@ -90,3 +90,17 @@ def test_bad_parquet_inputs_get_errors_naming_the_problem(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="the directory .*empty holds no .parquet files"):
         as_dataset(str(tmp_path / "empty"))
+
+
+def test_block_statistics_carry_the_range_of_token_ids():
+    """What a Ray Dataset's blocks report (computed where each block is) lets the engine
+    refuse ids the model cannot embed before the first step."""
+    import pyarrow as pa
+
+    from trainyard.engine.data.samples import IdRange
+    from trainyard.execution.ingest import _block_stats
+
+    rows, shortest, longest, found = _block_stats(pa.table({"input_ids": [[5, 2, 9], [1, 70]]}))
+    assert (rows, shortest, longest, found) == (2, 2, 3, IdRange(1, 70, False))
+    assert _block_stats(pa.table({"input_ids": [[0.5, 2.0]]}))[3] == IdRange(0.5, 2.0, True)
+    assert _block_stats(pa.table({"x": [1]}))[3] is None

@@ -269,6 +269,54 @@ def test_labels_of_the_wrong_length_are_refused_not_read_as_classification(ckdir
         train(data=str(path), ckdir=str(tmp_path / "ck2"))
 
 
+class Steps(TrainingHooks):
+    def __init__(self):
+        self.steps = 0
+
+    def on_step_end(self, trainer, step, metrics):
+        self.steps += 1
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    (VOCAB, rf"train_data: token ids run from 3 to {VOCAB}, but the model embeds ids 0 to {VOCAB - 1} \(vocab_size {VOCAB}\): raise "
+            rf"the model's vocab_size to at least {VOCAB + 1}"),
+    (-1, r"train_data: token ids run from -1 to .*; negative ids are no tokens"),
+    (2.5, r"train_data: input_ids hold floating-point values, but the model embeds token ids"),
+])
+def test_token_ids_the_model_cannot_embed_are_refused_before_the_first_step(tmp_path, bad, message):
+    """They ended in 'IndexError: index out of range in self' mid-run."""
+    samples = lm_samples(8)
+    samples[5] = samples[5].clone().double() if isinstance(bad, float) else samples[5].clone()
+    samples[5][2] = bad
+    hooks = Steps()
+    with pytest.raises(ValueError, match=message):
+        train(data=samples, ckdir=str(tmp_path / "a"), hooks=hooks)
+    assert hooks.steps == 0
+
+
+def test_parquet_ids_are_checked_from_the_files_statistics_and_other_datasets_batch_by_batch(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [s.tolist() for s in lm_samples(16)]
+    rows[13][4] = VOCAB + 7
+    pq.write_table(pa.table({"input_ids": rows}), tmp_path / "bad.parquet", row_group_size=4)
+    hooks = Steps()
+    with pytest.raises(ValueError, match=rf"train_data: token ids run from 3 to {VOCAB + 7}, but the model embeds ids 0 to {VOCAB - 1}"):
+        train(data=str(tmp_path / "bad.parquet"), ckdir=str(tmp_path / "a"), hooks=hooks)
+    assert hooks.steps == 0
+
+    class Mine(torch.utils.data.Dataset):  # a user's own dataset: no range is known up front
+        def __len__(self):
+            return len(rows)
+
+        def __getitem__(self, i):
+            return torch.tensor(rows[i])
+
+    with pytest.raises(ValueError, match=rf"train_data: token ids run from \d+ to {VOCAB + 7}, but the model embeds ids 0 to {VOCAB - 1}"):
+        train(data=Mine(), ckdir=str(tmp_path / "b"), batch_size=4, shuffle_chunk_rows=16, epochs=1)
+
+
 def test_explicit_task_that_does_not_fit_the_model_is_a_clear_error(ckdir):
     with pytest.raises(ValueError, match="classification.*batch, num_classes"):
         train(ckdir=ckdir, task_spec=TaskSpec(name="classification", modality="text"), data=TensorDataset(torch.stack(lm_samples()), torch.zeros(24, dtype=torch.long)))

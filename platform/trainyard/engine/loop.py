@@ -152,7 +152,8 @@ class TrainingLoop:
             ctx=ctx, train_ds=train_ds, val_ds=val_ds, raw_model=parts.raw_model, optimizer=parts.optimizer, scaler=parts.scaler,
             amp_dtype=parts.amp_dtype, collate=Collator(self.pad_token_id), run_dir=setup.run_directory(ctx, cfg, loaded),
             batches_per_epoch=self.batches_per_epoch, forward_kwargs=setup.forward_kwargs(parts.raw_model),
-            trainable=[p for p in parts.raw_model.parameters() if p.requires_grad], call=setup.ModelCall(parts.model, cfg.compile_mode),
+            trainable=[p for p in parts.raw_model.parameters() if p.requires_grad], check_vocab=setup.check_token_ids(parts.raw_model, self.config, train_ds, val_ds, task.name),
+            call=setup.ModelCall(parts.model, cfg.compile_mode),
             task=task, telemetry=RunTelemetry(ctx.device, peak_flops(ctx.device, compute_dtype(ctx.device, parts.amp_dtype), cfg.peak_flops)),
         )
         self.state = self._resume(run, loaded) if loaded is not None else TrainState()
@@ -188,8 +189,8 @@ class TrainingLoop:
             len(run.train_ds), cfg.batch_size, state.epoch - 1, cfg.random_seed, ctx.rank, ctx.world_size, cfg.shuffle_chunk_rows, start=state.batch_in_epoch
         )
         loader = make_loader(run.train_ds, batches, run.collate, cfg.num_workers, ctx.device.type == "cuda")
-        sizes = window_sizes(state.batch_in_epoch, total, cfg.gradient_accumulation_steps)
-        feed = WindowFeed(loader, sizes, lambda b: to_device(b, ctx.device, run.task.name, run.collate.pad_token_id))  # the task as confirmed
+        move = lambda b: to_device(b, ctx.device, run.task.name, run.collate.pad_token_id, run.check_vocab)  # noqa: E731 - the task as confirmed
+        feed = WindowFeed(loader, window_sizes(state.batch_in_epoch, total, cfg.gradient_accumulation_steps), move)
         run.call.model.train()
         while state.batch_in_epoch < total and not self.saves.stopping:
             self._window(run, feed)
@@ -265,8 +266,7 @@ class TrainingLoop:
 
     @staticmethod
     def _scalar(run: Run, value: float) -> torch.Tensor:
-        # torch.full writes on the device; torch.tensor(value, device=...) would copy from
-        # pageable host memory, which waits for the device.
+        # torch.full writes on the device; torch.tensor(value, device=...) waits to copy from pageable host memory
         return torch.full((), float(value), dtype=run.progress.running.sums["loss"].dtype, device=run.ctx.device)
 
     def _micro_step(self, run: Run, batch: dict, target: torch.Tensor, scale: float):

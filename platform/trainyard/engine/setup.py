@@ -36,6 +36,7 @@ from trainyard.engine.config import TrainingConfig
 from trainyard.engine.context import RunContext
 from trainyard.engine.data.inputs import as_dataset
 from trainyard.engine.data.rows import RowSource
+from trainyard.engine.model_config import model_config_value
 from trainyard.engine.task import compute_loss
 
 
@@ -54,6 +55,33 @@ def datasets(train_data: Any, val_data: Any, ctx: RunContext, cfg: TrainingConfi
         if isinstance(ds, RowSource):
             ds.chunk_rows = cfg.shuffle_chunk_rows
     return train_ds, val_ds
+
+
+def vocabulary(model: nn.Module, config: Any) -> int | None:
+    """How many token ids the model embeds: its config's vocab_size, else its input
+    embedding's rows (a Hugging Face model's get_input_embeddings()); None where neither says
+    (never guessed from whichever embedding a model holds first)."""
+    declared = model_config_value(config, "vocab_size")
+    if isinstance(declared, int) and not isinstance(declared, bool) and declared > 0:
+        return declared
+    get = getattr(model, "get_input_embeddings", None)
+    embedding = get() if callable(get) else None
+    return embedding.num_embeddings if isinstance(embedding, nn.Embedding) else None
+
+
+def check_token_ids(model: nn.Module, config: Any, train_ds: Any, val_ds: Any, task: str) -> int | None:
+    """Every dataset's token ids against the model's embedding, before the first step, where
+    their range is known without reading them all (columns, Parquet statistics, Ray blocks).
+    Returns the vocabulary size to check each training batch against where the training
+    data's range is not known (else None)."""
+    vocab_size = vocabulary(model, config)
+    if vocab_size is None:
+        return None
+    for name, ds in (("train_data", train_ds), ("val_data", val_ds)):
+        found = ds.id_range() if ds is not None else None
+        if found is not None:
+            found.check(vocab_size, name, task)
+    return vocab_size if train_ds.id_range() is None else None
 
 
 def checkpoint_to_load(ctx: RunContext, resume_from: Any, warn: Callable[[str], None]) -> ckpt.LoadedCheckpoint | None:

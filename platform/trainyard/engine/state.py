@@ -118,6 +118,7 @@ class Run:
     batches_per_epoch: int
     forward_kwargs: tuple[str, ...]
     trainable: list[torch.Tensor]  # parameters the optimizer updates
+    check_vocab: int | None  # check each training batch's ids against this many (their range was not known up front)
     call: ModelCall  # the model as trained (maybe wrapped / compiled) and its loss
     task: TaskChoice
     telemetry: RunTelemetry

@@ -39,7 +39,7 @@ from trainyard.data.files import DataFiles
 from trainyard.engine.config import SHUFFLE_CHUNK_ROWS
 from trainyard.engine.data.inputs import as_dataset
 from trainyard.engine.data.rows import RowSource, is_list_type, local_paths
-from trainyard.engine.data.samples import ALIASES, KNOWN_KEYS, ColumnDataset, check_columns
+from trainyard.engine.data.samples import ALIASES, KNOWN_KEYS, ColumnDataset, IdRange, check_columns
 from trainyard.engine.model_config import model_config_value
 from trainyard.engine.task import as_task_spec
 from trainyard.execution.ray_env import ensure_ray, verbose
@@ -55,13 +55,17 @@ class BlockSource(RowSource):
 
     forks = False
 
-    def __init__(self, refs: list[Any], counts: list[int], columns: list[str], name: str):
+    def __init__(self, refs: list[Any], counts: list[int], columns: list[str], name: str, id_range: IdRange | None = None):
         super().__init__(name)
         self.refs, self.columns = refs, columns
         self.firsts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self._id_range = id_range  # from the block statistics, computed where the blocks are
 
     def __len__(self) -> int:
         return int(self.firsts[-1])
+
+    def id_range(self) -> IdRange | None:
+        return self._id_range
 
     def read(self, start: int, stop: int) -> Any:
         import ray
@@ -102,16 +106,16 @@ def ingest(data: Any, name: str, pad_token_id: int | None = None, context: int |
     table = local.to_arrow() if isinstance(local, ColumnDataset) else None
     if table is None:  # not columns: one pickled copy in the object store
         return Shared(ray.put(local))
-    return _put_blocks(table, name)
+    return _put_blocks(table, name, local.id_range())
 
 
-def _put_blocks(table: Any, name: str, rows: int = SHUFFLE_CHUNK_ROWS) -> "BlockSource":
+def _put_blocks(table: Any, name: str, id_range: IdRange | None, rows: int = SHUFFLE_CHUNK_ROWS) -> "BlockSource":
     """A table put into the object store in blocks, once: every worker and trial reads them
     (a block per shuffle chunk, so reading a chunk touches one block)."""
     import ray
 
     parts = [table.slice(i, rows) for i in range(0, table.num_rows, rows)]
-    return BlockSource([ray.put(p) for p in parts], [p.num_rows for p in parts], table.schema.names, name)
+    return BlockSource([ray.put(p) for p in parts], [p.num_rows for p in parts], table.schema.names, name, id_range)
 
 
 def run_inputs(train_data: Any, val_data: Any, config: Any, task_spec: Any = None, *, on_ray: bool) -> tuple[Any, Any]:
@@ -225,7 +229,7 @@ def blocks(dataset: Any, name: str, pad_token_id: int | None = None, context: in
     counts = [s[0] for s in stats]
     if sum(counts) == 0:
         raise ValueError(f"{name} is empty: it needs at least one sample")
-    lengths = [s[1:] for s in stats if s[0]]
+    lengths = [s[1:3] for s in stats if s[0]]
     shortest, longest = min(lo for lo, _ in lengths), max(hi for _, hi in lengths)
     if shortest != longest and pad_token_id is None:
         raise ValueError(
@@ -235,7 +239,9 @@ def blocks(dataset: Any, name: str, pad_token_id: int | None = None, context: in
         )
     if context is not None and longest > context:
         raise ValueError(f"{name}: sequences of up to {longest} tokens are longer than the model's context of {context}: cut them (seq_len: {context}) or use a model with a longer context")
-    return BlockSource(refs, counts, columns, name)
+    ranges = [s[3] for s in stats if s[3] is not None]
+    id_range = IdRange(min(r.low for r in ranges), max(r.high for r in ranges), any(r.floating for r in ranges)) if ranges else None
+    return BlockSource(refs, counts, columns, name, id_range)
 
 
 def _quiet(dataset: Any) -> Any:
@@ -246,13 +252,18 @@ def _quiet(dataset: Any) -> Any:
     return dataset
 
 
-def _block_stats(table: Any) -> tuple[int, int, int]:
-    """(rows, shortest, longest input_ids) of one block."""
+def _block_stats(table: Any) -> tuple[int, int, int, IdRange | None]:
+    """(rows, shortest, longest input_ids, the range of their values) of one block."""
     column = table.column("input_ids") if "input_ids" in table.schema.names else None
-    if column is None or table.num_rows == 0 or not is_list_type(column.type):
-        return table.num_rows, 0, 0
+    if column is None or table.num_rows == 0:
+        return table.num_rows, 0, 0, None
+    values = pc.list_flatten(column) if is_list_type(column.type) else column
+    bounds = pc.min_max(values).as_py() if len(values) else {"min": None}
+    found = None if bounds["min"] is None else IdRange(bounds["min"], bounds["max"], pa.types.is_floating(values.type))
+    if not is_list_type(column.type):
+        return table.num_rows, 0, 0, found
     lengths = pc.list_value_length(column)
-    return table.num_rows, pc.min(lengths).as_py(), pc.max(lengths).as_py()
+    return table.num_rows, pc.min(lengths).as_py(), pc.max(lengths).as_py(), found
 
 
 def _is_paths(data: Any) -> bool:

@@ -46,7 +46,7 @@ def model_recipe(spec: ExperimentSpec) -> tuple[Callable[[Any], Any], dict[str, 
         for key in ("vocab_size", "max_seq_len"):
             derived[key] = max(defaults[key], derived[key])
     settings = _model_settings(section)
-    if "tokenizer" in section and settings.get("vocab_size", tokenizer.vocab_size) < tokenizer.vocab_size:
+    if settings.get("vocab_size", tokenizer.vocab_size) < tokenizer.vocab_size:
         raise ValueError(
             f"model vocab_size={settings['vocab_size']} is smaller than the tokenizer's {tokenizer.vocab_size} ids: "
             "drop vocab_size from the model section (it is taken from the tokenizer) or raise it"

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from trainyard.engine.data.collate import Collator
+from trainyard.engine.data.samples import IdRange
 from trainyard.engine.task import count_targets, prepare_targets
 from trainyard.engine.telemetry import input_tokens, sequence_length
 
@@ -45,9 +46,15 @@ class DeviceBatch:
     seq_len: int
 
 
-def to_device(batch: dict[str, torch.Tensor], device: torch.device, task: str, pad_token_id: int | None) -> DeviceBatch:
+def to_device(batch: dict[str, torch.Tensor], device: torch.device, task: str, pad_token_id: int | None,
+              check_vocab: int | None = None) -> DeviceBatch:  # fmt: skip
     """Count on the host what the step needs to know, then move the batch (asynchronously
-    from pinned memory) and build its targets there."""
+    from pinned memory) and build its targets there. `check_vocab`: refuse token ids the
+    model's embedding cannot look up (data whose range was not known before the first step)."""
+    if check_vocab is not None:
+        found = IdRange.of([batch["input_ids"]])
+        if found is not None:
+            found.check(check_vocab, "train_data", task)
     tensors = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     return DeviceBatch(
         tensors, prepare_targets(task, tensors, pad_token_id), count_targets(task, prepare_targets(task, batch, pad_token_id)),

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import torch
 
 from trainyard.engine.config import SHUFFLE_CHUNK_ROWS
-from trainyard.engine.data.samples import ALIASES, KNOWN_KEYS, SampleDataset, check_columns, to_tensor
+from trainyard.engine.data.samples import ALIASES, KNOWN_KEYS, IdRange, SampleDataset, check_columns, to_tensor
 
 
 class RowSource(SampleDataset):
@@ -83,7 +83,7 @@ class ParquetSource(RowSource):
     def __init__(self, files: list[str], name: str):
         super().__init__(name)
         self.pieces: list[tuple[str, int, int]] = []  # (file, row group, first row)
-        rows = 0
+        rows, ranges = 0, []
         for f in files:
             try:
                 opened = pq.ParquetFile(f)
@@ -91,15 +91,23 @@ class ParquetSource(RowSource):
                 raise ValueError(f"{name}: cannot read {f} as Parquet ({type(e).__name__}: {e})") from e
             found = opened.schema_arrow.names
             check_columns(found, name, f)
+            ranges.append(_statistics_range(opened.metadata))
             for g in range(opened.metadata.num_row_groups):
                 self.pieces.append((f, g, rows))
                 rows += opened.metadata.row_group(g).num_rows
         self.num_rows = rows
         self.firsts = np.array([p[2] for p in self.pieces], dtype=np.int64)
         self.columns = [c for c in found if ALIASES.get(c, c) in KNOWN_KEYS]
+        known = [r for r in ranges if r is not None]
+        self._id_range = None if len(known) < len(ranges) or not known else IdRange(
+            min(r.low for r in known), max(r.high for r in known), any(r.floating for r in known))
 
     def __len__(self) -> int:
         return self.num_rows
+
+    def id_range(self) -> IdRange | None:
+        """From the files' row-group statistics (None where a writer left them out)."""
+        return self._id_range
 
     def read(self, start: int, stop: int) -> Any:
         i = max(0, int(np.searchsorted(self.firsts, start, side="right")) - 1)
@@ -109,6 +117,28 @@ class ParquetSource(RowSource):
             tables.append(pq.ParquetFile(f).read_row_group(g, columns=self.columns))
             i += 1
         return pa.concat_tables(tables).slice(start - first, stop - start)
+
+
+def _statistics_range(metadata: Any) -> IdRange | None:
+    """The input_ids values' range from a Parquet file's row-group statistics (its leaf
+    column: `input_ids`, or `input_ids.list.element` for sequences); None when any row
+    group has none."""
+    schema = metadata.schema
+    leaf = next((j for j in range(len(schema)) if schema.column(j).path.split(".")[0] == "input_ids"), None)
+    if leaf is None or metadata.num_row_groups == 0:
+        return None
+    lows, highs = [], []
+    for g in range(metadata.num_row_groups):
+        column = metadata.row_group(g).column(leaf)
+        stats = column.statistics
+        if column.num_values == 0:
+            continue
+        if stats is None or not stats.has_min_max:
+            return None
+        lows.append(stats.min)
+        highs.append(stats.max)
+    floating = schema.column(leaf).physical_type in ("FLOAT", "DOUBLE")
+    return IdRange(min(lows), max(highs), floating) if lows else None
 
 
 def arrow_columns(table: Any, name: str) -> dict[str, torch.Tensor | list[torch.Tensor]]:

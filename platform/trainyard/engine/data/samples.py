@@ -7,6 +7,7 @@ bools -> int64), so the same samples train identically whatever the user passed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
@@ -16,6 +17,39 @@ from torch.utils.data import Dataset
 KNOWN_KEYS = ("input_ids", "attention_mask", "labels")
 # Hugging Face datasets name classification targets `label`; HF's Trainer renames it too.
 ALIASES = {"label": "labels"}
+
+
+@dataclass(frozen=True)
+class IdRange:
+    """The values a dataset's `input_ids` hold: the smallest, the largest, and whether any is
+    not an integer."""
+
+    low: float
+    high: float
+    floating: bool
+
+    @staticmethod
+    def of(tensors: Sequence[torch.Tensor]) -> "IdRange | None":
+        tensors = [t for t in tensors if t.numel()]
+        if not tensors:
+            return None
+        low, high = min(t.min().item() for t in tensors), max(t.max().item() for t in tensors)
+        return IdRange(low, high, any(t.is_floating_point() for t in tensors))
+
+    def check(self, vocab_size: int, where: str, task: str) -> None:
+        """Refuse ids an embedding of `vocab_size` rows cannot look up, naming the fix (real
+        values are refused only where the inputs must be tokens: language modelling)."""
+        if self.floating and task != "language_modeling":
+            return
+        if self.floating:
+            raise ValueError(f"{where}: input_ids hold floating-point values, but the model embeds token ids ({vocab_size} of them): "
+                             "give integer ids (a model of real-valued inputs takes them without an embedding)")
+        if self.low < 0 or self.high >= vocab_size:
+            raise ValueError(
+                f"{where}: token ids run from {self.low:g} to {self.high:g}, but the model embeds ids 0 to {vocab_size - 1} "
+                f"(vocab_size {vocab_size}): raise the model's vocab_size to at least {max(self.high + 1, vocab_size):g}, or tokenize the "
+                "data with the model's own tokenizer" + ("; negative ids are no tokens" if self.low < 0 else "")
+            )
 
 
 class SampleDataset(Dataset):
@@ -30,6 +64,10 @@ class SampleDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return to_sample(self.source[index], self.name)
+
+    def id_range(self) -> IdRange | None:
+        """The range of its input_ids where it is known without reading every sample (None)."""
+        return None
 
 
 class ColumnDataset(SampleDataset):
@@ -59,6 +97,10 @@ class ColumnDataset(SampleDataset):
             idx = torch.as_tensor(indices)
             return {k: col[idx] for k, col in self.columns.items()}
         return [self[i] for i in indices]
+
+    def id_range(self) -> IdRange | None:
+        column = self.columns["input_ids"]
+        return IdRange.of(column if isinstance(column, list) else [column])
 
     def to_arrow(self) -> Any:
         """The columns as one Arrow table (ragged sequences as list columns), or None when a
