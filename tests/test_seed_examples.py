@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 from torch.utils.data import TensorDataset
+from trainyard import TaskSpec, Trainer, TrainingConfig, TrainingHooks
 
 from tests.compat.models import MyTransformerModel
-from trainyard import TaskSpec, Trainer, TrainingConfig, TrainingHooks
 
 RESULT_KEYS = ["loss_history", "final_loss", "final_perplexity", "training_time", "metrics_summary", "best_epoch", "grad_norm_history", "amp_enabled"]
 

@@ -4,7 +4,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from trainyard.cli.main import main
 from trainyard.experiment import apply_overrides, build, load_spec
 

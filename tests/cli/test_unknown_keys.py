@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 import pytest
+from trainyard.experiment import build, load_spec
 
 from tests.conftest import ROOT
-from trainyard.experiment import build, load_spec
 
 CONFIG = ROOT / "jobs" / "configs" / "addition.yaml"
 

@@ -2,7 +2,6 @@
 the file (and for syntax, the line and column), wherever YAML is read."""
 
 import pytest
-
 from trainyard import TrainingConfig
 from trainyard.compat.training import build_training_config
 from trainyard.experiment import apply_overrides, load_spec

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from trainyard.compat import disable_legacy_imports, enable_legacy_imports
 
 from tests.compat.models import MyModel, MyTransformerModel
-from trainyard.compat import disable_legacy_imports, enable_legacy_imports
 
 
 @pytest.fixture(autouse=True)

@@ -9,9 +9,9 @@ import warnings
 import pytest
 import torch
 import yaml
+from trainyard.compat import LEGACY_MODULES, disable_legacy_imports, enable_legacy_imports
 
 from tests.conftest import ROOT
-from trainyard.compat import LEGACY_MODULES, disable_legacy_imports, enable_legacy_imports
 
 # (path, names the seed imports from it, the replacement it must name if deprecated)
 SEED_PATHS = [
@@ -163,8 +163,8 @@ def test_build_training_config_errors_name_the_problem(tmp_path):
 
 
 def test_create_model_and_tokenizer_for_the_addition_data_uses_its_tokenizer():
-    from trainyard.data.addition import TOKENIZER, seq_len
     from trainyard.compat.training import create_model_and_tokenizer
+    from trainyard.data.addition import TOKENIZER, seq_len
 
     spec = yaml.safe_load((ROOT / "jobs/configs/addition.yaml").read_text())
     model, tokenizer = create_model_and_tokenizer(spec)
@@ -201,9 +201,10 @@ def test_compute_metrics_matches_cross_entropy_and_takes_hf_eval_predictions():
 
 
 def test_evaluate_model_reproduces_the_trainers_validation_numbers(samples, tmp_path):
-    from tests.helpers import TinyLM
     from trainyard import Trainer, TrainingConfig
     from trainyard.compat.training import evaluate_model
+
+    from tests.helpers import TinyLM
 
     torch.manual_seed(0)
     trainer = Trainer(TinyLM(), None, TrainingConfig(epochs=2, batch_size=4, checkpoint_dir=str(tmp_path / "r")))
@@ -220,12 +221,10 @@ def test_evaluate_model_reproduces_the_trainers_validation_numbers(samples, tmp_
 def test_hf_model_directory_trains_and_saves_a_loadable_model(tmp_path):
     pytest.importorskip("transformers")
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
+    from trainyard.compat.training import create_model_and_tokenizer, evaluate_model, train_model
     from trainyard.engine.checkpoint import load
-    from trainyard.compat.training import evaluate_model
     from trainyard.experiment.recipe import tokenize_text
-    from trainyard.compat.training import create_model_and_tokenizer, train_model
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
     words = ["[PAD]", "[UNK]", "[EOS]", *"the cat sat on a mat dog ran".split()]
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))

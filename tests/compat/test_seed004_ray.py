@@ -4,9 +4,9 @@ import subprocess
 import warnings
 
 import pytest
+from trainyard.compat import disable_legacy_imports, enable_legacy_imports
 
 from tests.conftest import ROOT
-from trainyard.compat import disable_legacy_imports, enable_legacy_imports
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +71,6 @@ def test_create_run_context_detects_ray_train_and_tune(ray_session):
     import ray.train
     from ray import tune  # noqa: I001
     from ray.train.torch import TorchTrainer
-
     from trainyard.execution.contexts import create_run_context
 
     assert type(create_run_context()).__name__ == "LocalContext"
@@ -91,7 +90,6 @@ def test_create_run_context_detects_ray_train_and_tune(ray_session):
 
 def test_fingerprint_follows_the_content():
     import torch
-
     from trainyard.data.fingerprint import fingerprint
 
     a = {"input_ids": torch.arange(12).reshape(3, 4)}

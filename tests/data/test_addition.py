@@ -2,7 +2,6 @@ import re
 
 import pytest
 import torch
-
 from trainyard.data import CharTokenizer, load_builtin, make_addition_dataset
 from trainyard.data.addition import TOKENIZER, seq_len
 
@@ -61,8 +60,9 @@ def test_a_small_gpt_learns_addition(tmp_path):
                                                  ("data.digits=0", "digits=0"), ("data.val_size=2.5", "val_size=2.5")])
 def test_a_built_in_datasets_parameter_of_the_wrong_type_is_named(override, shown):
     """They ended in "'<' not supported between instances of 'str' and 'int'" and the like."""
-    from tests.conftest import ROOT
     from trainyard.experiment import build, load_spec
+
+    from tests.conftest import ROOT
 
     with pytest.raises(ValueError, match=rf"^the addition dataset's {re.escape(shown)} must be an integer >= \d \(data\.\w+ in an experiment config\)$"):
         build(load_spec(ROOT / "jobs" / "configs" / "addition.yaml", [override]))

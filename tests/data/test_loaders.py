@@ -2,7 +2,6 @@ import json
 
 import pytest
 import torch
-
 from trainyard.data.loaders import load_dataset
 from trainyard.data.splits import create_kfold_splits
 

@@ -5,12 +5,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
-from tests.engine.test_resume import CONFIG, StopAt, assert_same_run
-from tests.helpers import lm_factory, lm_samples
 from trainyard import Trainer, TrainingConfig
 from trainyard.engine.data.inputs import as_dataset
 from trainyard.engine.data.rows import ParquetSource
+
+from tests.engine.test_resume import CONFIG, StopAt, assert_same_run
+from tests.helpers import lm_factory, lm_samples
 
 DATA = lm_samples(53, length=6, seed=4)  # 53 rows in 3 files of row groups of 7: chunks cut across both
 
@@ -96,7 +96,6 @@ def test_block_statistics_carry_the_range_of_token_ids():
     """What a Ray Dataset's blocks report (computed where each block is) lets the engine
     refuse ids the model cannot embed before the first step."""
     import pyarrow as pa
-
     from trainyard.engine.data.samples import IdRange
     from trainyard.execution.ingest import _block_stats
 

@@ -2,12 +2,12 @@
 pass, with the same losses (dropout masks replayed); the blocks are found or named."""
 
 import pytest
-
-from tests.helpers import VOCAB, lm_factory, lm_samples
 from trainyard import Trainer, TrainingConfig, TrainingHooks
 from trainyard.experiment import apply_overrides
 from trainyard.experiment.spec import parse_spec
 from trainyard.models import GPT
+
+from tests.helpers import VOCAB, lm_factory, lm_samples
 
 CONFIG = {"vocab_size": VOCAB, "max_seq_len": 8, "d_model": 16, "n_layers": 2, "n_heads": 2, "dropout": 0.1}
 

@@ -4,10 +4,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
-from tests.helpers import VOCAB, lm_factory, lm_samples
 from trainyard import CheckpointError, Trainer, TrainingConfig
 from trainyard.engine import checkpoint as ck
+from trainyard.engine import run_folder
+
+from tests.helpers import VOCAB, lm_factory, lm_samples
 
 CONFIG = SimpleNamespace(vocab_size=VOCAB)
 
@@ -41,7 +42,7 @@ def test_a_checkpoint_directory_is_a_ray_checkpoint_as_is(tmp_path):
 def test_keep_last_n_checkpoints(tmp_path):
     tc = TrainingConfig(epochs=4, checkpoint_dir=str(tmp_path / "run"), keep_last_n_checkpoints=2)
     r = Trainer(lm_factory(), CONFIG, tc).train(lm_samples())
-    names = [p.name for p in ck.list_checkpoints(tmp_path / "run")]
+    names = [p.name for p in run_folder.list_checkpoints(tmp_path / "run")]
     assert names == ["checkpoint_e0003_b0000006", "checkpoint_e0004_b0000006"]
     assert r["checkpoint_path"].endswith(names[-1])
 
@@ -79,10 +80,10 @@ def test_a_damaged_checkpoint_is_refused_naming_the_file(tmp_path, how, message)
 
 def test_a_run_directory_falls_back_to_the_newest_valid_checkpoint(tmp_path, caplog):
     finished_run(tmp_path / "run", epochs=3)
-    saved = ck.list_checkpoints(tmp_path / "run")
+    saved = run_folder.list_checkpoints(tmp_path / "run")
     _corrupt(saved[-1], "truncate")
     with caplog.at_level(logging.WARNING, logger="trainyard"):
-        assert ck.resolve(tmp_path / "run", warn=logging.getLogger("trainyard").warning) == saved[-2]
+        assert run_folder.resolve(tmp_path / "run", warn=logging.getLogger("trainyard").warning) == saved[-2]
     assert "skipping checkpoint" in caplog.text and "model.pt" in caplog.text
     tc = TrainingConfig(epochs=3, checkpoint_dir=str(tmp_path / "run"), keep_last_n_checkpoints=None)
     r = Trainer(lm_factory(), CONFIG, tc).train(lm_samples(), resume_from=tmp_path / "run")
@@ -92,9 +93,9 @@ def test_a_run_directory_falls_back_to_the_newest_valid_checkpoint(tmp_path, cap
 def test_a_run_directory_without_any_valid_checkpoint_is_an_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="no valid checkpoint"):
-        ck.resolve(tmp_path / "empty")
+        run_folder.resolve(tmp_path / "empty")
     with pytest.raises(CheckpointError, match="does not exist"):
-        ck.resolve(tmp_path / "nowhere")
+        run_folder.resolve(tmp_path / "nowhere")
 
 
 def test_a_crash_while_saving_leaves_no_partial_checkpoint(tmp_path, monkeypatch):
@@ -251,3 +252,43 @@ def test_resuming_says_when_the_run_is_finished_and_what_changed(tmp_path, caplo
 
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(learning_rate(tc, trainer.state.global_step - 1, trainer.batches_per_epoch))
     assert trainer.optimizer.param_groups[0]["weight_decay"] == 0.01
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 2 MB filesystem (tmpfs), so a save meets a real full disk; where mounting is
+    not allowed (not root), the test skips."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_stops_the_run_naming_the_folder_and_its_last_good_checkpoint(tiny_disk):
+    """PyTorch's own words for it were '[enforce fail at inline_container.cc:672] . unexpected pos'."""
+    from trainyard import TrainingHooks
+
+    class FillTheDisk(TrainingHooks):
+        def on_checkpoint(self, trainer, path):
+            if not (tiny_disk / "filler").exists():
+                with open(tiny_disk / "filler", "wb") as f:
+                    try:
+                        while True:
+                            f.write(b"\0" * 65536)
+                            f.flush()
+                    except OSError:
+                        pass
+
+    run = tiny_disk / "run"
+    tc = TrainingConfig(epochs=3, checkpoint_dir=str(run))
+    with pytest.raises(CheckpointError, match=rf"checkpoint {run}/checkpoint_e0002_\w+ could not be written: no space left on the device "
+                                              rf"holding {run} \(0\.\d MB free\); free some space.*The run stopped at epoch 2, step \d+: "
+                                              rf"its last good checkpoint is {run}/checkpoint_e0001_\w+, which a rerun resumes from"):
+        Trainer(lm_factory(), CONFIG, tc, hooks=FillTheDisk()).train(lm_samples())
+    (tiny_disk / "filler").unlink()
+    assert [p.name for p in run_folder.list_checkpoints(run)] == ["checkpoint_e0001_b0000006"] and not list(run.glob(".tmp-*"))
+    ck.verify(run / "checkpoint_e0001_b0000006")

@@ -1,5 +1,4 @@
 import pytest
-
 from trainyard import TrainingConfig
 from trainyard.engine.config import FIELD_NAMES
 

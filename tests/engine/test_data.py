@@ -1,12 +1,8 @@
 import pytest
 import torch
-
 from trainyard.engine.data.collate import Collator
 from trainyard.engine.data.inputs import as_dataset
-from trainyard.engine.data.order import epoch_batches, eval_batches
-
-
-from trainyard.engine.data.order import iter_epoch_batches
+from trainyard.engine.data.order import epoch_batches, eval_batches, iter_epoch_batches
 
 
 @pytest.mark.parametrize("world", [2, 4])

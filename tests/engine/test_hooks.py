@@ -1,10 +1,10 @@
 from types import SimpleNamespace
 
 import pytest
-
-from tests.helpers import VOCAB, lm_factory, lm_samples
 from trainyard import Trainer, TrainingConfig, TrainingHooks
 from trainyard.engine.hooks import Event
+
+from tests.helpers import VOCAB, lm_factory, lm_samples
 
 CONFIG = SimpleNamespace(vocab_size=VOCAB)
 

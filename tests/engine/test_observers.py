@@ -1,13 +1,12 @@
 """W&B logging runs offline in tests: it never touches the network."""
 
+from pathlib import Path
 from types import SimpleNamespace
 
-from pathlib import Path
-
 import pytest
+from trainyard import Trainer, TrainingConfig
 
 from tests.helpers import VOCAB, lm_factory, lm_samples
-from trainyard import Trainer, TrainingConfig
 
 wandb = pytest.importorskip("wandb")
 

@@ -5,10 +5,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from trainyard import Trainer, TrainingConfig, TrainingHooks
+from trainyard.engine import run_folder
 
 from tests.helpers import VOCAB, lm_factory, lm_samples
-from trainyard import Trainer, TrainingConfig, TrainingHooks
-from trainyard.engine import checkpoint as ck
 
 CONFIG = SimpleNamespace(vocab_size=VOCAB)
 DATA = lm_samples(26)  # 26 samples / batch 4: a short last batch in every epoch
@@ -69,7 +69,7 @@ def test_stop_and_resume_is_bit_identical(tmp_path, accum, stop):
 
 def test_resume_from_any_step_checkpoint_of_a_finished_run(tmp_path):
     full = run(tmp_path / "full", checkpoint_every_n_steps=2)
-    saved = ck.list_checkpoints(tmp_path / "full")
+    saved = run_folder.list_checkpoints(tmp_path / "full")
     assert len(saved) > 6
     for chosen in (saved[1], saved[4]):
         copy = tmp_path / f"copy-{chosen.name}"

@@ -6,11 +6,11 @@ import pickle
 
 import pytest
 import torch
-
-from tests.helpers import VOCAB
 from trainyard.engine import shards
 from trainyard.engine.checkpoint import MARKER, CheckpointError, describe
 from trainyard.models import GPT
+
+from tests.helpers import VOCAB
 
 CONFIG = {"vocab_size": VOCAB, "max_seq_len": 8, "d_model": 16, "n_layers": 2, "n_heads": 2}
 
@@ -149,9 +149,10 @@ def test_calling_an_allowed_global_yields_no_index_and_runs_nothing(tmp_path, mo
 
 def _sharded_checkpoint(tmp_path, process_group_of_one):
     """A real sharded (FSDP) checkpoint, written by the engine on a process group of one."""
-    from tests.helpers import lm_samples
     from trainyard import Trainer, TrainingConfig
     from trainyard.execution.parallel import ProcessGroupContext
+
+    from tests.helpers import lm_samples
 
     cfg = TrainingConfig(batch_size=4, epochs=1, parallelism="fsdp", checkpoint_dir=str(tmp_path / "run"))
     Trainer(lambda: GPT(CONFIG), CONFIG, cfg).run(ProcessGroupContext(cfg), lm_samples(8))
@@ -168,8 +169,9 @@ def _replace_index(ckpt, data: bytes) -> None:
 
 
 def test_resuming_from_a_resigned_sharded_checkpoint_with_a_payload_runs_nothing(tmp_path, process_group_of_one):
-    from tests.helpers import lm_samples
     from trainyard import Trainer, TrainingConfig
+
+    from tests.helpers import lm_samples
 
     ckpt = _sharded_checkpoint(tmp_path, process_group_of_one)
     ran = tmp_path / "x_was_here"

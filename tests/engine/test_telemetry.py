@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
-
-from tests.helpers import VOCAB, TinyLM, lm_factory, lm_samples
 from trainyard import Trainer, TrainingConfig, TrainingHooks
 from trainyard.engine import telemetry
 from trainyard.models import GPT
+
+from tests.helpers import VOCAB, TinyLM, lm_factory, lm_samples
 
 CONFIG = SimpleNamespace(vocab_size=VOCAB)
 KEYS = ["throughput/tokens_per_s", "throughput/samples_per_s", "time/step_ms", "time/data_wait_frac", "time/train_s"]

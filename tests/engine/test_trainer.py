@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
+from trainyard import TaskSpec, Trainer, TrainingConfig, TrainingHooks
 
 from tests.helpers import VOCAB, TinyClassifier, TinyLM, TinyRegressor, lm_factory, lm_samples
-from trainyard import TaskSpec, Trainer, TrainingConfig, TrainingHooks
 
 CONFIG = SimpleNamespace(vocab_size=VOCAB)
 RESULT_KEYS = [
@@ -359,12 +359,13 @@ class NaNAfter(TinyLM):
 
 def test_nan_loss_stops_with_the_step_and_saves_no_checkpoint_of_it(tmp_path):
     from trainyard.engine import checkpoint as ck
+    from trainyard.engine import run_folder
 
     run = tmp_path / "run"
     # 6 batches per epoch: the epoch-1 checkpoint exists, the NaN comes at step 9.
     with pytest.raises(FloatingPointError, match=r"loss is nan at epoch 2, step 9"):
         train(model=NaNAfter(8), ckdir=str(run), use_lr_schedule=False, checkpoint_every_n_steps=1)
-    saved = [p.name for p in ck.list_checkpoints(run)]
+    saved = [p.name for p in run_folder.list_checkpoints(run)]
     assert saved and all(ck.load(run / n).state["position"]["global_step"] <= 8 for n in saved)
     for n in saved:
         state = ck.load(run / n)
@@ -535,6 +536,7 @@ def test_a_stop_inside_a_window_after_a_nan_saves_nothing_of_it(tmp_path):
     """The NaN comes in the first micro-batch of a window and a stop is requested right
     after it: the window's sums and gradients are not finite, and are never checkpointed."""
     from trainyard.engine import checkpoint as ck
+    from trainyard.engine import run_folder
 
     class StopThere(TrainingHooks):
         def on_batch_end(self, trainer, batch, outputs):
@@ -545,6 +547,6 @@ def test_a_stop_inside_a_window_after_a_nan_saves_nothing_of_it(tmp_path):
     # batch 4, accumulation 2: 3 windows an epoch; forward 9 is epoch 2's third micro-batch, the first of step 5.
     with pytest.raises(FloatingPointError, match=r"the loss is not finite at epoch 2, step 5 \(a stop was requested inside"):
         train(model=NaNAfter(8), ckdir=str(run), batch_size=4, gradient_accumulation_steps=2, use_lr_schedule=False, hooks=StopThere())
-    saved = ck.list_checkpoints(run)
+    saved = run_folder.list_checkpoints(run)
     assert [p.name for p in saved] == ["checkpoint_e0001_b0000006"]
     assert ck.load(saved[-1]).state["window"] is None

@@ -2,7 +2,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from trainyard.cli.main import main
 
 pytestmark = pytest.mark.slow

@@ -4,12 +4,12 @@ import shutil
 
 import pytest
 import torch
-
-from tests.execution.hooks import FailOnce, StopAt
-from tests.helpers import VOCAB, lm_samples
 from trainyard import Trainer, TrainingConfig
 from trainyard.engine import checkpoint as ck
 from trainyard.models import GPT
+
+from tests.execution.hooks import FailOnce, StopAt
+from tests.helpers import VOCAB, lm_samples
 
 pytestmark = pytest.mark.slow
 

@@ -8,11 +8,11 @@ from collections import Counter
 from types import SimpleNamespace
 
 import pytest
+from trainyard import Trainer, TrainingConfig
 
 from tests.data.test_streaming import write_parquet
 from tests.execution.hooks import FailOnce, RecordRows
 from tests.helpers import VOCAB, lm_factory, lm_samples
-from trainyard import Trainer, TrainingConfig
 
 pytestmark = pytest.mark.slow
 
@@ -167,9 +167,8 @@ def test_a_hugging_face_tokenizer_tokenizes_text_in_ray_data(ray_session):
     pytest.importorskip("transformers")
     import ray
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     from trainyard.execution.ingest import blocks, tokenize
+    from transformers import PreTrainedTokenizerFast
 
     words = ["[PAD]", "[UNK]", "sample", "says", "hello", *map(str, range(40))]
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))

@@ -4,12 +4,12 @@ world of one here), sharded with FSDP; resuming from any sharded checkpoint is e
 
 import pytest
 import torch
-
-from tests.helpers import VOCAB, lm_samples
 from trainyard import Trainer, TrainingConfig, TrainingHooks
 from trainyard.engine.context import LocalContext
 from trainyard.execution.parallel import ProcessGroupContext
 from trainyard.models import GPT
+
+from tests.helpers import VOCAB, lm_samples
 
 CONFIG = {"vocab_size": VOCAB, "max_seq_len": 8, "d_model": 16, "n_layers": 2, "n_heads": 2}
 DATA = lm_samples(24)
@@ -65,6 +65,7 @@ class NaNAfter(GPT):
 
 def test_a_nan_under_fsdp_stops_at_its_step_and_no_sharded_checkpoint_holds_it(process_group_of_one, tmp_path):
     from trainyard.engine import checkpoint as ck
+    from trainyard.engine import run_folder
     from trainyard.engine.shards import full_model_state
 
     cfg = TrainingConfig(batch_size=4, gradient_accumulation_steps=2, epochs=2, parallelism="fsdp", checkpoint_every_n_steps=1,
@@ -72,7 +73,7 @@ def test_a_nan_under_fsdp_stops_at_its_step_and_no_sharded_checkpoint_holds_it(p
     # 6 micro-batches (3 steps) an epoch: forward 9 is epoch 2's third, in global step 5.
     with pytest.raises(FloatingPointError, match=r"loss is nan at epoch 2, step 5"):
         Trainer(lambda: NaNAfter(8), CONFIG, cfg).run(ProcessGroupContext(cfg), DATA)
-    saved = ck.list_checkpoints(tmp_path)
+    saved = run_folder.list_checkpoints(tmp_path)
     assert saved and all(ck.load(p).state["position"]["global_step"] <= 4 for p in saved)
     for p in saved:
         assert all(torch.isfinite(t).all() for t in full_model_state(p, GPT(CONFIG)).values())

@@ -3,10 +3,10 @@
 from types import SimpleNamespace
 
 import pytest
+from trainyard import Trainer, TrainingConfig
 
 from tests.execution.hooks import FailOnce, Unpicklable
 from tests.helpers import VOCAB, lm_factory, lm_samples
-from trainyard import Trainer, TrainingConfig
 
 pytestmark = pytest.mark.slow
 

@@ -4,9 +4,9 @@ once with what was asked, what there is, and the fix, instead of Ray waiting for
 import time
 
 import pytest
+from trainyard import Trainer, TrainingConfig
 
 from tests.helpers import VOCAB, lm_factory, lm_samples
-from trainyard import Trainer, TrainingConfig
 
 QUICK = 60  # seconds: a refusal, not a wait for resources
 
@@ -61,7 +61,6 @@ def test_rays_noise_after_a_good_run_is_dropped_and_everything_else_kept():
 
 def test_with_an_autoscaler_configured_requests_are_left_to_it(ray_session, monkeypatch):
     from ray._private import state as ray_state
-
     from trainyard.execution.ray_env import check_satisfiable
 
     with pytest.raises(ValueError, match="no autoscaler"):

@@ -2,11 +2,11 @@ import json
 
 import pytest
 import torch
-
-from tests.helpers import lm_samples
 from trainyard import Trainer, TrainingConfig
 from trainyard.engine.checkpoint import describe
 from trainyard.models import GPT
+
+from tests.helpers import lm_samples
 
 
 def _gpt():

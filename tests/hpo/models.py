@@ -1,7 +1,6 @@
 """Model factories for sweep tests (module level: Ray's processes import them)."""
 
 import torch
-
 from trainyard.models import GPT
 
 

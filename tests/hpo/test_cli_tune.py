@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import pytest
-
 from trainyard import TrainingConfig
 from trainyard.cli.main import main
 

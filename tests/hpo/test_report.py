@@ -5,7 +5,6 @@ on too few trials."""
 import logging
 
 import pytest
-
 from trainyard import TrainingConfig
 from trainyard.hpo.report import PLOTS, trial_number, write_outputs
 from trainyard.hpo.runner import SweepResult

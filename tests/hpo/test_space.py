@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import pytest
-
 from trainyard.hpo import load_search_space
 from trainyard.hpo.space import shipped_spaces
 

@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-
-from tests.hpo.models import gpt_or_nan, tiny_gpt
 from trainyard import TrainingConfig
 from trainyard.data import load_builtin
 from trainyard.data.addition import model_config
+
+from tests.hpo.models import gpt_or_nan, tiny_gpt
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,7 +73,6 @@ def test_trials_can_skip_the_per_epoch_checkpoint(ray_session, tmp_path):
 def test_each_trial_logs_to_its_own_tensorboard_run(ray_session, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     from trainyard.hpo import sweep
 
     tc = TrainingConfig(epochs=2, tensorboard_dir=str(tmp_path / "tb"))
@@ -139,9 +138,10 @@ def test_a_restarted_trial_resumes_from_its_checkpoint(ray_session, tmp_path):
     checkpoint: epoch 1 is reported once, and it ends as an uninterrupted trial would."""
     import json
 
-    from tests.hpo.models import gpt_failing_once
     from trainyard import Trainer
     from trainyard.hpo import sweep
+
+    from tests.hpo.models import gpt_failing_once
 
     config = {**CONFIG, "marker": str(tmp_path / "marker")}
     space = {"params": {"learning_rate": {"choice": [3e-3]}}}

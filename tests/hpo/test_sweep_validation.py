@@ -1,11 +1,11 @@
 """Mistakes a sweep can know before Ray starts: refused then, naming the fix."""
 
 import pytest
-
-from tests.helpers import VOCAB, lm_samples
 from trainyard import TrainingConfig
 from trainyard.hpo import sweep
 from trainyard.models import GPT
+
+from tests.helpers import VOCAB, lm_samples
 
 CONFIG = {"vocab_size": VOCAB, "max_seq_len": 8, "d_model": 16, "n_layers": 1, "n_heads": 2}
 

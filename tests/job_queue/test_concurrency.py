@@ -10,9 +10,9 @@ import sys
 import time
 
 import pytest
+from trainyard.job_queue.records import HEARTBEAT_S
 
 from tests.conftest import ROOT
-from trainyard.job_queue.records import HEARTBEAT_S
 
 OPEN = """
 import sys, time
@@ -71,10 +71,11 @@ def test_first_use_submissions_from_many_threads_all_run(tmp_path):
 
 def test_a_submission_that_cannot_launch_leaves_no_row(ray_session, tmp_path, monkeypatch):
     import torch
+    from trainyard import TrainingConfig
+    from trainyard.job_queue import JobConfig, JobQueue
+    from trainyard.job_queue import queue as queue_module
 
     from tests.helpers import lm_factory
-    from trainyard import TrainingConfig
-    from trainyard.job_queue import JobConfig, JobQueue, queue as queue_module
 
     def cannot_launch(*args, **kwargs):
         raise RuntimeError("the cluster refused the task")

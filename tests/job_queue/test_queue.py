@@ -7,10 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
-from tests.compat.models import MyTransformerModel as MyModel
 from trainyard import TaskSpec, Trainer, TrainingConfig
 from trainyard.compat import disable_legacy_imports, enable_legacy_imports
+
+from tests.compat.models import MyTransformerModel as MyModel
 
 pytestmark = pytest.mark.slow
 
@@ -105,7 +105,7 @@ def test_cancel_then_resume_continues_from_the_checkpoint(ray_session, tmp_path)
     time.sleep(4)
     record = queue.get_job(job_id)
     assert record.state == "cancelled"
-    from trainyard.engine.checkpoint import latest_valid
+    from trainyard.engine.run_folder import latest_valid
 
     assert latest_valid(tmp_path / "jobs" / job_id) is not None  # stopped with a checkpoint
     queue.resume_job(job_id)

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from trainyard._trust import SharedStorageError
 from trainyard.job_queue import JobQueue
 from trainyard.job_queue.records import HEARTBEAT_S, observed_state

@@ -2,7 +2,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from trainyard.models import GPT, GPTConfig, SequenceClassifier, build_model
 
 

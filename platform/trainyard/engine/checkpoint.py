@@ -11,13 +11,16 @@ Layout of a checkpoint directory (everything the loop needs to continue bit-exac
     COMPLETE             written last: size and sha256 of every file above
 
 A save is written to a hidden temporary directory beside its final name and renamed into
-place, so a crash never leaves a half-written checkpoint under a real name. Loading checks
-the marker and every hash before reading, and reads tensors with `weights_only=True`.
+place, so a crash never leaves a half-written checkpoint under a real name; a full disk
+is named as one. Loading checks the marker and every hash before reading, and reads tensors
+with `weights_only=True`. A run's folder of checkpoints (the newest that verifies, pruning,
+tidying after a killed save) is `run_folder.py`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -34,7 +37,7 @@ FORMAT_VERSION = 1
 MARKER = "COMPLETE"
 STATE_JSON = "trainer_state.json"
 TENSOR_FILES = ("model.pt", "optimizer.pt", "state.pt")
-_TMP_PREFIX = ".tmp-"
+TMP_PREFIX = ".tmp-"
 
 
 class CheckpointError(RuntimeError):
@@ -66,13 +69,13 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     exists); on failure the temporary directory is removed and `final` is untouched.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f"{_TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp = final.parent / f"{TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         yield tmp
         _fsync_dir(tmp)
         if final.exists():
-            old = final.parent / f"{_TMP_PREFIX}old-{final.name}-{uuid.uuid4().hex[:8]}"
+            old = final.parent / f"{TMP_PREFIX}old-{final.name}-{uuid.uuid4().hex[:8]}"
             os.rename(final, old)
             os.rename(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
@@ -87,7 +90,7 @@ def atomic_directory(final: Path) -> Iterator[Path]:
 def save(run_dir: Path, name: str, model: dict, optimizer: dict, extra: dict, state: dict) -> Path:
     """Write a complete checkpoint atomically; returns its final path."""
     final = run_dir / name
-    with atomic_directory(final) as tmp:
+    with atomic_directory(final) as tmp, _space_errors(final):
         for fname, obj in zip(TENSOR_FILES, (model, optimizer, extra)):
             torch.save(obj, tmp / fname)
         state = dict(state, format_version=FORMAT_VERSION, saved_at_ns=time.time_ns())
@@ -105,7 +108,7 @@ def save_sharded(run_dir: Path, name: str, write_state, extra: dict, state: dict
     the size and sha256 of all of them. Each rank writes into its own directory (Ray Train
     merges them into one checkpoint); `verify` holds on the merged one."""
     final = run_dir / name
-    with atomic_directory(final) as tmp:
+    with atomic_directory(final) as tmp, _space_errors(final):
         write_state(tmp)
         if is_main:
             torch.save(extra, tmp / "state.pt")
@@ -118,6 +121,30 @@ def save_sharded(run_dir: Path, name: str, write_state, extra: dict, state: dict
             marker = {"format_version": FORMAT_VERSION, "saved_at_ns": state["saved_at_ns"], "sharded": True, "files": files}
             _write_synced(tmp / MARKER, json.dumps(marker, indent=1))
     return final
+
+
+_FULL = 1 << 20  # bytes free below which a failed write is taken for a full disk
+
+
+@contextlib.contextmanager
+def _space_errors(final: Path) -> Iterator[None]:
+    """A save that fails because the disk is full says so (PyTorch's own words for it are
+    "[enforce fail at inline_container.cc] unexpected pos"); measured before the partial
+    checkpoint is removed, which frees the space again."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        try:
+            free = shutil.disk_usage(final.parent).free
+        except OSError:
+            free = None
+        if getattr(e, "errno", None) == errno.ENOSPC or (free is not None and free < _FULL):
+            shown = f"{free / 1e6:.1f} MB free" if free is not None else "its free space unknown"
+            raise CheckpointError(
+                f"checkpoint {final} could not be written: no space left on the device holding {final.parent} ({shown}); "
+                "free some space, keep fewer checkpoints (keep_last_n_checkpoints) or write elsewhere (checkpoint_dir)"
+            ) from e
+        raise
 
 
 def load(path: str | os.PathLike, map_location: Any = "cpu") -> LoadedCheckpoint:
@@ -203,40 +230,6 @@ def read_by_loader(path: Path, sharded: bool) -> list[str]:
     return [*TENSOR_FILES, STATE_JSON]
 
 
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoint directories in `run_dir` (complete or not), oldest save first."""
-    if not run_dir.is_dir():
-        return []
-    found = [p for p in run_dir.iterdir() if p.is_dir() and not p.name.startswith(_TMP_PREFIX) and _looks_like_checkpoint(p)]
-    return sorted(found, key=_saved_at)
-
-
-def latest_valid(run_dir: Path, warn=None) -> Path | None:
-    """The newest checkpoint in `run_dir` that verifies; bad ones are reported and skipped."""
-    for candidate in reversed(list_checkpoints(run_dir)):
-        try:
-            verify(candidate)
-            return candidate
-        except CheckpointError as e:
-            if warn:
-                warn(f"skipping {e}; falling back to an older checkpoint")
-    return None
-
-
-def resolve(path: str | os.PathLike, warn=None) -> Path:
-    """A checkpoint directory itself, or the newest valid checkpoint of a run directory."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    if _looks_like_checkpoint(path):
-        return path
-    put_back_moved_aside(path)
-    found = latest_valid(path, warn)
-    if found is None:
-        raise CheckpointError(f"checkpoint: no valid checkpoint found in run directory {path}")
-    return found
-
-
 def is_ray_checkpoint(source: Any) -> bool:
     return hasattr(source, "to_directory") and hasattr(source, "filesystem")
 
@@ -251,63 +244,6 @@ def local_path(source: Any) -> Path:
     if isinstance(source, (str, os.PathLike)):
         return Path(source)
     raise TypeError(f"resume_from must be a path or a ray.train.Checkpoint, got {type(source).__name__}")
-
-
-def open_for_writing(run_dir: Path) -> None:
-    """Create `run_dir` and prove it writable now, before the work a failed first save would
-    waste; tidy what a save killed part-way left (a run directory has one writer): its
-    temporary directory is removed, and a checkpoint it had moved aside to replace is put
-    back."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # a new run folder is owner-only
-        probe = run_dir / f"{_TMP_PREFIX}probe-{uuid.uuid4().hex[:8]}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(
-            f"checkpoint_dir {run_dir} cannot be written ({type(e).__name__}: {e.strerror or e}): "
-            "choose a checkpoint_dir on a writable filesystem, not inside a file"
-        ) from None
-    put_back_moved_aside(run_dir)
-    for p in run_dir.iterdir():
-        if p.name.startswith(_TMP_PREFIX) and p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def put_back_moved_aside(run_dir: Path) -> None:
-    """A save that replaces a checkpoint of the same name moves the old one aside first; if
-    it was killed before the new one took the name, put the old one back."""
-    aside = f"{_TMP_PREFIX}old-"
-    for p in run_dir.iterdir() if run_dir.is_dir() else ():
-        original = run_dir / p.name[len(aside) :].rsplit("-", 1)[0]
-        if p.name.startswith(aside) and p.is_dir() and not original.exists():
-            os.rename(p, original)
-
-
-def prune(run_dir: Path, keep: int | None, protect: Path | None = None) -> None:
-    """Delete all but the `keep` most recently saved checkpoints, and stale temporaries."""
-    for p in run_dir.iterdir() if run_dir.is_dir() else ():
-        if p.name.startswith(_TMP_PREFIX) and p.is_dir() and time.time() - p.stat().st_mtime > 3600:
-            shutil.rmtree(p, ignore_errors=True)
-    if keep is None:
-        return
-    ckpts = list_checkpoints(run_dir)
-    for old in ckpts[: max(0, len(ckpts) - keep)]:
-        if protect is None or old.resolve() != protect.resolve():
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _looks_like_checkpoint(p: Path) -> bool:
-    return (p / MARKER).exists() or (p / STATE_JSON).exists() or (p / "model.pt").exists() or any(p.glob("*.distcp"))
-
-
-def _saved_at(p: Path) -> int:
-    for fname in (MARKER, STATE_JSON):
-        try:
-            return int(json.loads((p / fname).read_text())["saved_at_ns"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return p.stat().st_mtime_ns
 
 
 def describe(path: Path) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from trainyard.engine import checkpoint as ckpt
+from trainyard.engine import run_folder
 from trainyard.engine.config import TrainingConfig
 from trainyard.engine.context import RunContext
 from trainyard.engine.data.inputs import as_dataset
@@ -90,7 +91,7 @@ def checkpoint_to_load(ctx: RunContext, resume_from: Any, warn: Callable[[str], 
     fresh run."""
     path = ctx.checkpoint_to_resume()
     if path is None and resume_from is not None:
-        path = ckpt.resolve(ckpt.local_path(resume_from), warn=warn)
+        path = run_folder.resolve(ckpt.local_path(resume_from), warn=warn)
     return ckpt.load(path) if path is not None else None
 
 
@@ -263,12 +264,12 @@ def run_directory(ctx: RunContext, cfg: TrainingConfig, loaded: ckpt.LoadedCheck
         run_dir = loaded.path.parent.resolve()
     else:
         run_dir = Path("checkpoints", run_id()).resolve()
-    if loaded is None and ckpt.list_checkpoints(run_dir):
+    if loaded is None and run_folder.list_checkpoints(run_dir):
         raise ValueError(
             f"checkpoint_dir {run_dir} already holds checkpoints of an earlier run; pass "
             f"resume_from={str(run_dir)!r} to continue it, or choose a new checkpoint_dir"
         )
-    ckpt.open_for_writing(run_dir)
+    run_folder.open_for_writing(run_dir)
     return run_dir
 
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from trainyard.engine import checkpoint as ckpt
-from trainyard.engine import rng
+from trainyard.engine import rng, run_folder
 from trainyard.engine.config import TrainingConfig
 from trainyard.engine.context import RunContext
 from trainyard.engine.data.collate import Collator
@@ -155,14 +155,19 @@ def save_checkpoint(
         "ranks": ranks,
     }
     name = ckpt.checkpoint_name(state.epoch, state.batch_in_epoch)
-    if run.ctx.shards_state:  # every rank writes its part
-        meta["sharded_grads"] = mid_window
-        write = lambda directory: run.ctx.save_state(directory, run.raw_model, run.optimizer, grads=mid_window)  # noqa: E731
-        path = ckpt.save_sharded(run.run_dir, name, write, extra, meta, run.ctx.gather, run.ctx.is_main)
-    else:
-        path = ckpt.save(run.run_dir, name, run.raw_model.state_dict(), run.optimizer.state_dict(), extra, meta)
+    try:
+        if run.ctx.shards_state:  # every rank writes its part
+            meta["sharded_grads"] = mid_window
+            write = lambda directory: run.ctx.save_state(directory, run.raw_model, run.optimizer, grads=mid_window)  # noqa: E731
+            path = ckpt.save_sharded(run.run_dir, name, write, extra, meta, run.ctx.gather, run.ctx.is_main)
+        else:
+            path = ckpt.save(run.run_dir, name, run.raw_model.state_dict(), run.optimizer.state_dict(), extra, meta)
+    except ckpt.CheckpointError as e:  # the run stops here: say where it can go on from
+        last = run.progress.last_checkpoint
+        where = f"its last good checkpoint is {last}, which a rerun resumes from" if last else "no checkpoint of it was saved yet"
+        raise ckpt.CheckpointError(f"{e}. The run stopped at epoch {state.epoch}, step {state.global_step}: {where}") from e
     run.progress.last_checkpoint = path
-    ckpt.prune(run.run_dir, cfg.keep_last_n_checkpoints, protect=path)
+    run_folder.prune(run.run_dir, cfg.keep_last_n_checkpoints, protect=path)
     return path
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from trainyard._logging import get_logger
 from trainyard.engine import checkpoint as ckpt
+from trainyard.engine import run_folder
 from trainyard.engine.loop import TrainingLoop
 from trainyard.engine.shards import full_model_state
 from trainyard.execution.configs import run_config, scaling_config
@@ -59,7 +60,7 @@ def fit(trainer: Any, train_data: Any, val_data: Any = None, resume_from: Any = 
 
     if isinstance(resume_from, (str, os.PathLike)) and not ckpt.is_ray_checkpoint(resume_from) and is_local(resume_from):
         # a missing or corrupt checkpoint is known here: say it once, before Ray and the workers start
-        ckpt.verify(ckpt.resolve(resume_from, warn=log.warning))
+        ckpt.verify(run_folder.resolve(resume_from, warn=log.warning))
     ensure_ray()
     training_config = trainer.training_config
     train_data, val_data = run_inputs(train_data, val_data, trainer.config, trainer.task_spec, on_ray=True)

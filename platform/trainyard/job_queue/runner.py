@@ -12,9 +12,9 @@ from pathlib import Path
 
 from trainyard._logging import get_logger, show_logs
 from trainyard._trust import check_private, make_private_dir
-from trainyard.engine.checkpoint import latest_valid
 from trainyard.engine.context import LocalContext
 from trainyard.engine.hooks import TrainingHooks
+from trainyard.engine.run_folder import latest_valid
 from trainyard.execution.configs import run_config, scaling_config
 from trainyard.execution.ingest import run_inputs
 from trainyard.execution.remote import loads

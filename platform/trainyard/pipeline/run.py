@@ -32,8 +32,9 @@ from typing import Any, Sequence
 
 from trainyard._logging import get_logger, show_logs
 from trainyard._trust import make_private_dir
-from trainyard.engine.checkpoint import load, resolve
+from trainyard.engine.checkpoint import load
 from trainyard.engine.results import results_as_json
+from trainyard.engine.run_folder import resolve
 from trainyard.execution.ingest import run_inputs
 from trainyard.experiment import build
 from trainyard.experiment.spec import ExperimentSpec, load_spec
