@@ -292,3 +292,49 @@ def test_a_full_disk_stops_the_run_naming_the_folder_and_its_last_good_checkpoin
     (tiny_disk / "filler").unlink()
     assert [p.name for p in run_folder.list_checkpoints(run)] == ["checkpoint_e0001_b0000006"] and not list(run.glob(".tmp-*"))
     ck.verify(run / "checkpoint_e0001_b0000006")
+
+
+def _edit_and_resign(path, fname, edit):
+    """Change one file of a checkpoint and sign the marker again: the files verify, the
+    contents are wrong (what an edit, or a fault before the save signed them, leaves)."""
+    edit(path / fname)
+    marker = json.loads((path / ck.MARKER).read_text())
+    marker["files"][fname] = ck.describe(path / fname)
+    (path / ck.MARKER).write_text(json.dumps(marker))
+
+
+def _state_edit(change):
+    def edit(file):
+        state = json.loads(file.read_text())
+        change(state)
+        file.write_text(json.dumps(state))
+    return edit
+
+
+def _wrong_shape(file):
+    state = torch.load(file, weights_only=True)
+    name = next(iter(state))
+    state[name] = torch.zeros(3, 3)
+    torch.save(state, file)
+
+
+@pytest.mark.parametrize(("fname", "edit", "message"), [
+    (ck.STATE_JSON, _state_edit(lambda s: s["position"].update(extra=1)), r"file trainer_state\.json: position holds \['batch_in_epoch', 'epoch', 'epoch_complete', 'extra'"),
+    (ck.STATE_JSON, _state_edit(lambda s: s.update(rng="x")), r"its random states \(rng in trainer_state\.json and state\.pt\) cannot be restored"),
+    (ck.STATE_JSON, lambda f: f.write_text("{not json"), r"file trainer_state\.json is not valid JSON"),
+    (ck.STATE_JSON, _state_edit(lambda s: s.update(train_size="many")), r"file trainer_state\.json: train_size is 'many', not a int"),
+    ("model.pt", _wrong_shape, r"does not fit this model: .*size mismatch"),
+], ids=["extra-position-key", "rng", "json", "train-size", "tensor-shape"])
+def test_contents_that_verify_but_are_wrong_are_named_and_a_run_directory_falls_back(tmp_path, caplog, fname, edit, message):
+    """They ended in a TypeError somewhere in the restore, and a resume from the run
+    directory picked the broken checkpoint anyway."""
+    whole = finished_run(tmp_path / "run", epochs=3)
+    newest = run_folder.list_checkpoints(tmp_path / "run")[-1]
+    _edit_and_resign(newest, fname, edit)
+    tc = TrainingConfig(epochs=3, checkpoint_dir=str(tmp_path / "run"), keep_last_n_checkpoints=None)
+    with pytest.raises(CheckpointError, match=rf"checkpoint {newest}.*{message}"):
+        Trainer(lm_factory(), CONFIG, tc).train(lm_samples(), resume_from=newest)
+    with caplog.at_level(logging.WARNING, logger="trainyard"):  # epoch 2's checkpoint, and epoch 3 trained again
+        resumed = Trainer(lm_factory(), CONFIG, tc).train(lm_samples(), resume_from=tmp_path / "run")
+    assert f"skipping checkpoint {newest}" in caplog.text and "falling back to an older checkpoint" in caplog.text
+    assert resumed["loss_history"] == whole["loss_history"]

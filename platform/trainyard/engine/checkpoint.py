@@ -33,6 +33,8 @@ from typing import Any, Iterator
 
 import torch
 
+from trainyard.engine import rng
+
 FORMAT_VERSION = 1
 MARKER = "COMPLETE"
 STATE_JSON = "trainer_state.json"
@@ -158,7 +160,9 @@ def load(path: str | os.PathLike, map_location: Any = "cpu") -> LoadedCheckpoint
             tensors[fname] = torch.load(path / fname, map_location=map_location, weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
             raise CheckpointError(f"checkpoint {path}: cannot load {fname} ({type(e).__name__}: {e})") from e
-    return LoadedCheckpoint(path, tensors["model.pt"], tensors["optimizer.pt"], tensors["state.pt"], _read_state(path))
+    loaded = LoadedCheckpoint(path, tensors["model.pt"], tensors["optimizer.pt"], tensors["state.pt"], _read_state(path))
+    _check_contents(loaded)
+    return loaded
 
 
 # What restoring reads from trainer_state.json (a "ranks" list of per-rank sums is optional).
@@ -180,6 +184,40 @@ def _read_state(path: Path) -> dict[str, Any]:
             "or by a version that saved less; resume from another checkpoint"
         )
     return state
+
+
+def _check_contents(loaded: LoadedCheckpoint) -> None:
+    """What restoring reads, of the kinds the save wrote. The files of a checkpoint can match
+    its marker and still be wrong (edited, or broken before they were signed): refused here,
+    naming the file and the field, instead of failing somewhere inside the restore."""
+    s, where = loaded.state, f"checkpoint {loaded.path}: file {STATE_JSON}"
+
+    def bad(field: str, problem: str) -> CheckpointError:
+        return CheckpointError(f"{where}: {field} {problem}; it is not what trainyard's save writes: resume from another checkpoint")
+
+    position = s["position"]
+    if not isinstance(position, dict) or set(position) != set(POSITION_KEYS):
+        raise bad("position", f"holds {sorted(position) if isinstance(position, dict) else position!r}, not {list(POSITION_KEYS)}")
+    if not all(isinstance(position[k], int) and position[k] >= 0 for k in POSITION_KEYS):
+        raise bad("position", f"holds {position!r}: whole numbers >= 0")
+    for field, kind in (("train_size", int), ("world_size", int), ("training_config", dict), ("history", dict), ("epoch_sums", dict)):
+        if not isinstance(s[field], kind) or isinstance(s[field], bool):
+            raise bad(field, f"is {s[field]!r}, not a {kind.__name__}")
+    if not set(s["epoch_sums"]) <= {"loss", "count", "correct", "seq_correct", "num_seqs"} or not all(
+            isinstance(v, (int, float)) for v in s["epoch_sums"].values()):  # fmt: skip
+        raise bad("epoch_sums", f"is {s['epoch_sums']!r}")
+    if s["window"] is not None and (not isinstance(s["window"], dict) or set(s["window"]) != {"count", "loss"}):
+        raise bad("window", f"is {s['window']!r}, not null or {{count, loss}}")
+    if not all(isinstance(s["history"].get(k), list) for k in ("loss", "grad_norm", "epochs")):
+        raise bad("history", "lacks its loss, grad_norm or epochs list")
+    extra = loaded.extra
+    try:
+        if not isinstance(extra, dict) or not isinstance(s["rng"], dict):
+            raise TypeError("not a mapping")
+        rng.check(extra["rng"], s["rng"])
+    except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint {loaded.path}: its random states (rng in {STATE_JSON} and state.pt) cannot be restored "
+                              f"({type(e).__name__}: {e}); resume from another checkpoint") from None
 
 
 def verify(path: Path) -> dict[str, Any]:

@@ -49,16 +49,9 @@ class TrainingLoop:
     """Trains `model` on `train_data`; see `train` for what comes back. Hooks receive it as
     their `trainer` argument."""
 
-    def __init__(
-        self,
-        model: nn.Module | Callable[[], nn.Module],
-        config: Any = None,
-        training_config: TrainingConfig | Mapping[str, Any] | None = None,
-        task_spec: TaskSpec | str | Mapping[str, Any] | None = None,
-        hooks: TrainingHooks | list[TrainingHooks] | None = None,
-        *,
-        observers: Sequence[Observer] = (),
-    ):
+    def __init__(self, model: nn.Module | Callable[[], nn.Module], config: Any = None, training_config: TrainingConfig | Mapping[str, Any] | None = None,
+                 task_spec: TaskSpec | str | Mapping[str, Any] | None = None, hooks: TrainingHooks | list[TrainingHooks] | None = None,
+                 *, observers: Sequence[Observer] = ()):  # fmt: skip
         if not isinstance(model, nn.Module) and not callable(model):
             raise TypeError(f"model must be a torch.nn.Module or a zero-argument function returning one, got {type(model).__name__}")
         self.model_or_factory = model
@@ -136,10 +129,12 @@ class TrainingLoop:
     def _setup(self, ctx: RunContext, train_data: Any, val_data: Any, resume_from: Any) -> Run:
         cfg = self.training_config
         train_ds, val_ds = setup.datasets(train_data, val_data, ctx, cfg)
-        loaded = setup.checkpoint_to_load(ctx, resume_from, warn=log.warning)
-        if loaded is None:
+        source = setup.resume_source(ctx, resume_from)
+        if source is None:
             rng.seed_everything(cfg.random_seed)  # before the factory: model init is seeded too
-        parts = setup.build_parts(self.model_or_factory, cfg, ctx, loaded)
+        raw_model = setup.build_model(self.model_or_factory)
+        loaded = setup.checkpoint_to_load(source, raw_model, warn=log.warning)
+        parts = setup.build_parts(raw_model, cfg, ctx, loaded)
         self.model, self.optimizer = parts.raw_model, parts.optimizer
         self.batches_per_epoch = batches_per_epoch(len(train_ds), cfg.batch_size, ctx.world_size)
         if loaded is not None and self.task_spec is None and loaded.state.get("task_spec"):

@@ -31,6 +31,18 @@ def capture() -> tuple[dict[str, Any], dict[str, Any]]:
     return tensors, plain
 
 
+def check(tensors: dict[str, Any], plain: dict[str, Any]) -> None:
+    """Raise (TypeError, ValueError, KeyError, ...) unless `restore` would take these states:
+    they are tried on throwaway generators, so the run's own streams are not touched."""
+    version, mt_state, gauss = plain["python"]
+    random.Random().setstate((version, tuple(mt_state), gauss))
+    np_kind, np_pos, np_has_gauss, np_gauss = plain["numpy"]
+    np.random.RandomState().set_state((np_kind, tensors["numpy_keys"].numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
+    torch.Generator().set_state(tensors["torch"])
+    if not isinstance(tensors["cuda"], (list, tuple)) or not all(isinstance(t, torch.Tensor) for t in tensors["cuda"]):
+        raise TypeError(f"cuda states must be a list of tensors, not {type(tensors['cuda']).__name__}")
+
+
 def restore(tensors: dict[str, Any], plain: dict[str, Any]) -> None:
     version, mt_state, gauss = plain["python"]
     random.setstate((version, tuple(mt_state), gauss))

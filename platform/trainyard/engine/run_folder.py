@@ -25,28 +25,40 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 def latest_valid(run_dir: Path, warn=None) -> Path | None:
     """The newest checkpoint in `run_dir` that verifies; bad ones are reported and skipped."""
+    return next(iter(_verified(run_dir, warn)), None)
+
+
+def _verified(run_dir: Path, warn=None):
+    """The checkpoints of `run_dir` that verify, newest first (lazily: a caller that needs
+    only the newest verifies no more); bad ones are reported through `warn` and left out."""
     for candidate in reversed(list_checkpoints(run_dir)):
         try:
             verify(candidate)
-            return candidate
         except CheckpointError as e:
             if warn:
                 warn(f"skipping {e}; falling back to an older checkpoint")
-    return None
+            continue
+        yield candidate
 
 
-def resolve(path: str | os.PathLike, warn=None) -> Path:
-    """A checkpoint directory itself, or the newest valid checkpoint of a run directory."""
+def candidates(path: str | os.PathLike, warn=None) -> list[Path]:
+    """What a resume from `path` may use, newest first: the checkpoint itself, or a run
+    directory's checkpoints that verify (bad ones reported through `warn` and left out)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if _looks_like_checkpoint(path):
-        return path
+        return [path]
     put_back_moved_aside(path)
-    found = latest_valid(path, warn)
-    if found is None:
+    found = list(_verified(path, warn))
+    if not found:
         raise CheckpointError(f"checkpoint: no valid checkpoint found in run directory {path}")
     return found
+
+
+def resolve(path: str | os.PathLike, warn=None) -> Path:
+    """A checkpoint directory itself, or the newest valid checkpoint of a run directory."""
+    return candidates(path, warn)[0]
 
 
 def open_for_writing(run_dir: Path) -> None:

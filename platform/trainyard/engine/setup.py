@@ -1,8 +1,9 @@
 """Setup: the parts a run is built from, each from the TrainingConfig.
 
     datasets(train, val, ctx, cfg)     the data as datasets, checked against the world size
-    checkpoint_to_load(ctx, resume)    the checkpoint a run continues from (the environment's first)
-    build_parts(factory, cfg, ctx, loaded)  model, its wrapped form, optimizer and AMP, state loaded
+    resume_source(ctx, resume_from)    where a run continues from (the environment's checkpoint first)
+    checkpoint_to_load(source, model)  the newest checkpoint there that loads into the model
+    build_parts(model, cfg, ctx, loaded)   its wrapped form, optimizer and AMP, state loaded
     build_model(model_or_factory)      the user's module (a factory is called here, seeded)
     build_optimizer(model, cfg)        AdamW, weight decay on matrices only
     amp_policy(cfg, device)            autocast dtype and GradScaler
@@ -85,14 +86,33 @@ def check_token_ids(model: nn.Module, config: Any, train_ds: Any, val_ds: Any, t
     return vocab_size if train_ds.id_range() is None else None
 
 
-def checkpoint_to_load(ctx: RunContext, resume_from: Any, warn: Callable[[str], None]) -> ckpt.LoadedCheckpoint | None:
-    """The environment's checkpoint (after a restart it is newer than `resume_from`), else
-    `resume_from`'s (a run directory: its newest valid one), verified and loaded; None for a
-    fresh run."""
+def resume_source(ctx: RunContext, resume_from: Any) -> Path | None:
+    """Where a run continues from: the environment's checkpoint (after a restart it is newer
+    than `resume_from`), else `resume_from` (a checkpoint, or a run directory); None: fresh."""
     path = ctx.checkpoint_to_resume()
-    if path is None and resume_from is not None:
-        path = run_folder.resolve(ckpt.local_path(resume_from), warn=warn)
-    return ckpt.load(path) if path is not None else None
+    return path if path is not None else (ckpt.local_path(resume_from) if resume_from is not None else None)
+
+
+def checkpoint_to_load(source: Path | None, model: nn.Module, warn: Callable[[str], None]) -> ckpt.LoadedCheckpoint | None:
+    """The checkpoint at `source`, loaded, its weights read into `model`; a run directory's
+    are tried newest first, and one that does not load or does not fit the model is skipped
+    (through `warn`) for an older one. None for a fresh run."""
+    if source is None:
+        return None
+    *newer, oldest = run_folder.candidates(source, warn=warn)
+    for candidate in newer:
+        try:
+            return _load_into(candidate, model)
+        except ckpt.CheckpointError as e:
+            warn(f"skipping {e}; falling back to an older checkpoint")
+    return _load_into(oldest, model)
+
+
+def _load_into(path: Path, model: nn.Module) -> ckpt.LoadedCheckpoint:
+    loaded = ckpt.load(path)
+    if not loaded.sharded:  # a sharded one is read into the model as it is laid out (build_parts)
+        load_model_state(model, loaded)
+    return loaded
 
 
 @dataclass
@@ -104,12 +124,10 @@ class Parts:
     scaler: Any
 
 
-def build_parts(model_or_factory: nn.Module | Callable[[], nn.Module], cfg: TrainingConfig, ctx: RunContext, loaded: ckpt.LoadedCheckpoint | None) -> Parts:
-    """The model (prepared for `ctx`), optimizer and AMP policy, with `loaded`'s state read
-    into them: whole, or a sharded checkpoint resharded to how they are laid out here."""
-    raw_model = build_model(model_or_factory)
-    if loaded is not None and not loaded.sharded:
-        load_model_state(raw_model, loaded)
+def build_parts(raw_model: nn.Module, cfg: TrainingConfig, ctx: RunContext, loaded: ckpt.LoadedCheckpoint | None) -> Parts:
+    """The model prepared for `ctx`, its optimizer and AMP policy, with `loaded`'s state read
+    into them (a sharded checkpoint resharded to how they are laid out here; a whole one's
+    weights are in `raw_model` already)."""
     if cfg.activation_checkpointing:
         checkpoint_activations(raw_model, cfg.fsdp_wrap)
     model = ctx.prepare_model(raw_model)
@@ -118,7 +136,10 @@ def build_parts(model_or_factory: nn.Module | Callable[[], nn.Module], cfg: Trai
     if loaded is not None and loaded.sharded:
         ctx.load_state(loaded.path, raw_model, optimizer, grads=bool(loaded.state.get("sharded_grads")))
     elif loaded is not None:
-        optimizer.load_state_dict(loaded.optimizer)
+        try:
+            optimizer.load_state_dict(loaded.optimizer)
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise ckpt.CheckpointError(f"checkpoint {loaded.path}: file optimizer.pt does not fit this model's optimizer ({type(e).__name__}: {e})") from e
     if loaded is not None and scaler is not None and loaded.extra.get("scaler"):
         scaler.load_state_dict(loaded.extra["scaler"])
     return Parts(raw_model, model, optimizer, amp_dtype, scaler)
@@ -137,7 +158,7 @@ def load_model_state(model: nn.Module, loaded: ckpt.LoadedCheckpoint) -> None:
     try:
         model.load_state_dict(loaded.model)
     except RuntimeError as e:
-        raise ckpt.CheckpointError(f"checkpoint {loaded.path} does not fit this model: {e}") from e
+        raise ckpt.CheckpointError(f"checkpoint {loaded.path} does not fit this model: {' '.join(str(e).split())}") from e  # PyTorch's lines, on one
 
 
 def blocks(model: nn.Module, class_names: tuple[str, ...] | None = None) -> list[nn.Module]:
