@@ -6,10 +6,11 @@ and propagation on: an application that configures logging (a root handler, a le
 
 `show_logs()` is what an application that configured nothing gets: one concise
 `[trainyard] ...` line per event on stderr, at `TRAINYARD_LOG_LEVEL` (DEBUG, INFO, WARNING,
-...; INFO by default). The `trainyard` command calls it, and so do trainyard's own processes
-(Ray workers, Tune trials, jobs) and its entry points (the training loop, sweeps, the main
+...; INFO by default). trainyard's entry points call it (the training loop, sweeps, the main
 job, the job queue). It changes nothing once the application has handlers of its own, and
-its line stays silent while the root logger has a handler, so no line is printed twice.
+its line stays silent while the root logger has a handler, so no line is printed twice. Where trainyard is the application (the `trainyard`
+command, and the processes it runs itself: Ray Train workers, Tune trials, jobs)
+`own_process_logs()` sets its level and line, whatever Ray put on the root logger there.
 """
 
 from __future__ import annotations
@@ -27,16 +28,18 @@ def get_logger(name: str = ROOT) -> logging.Logger:
     return logging.getLogger(name)
 
 
-class _DefaultLine(logging.StreamHandler):
-    """trainyard's lines on stderr, for as long as the application has no handler of its own
-    on the root logger (where the lines go instead, by propagation)."""
+class _Line(logging.StreamHandler):
+    """trainyard's lines on stderr. `always`: in a process trainyard runs itself; else only
+    while the application has no handler of its own on the root logger (where the lines go
+    instead, by propagation)."""
 
-    def __init__(self) -> None:
+    def __init__(self, always: bool) -> None:
         super().__init__(sys.stderr)
+        self.always = always
         self.setFormatter(logging.Formatter("[trainyard] %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
-        if not logging.getLogger().handlers:
+        if self.always or not logging.getLogger().handlers:
             super().emit(record)
 
 
@@ -46,8 +49,23 @@ def show_logs() -> None:
     level = os.environ.get("TRAINYARD_LOG_LEVEL")
     if level:
         logger.setLevel(level.upper())
-    if any(isinstance(h, _DefaultLine) for h in logger.handlers) or logging.getLogger().handlers:
+    if any(isinstance(h, _Line) for h in logger.handlers) or logging.getLogger().handlers:
         return  # shown already, or the application's own logging takes the lines
     if not level and logger.level == logging.NOTSET:
         logger.setLevel(logging.INFO)
-    logger.addHandler(_DefaultLine())
+    logger.addHandler(_Line(always=False))
+
+
+def own_process_logs() -> None:
+    """In a process trainyard runs itself (a Ray Train worker, a Tune trial, a job's task)
+    trainyard is the application: its lines go to stderr, which Ray forwards to the driver
+    and the job's log, at TRAINYARD_LOG_LEVEL (INFO by default), and not also through the
+    handlers Ray puts on that process's root logger (they would print them twice)."""
+    logger = logging.getLogger(ROOT)
+    logger.setLevel((os.environ.get("TRAINYARD_LOG_LEVEL") or "INFO").upper())
+    for handler in logger.handlers:
+        if isinstance(handler, _Line):
+            handler.always = True
+    if not any(isinstance(h, _Line) for h in logger.handlers):
+        logger.addHandler(_Line(always=True))
+    logger.propagate = False

@@ -93,9 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*getattr(args, "overrides", []), *extra]
     if getattr(args, "verbose", False):
         os.environ["TRAINYARD_LOG_LEVEL"] = "DEBUG"
-    from trainyard._logging import show_logs
+    from trainyard._logging import own_process_logs
 
-    show_logs()  # the command is the application: it shows trainyard's lines
+    own_process_logs()  # the command is the application: its lines, whatever else set up logging here
     try:
         if args.command == "train":
             return _train(args)

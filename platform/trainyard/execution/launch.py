@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainyard._logging import get_logger
+from trainyard._logging import get_logger, own_process_logs
 from trainyard.engine import checkpoint as ckpt
 from trainyard.engine import run_folder
 from trainyard.engine.loop import TrainingLoop
@@ -105,6 +105,7 @@ def fit(trainer: Any, train_data: Any, val_data: Any = None, resume_from: Any = 
 def _train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     """Runs in every Ray Train worker: the engine loop, with the Ray run context."""
     p: _Payload = config["payload"]
+    own_process_logs()
     if not verbose():
         _quiet_worker_logs()
     # This rank writes its checkpoints here; Ray copies each into the run's storage and the

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from trainyard._logging import get_logger, show_logs
+from trainyard._logging import get_logger, own_process_logs, show_logs
 from trainyard._trust import check_private, make_private_dir
 from trainyard.engine.config import TrainingConfig
 from trainyard.engine.data.inputs import as_dataset
@@ -291,6 +291,7 @@ def _with_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
 
 def _trial(params: dict[str, Any], payload: _TrialInputs) -> None:
     """One Tune trial: the engine loop with the sampled parameters."""
+    own_process_logs()
     if not verbose():
         logging.getLogger("trainyard").setLevel(logging.WARNING)  # the driver's table speaks for trials
     training, model_overrides = payload.space.split({p.name: params[p.name] for p in payload.space.params})

@@ -10,7 +10,7 @@ import time
 import traceback
 from pathlib import Path
 
-from trainyard._logging import get_logger, show_logs
+from trainyard._logging import get_logger, own_process_logs
 from trainyard._trust import check_private, make_private_dir
 from trainyard.engine.context import LocalContext
 from trainyard.engine.hooks import TrainingHooks
@@ -52,7 +52,7 @@ def log_path(checkpoint_dir: str | Path) -> Path:
 def job_log(path: Path):
     """Append the `trainyard` logger's lines to `path` (once per process) while in the block."""
     logger = logging.getLogger("trainyard")
-    show_logs()  # the job's process: the default line and level, which the file gets too
+    own_process_logs()  # the job's process is trainyard's: its level and line, which the file gets too
     if any(getattr(h, "baseFilename", None) == str(path) for h in logger.handlers):
         yield
         return
