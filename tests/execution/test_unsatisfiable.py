@@ -52,6 +52,11 @@ def test_rays_noise_after_a_good_run_is_dropped_and_everything_else_kept():
         "    ray.get(self._cleaner.stop.remote(), timeout=self._stop_timeout)",
         "ray.exceptions.GetTimeoutError: Get timed out: some object(s) not ready.",
         "[2026-11-26 05:16:27,436 E 32737 32767] core_worker.cc:2465: Actor with class name: 'PreemptionWatcher' and ID: '2ac9' has constructor arguments",
+        "Failed to send resource request for train-3f2a. If this only happens transiently during network partition or CPU being overloaded, "
+        "it's safe to ignore this error. If this error persists, file a GitHub issue.",
+        "Traceback (most recent call last):",
+        '  File "/ray/train/v2/_internal/execution/scaling_policy/autoscaling_coordinator_client.py", line 58, in send_resource_request',
+        "ray.exceptions.GetTimeoutError: Get timed out: some object(s) not ready.",
         "final_loss 1.3788; checkpoint /runs/x",
         "Traceback (most recent call last):",  # a real failure is never dropped
         "ValueError: bad",

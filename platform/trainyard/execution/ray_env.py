@@ -163,6 +163,11 @@ RAY_NOISE = (
     # times out after a successful run, and the cleaner exits anyway. (Its other failure,
     # "Found multiple active Ray instances", is prevented: see _connect.)
     re.compile(r"Failed to stop PlacementGroupCleaner gracefully"),
+    # Ray Train's controller asks the autoscaling coordinator for its workers' resources with
+    # a 5 s timeout, and on a busy machine that times out once; it asks again, the run goes
+    # on, and Ray's own warning says a transient one is safe to ignore: it printed a
+    # GetTimeoutError traceback into runs that then succeeded.
+    re.compile(r"Failed to send resource request for "),
 )
 _TRACEBACK_LINE = re.compile(r"^(Traceback \(most recent call last\)|\s|[\w.]+(Error|Exception|Exit)\b|The above exception|During handling)")
 
