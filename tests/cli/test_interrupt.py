@@ -38,3 +38,44 @@ def test_ctrl_c_saves_the_position_and_prints_how_to_resume(tmp_path):
     resumed = subprocess.run([sys.executable, "-m", "trainyard.cli.main", *command.split()[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {checkpoint}" in resumed.stderr
+
+
+def _stop_once(argv, signum, after: str, env=None):
+    """Start `trainyard ...`, send `signum` once a line holds `after`; (exit code, output)."""
+    proc = subprocess.Popen([sys.executable, "-m", "trainyard.cli.main", *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if after in line:
+            break
+    proc.send_signal(signum)
+    return proc.wait(timeout=180), "".join(lines) + proc.stdout.read()
+
+
+@pytest.mark.slow
+def test_sigterm_in_this_process_saves_the_position_like_ctrl_c(tmp_path):
+    """SIGTERM is what a scheduler or a preempted VM sends."""
+    overrides = ["data.train_size=4000", "data.val_size=100", "epochs=3", f"checkpoint_dir={tmp_path / 'run'}"]
+    code, out = _stop_once(["train", CONFIG, *overrides], signal.SIGTERM, "training as")
+    assert code == 143 and "Traceback" not in out, out
+    match = re.search(r"stopped \(SIGTERM\): the position is saved in (\S+)\. Resume with:\n  trainyard train .* --resume \1\n", out)
+    assert match, out
+    from trainyard.engine import checkpoint as ck
+
+    ck.verify(ck.Path(match.group(1)))
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_ray_run_says_how_to_resume_and_the_command_does(tmp_path):
+    """It exited -6 with Ray's C++ 'SIGTERM received' dump and no word of resuming."""
+    env = None  # each command starts its own local Ray, as `trainyard train --workers 2` does on one machine
+    tiny = ["data.train_size=2000", "data.val_size=50", "epochs=3", "model.d_model=32", "model.n_layers=1"]
+    argv = ["train", CONFIG, *tiny, "--workers", "2", "--storage-path", str(tmp_path / "runs")]
+    code, out = _stop_once(argv, signal.SIGTERM, "epoch 1/3", env=env)
+    assert code == 143 and "Traceback" not in out and "SIGTERM received" not in out, out
+    match = re.search(r"trainyard: stopped \(SIGTERM\): run (\S+) keeps its checkpoints; resume it with: (trainyard train .*)\n", out)
+    assert match, out
+    name, command = match.groups()
+    resumed = subprocess.run([sys.executable, "-m", "trainyard.cli.main", *command.split()[1:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stderr.count(f"resumed from {tmp_path / 'runs' / name}/checkpoint_e0001") == 1  # one line, not one per rank

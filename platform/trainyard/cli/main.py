@@ -96,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from trainyard._logging import own_process_logs
 
     own_process_logs()  # the command is the application: its lines, whatever else set up logging here
+    _stop_on_sigterm()
     try:
         if args.command == "train":
             return _train(args)
@@ -112,10 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(f"report: {write_report(args.run_dir)}")
             return 0
-    except KeyboardInterrupt:
-        again = " (run the same command again to resume)" if args.command == "run" else ""
-        print(f"trainyard: interrupted{again}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"trainyard: {_stopped_how(e)}{_how_to_resume(args)}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if _terminated(e) else signal.SIGINT)
     except Exception as e:  # noqa: BLE001 - sorted below: the user's mistakes, or ours
         cause = user_error(e)
         if cause is None:
@@ -127,6 +127,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trainyard: error: {cause}", file=sys.stderr)
         return 2
     return 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler stopping the job, a preempted VM): the command stops as on Ctrl-C."""
+
+
+class _SigtermStops:
+    """The handler: raises Terminated, and remembers it was called (Ray's ray.get turns what a
+    signal handler raises into a plain KeyboardInterrupt)."""
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.received = True
+        raise Terminated()
+
+
+def _stop_on_sigterm() -> None:
+    """From here on SIGTERM stops the command the way Ctrl-C does (trainyard's Ray connection
+    keeps this handler: ray_env.ensure_ray)."""
+    signal.signal(signal.SIGTERM, _SigtermStops())
+
+
+def _terminated(e: BaseException) -> bool:
+    handler = signal.getsignal(signal.SIGTERM)
+    return isinstance(e, Terminated) or (isinstance(handler, _SigtermStops) and handler.received)
+
+
+def _stopped_how(e: BaseException) -> str:
+    return "stopped (SIGTERM)" if _terminated(e) else "interrupted"
+
+
+def _how_to_resume(args: argparse.Namespace) -> str:
+    """What the same command needs to continue where a stopped one was (its run's name: the
+    CLI names a Ray run it starts, so that a stop can say it)."""
+    if args.command == "run":
+        return ": run the same command again to resume"
+    if args.command == "train" and args.workers:
+        storage = ["--storage-path", args.storage_path] if args.storage_path else []
+        again = ["trainyard", "train", args.config, *args.overrides, "--workers", str(args.workers), "--name", args.name, *storage]
+        return f": run {args.name} keeps its checkpoints; resume it with: {shlex.join(again)}"
+    if args.command == "tune":
+        storage = ["--storage-path", args.storage_path] if args.storage_path else []
+        again = ["trainyard", "tune", args.space, "--config", args.config, *args.overrides, "--name", args.name, *storage]
+        return f": the sweep keeps its finished trials; resume it with: {shlex.join(again)}"
+    return ""
 
 
 def user_error(e: BaseException) -> BaseException | None:
@@ -156,6 +203,10 @@ def _train(args: argparse.Namespace) -> int:
     if args.workers < 0:
         raise ValueError(f"--workers {args.workers}: give 0 (this process) or a number of Ray Train workers")
     log = get_logger("trainyard.cli")
+    if args.workers:
+        from trainyard.execution.remote import run_name
+
+        args.name = args.name or run_name("trainyard")  # named here, so that a stopped run can say how to resume it
     interrupt = _stop_on_interrupt() if not args.workers else None
     with interrupt or contextlib.nullcontext():
         results = run_experiment(
@@ -168,10 +219,11 @@ def _train(args: argparse.Namespace) -> int:
             resume_from=args.resume,
             hooks=[interrupt] if interrupt else None,
         )
-    if interrupt is not None and interrupt.stopped:
+    if interrupt is not None and interrupt.signum is not None:
         resume = shlex.join(["trainyard", "train", args.config, *args.overrides, "--resume", str(results["checkpoint_path"])])
-        log.info("interrupted: the position is saved in %s. Resume with:\n  %s", results["checkpoint_path"], resume)
-        return 130
+        how = "stopped (SIGTERM)" if interrupt.signum == signal.SIGTERM else "interrupted"
+        log.info("%s: the position is saved in %s. Resume with:\n  %s", how, results["checkpoint_path"], resume)
+        return 128 + interrupt.signum
     summary = results["metrics_summary"]
     last = summary.iloc[-1].to_dict() if len(summary) else {}
     exact = f", validation exact match {100 * last['val/exact_match']:.1f}%" if "val/exact_match" in last else ""
@@ -192,29 +244,31 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _stop_on_interrupt():
-    """A hook for an in-process run: the first Ctrl-C asks the trainer to stop after the
-    current batch, saving a checkpoint of that position (as `request_stop` does); a second
-    one interrupts at once. Use it as a context manager around the run."""
+    """A hook for an in-process run: the first Ctrl-C or SIGTERM asks the trainer to stop
+    after the current batch, saving a checkpoint of that position (as `request_stop` does);
+    a second one interrupts at once. Use it as a context manager around the run."""
     from trainyard.engine.hooks import TrainingHooks
 
     class StopOnInterrupt(TrainingHooks):
         def __init__(self) -> None:
-            self.stopped = False
+            self.signum: int | None = None  # the signal that stopped the run
             self._trainer = None
 
         def __enter__(self) -> "StopOnInterrupt":
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
             return self
 
         def __exit__(self, *exc: object) -> None:
-            signal.signal(signal.SIGINT, self._previous)
+            for s, handler in self._previous.items():
+                signal.signal(s, handler)
 
         def _handle(self, signum: int, frame: object) -> None:
-            if self.stopped or self._trainer is None:
-                raise KeyboardInterrupt
-            self.stopped = True
-            self._trainer.request_stop("interrupted (Ctrl-C)")
-            print("\ntrainyard: stopping after this batch and saving its position (Ctrl-C again to quit at once)", file=sys.stderr)
+            if self.signum is not None or self._trainer is None:
+                raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+            self.signum = signum
+            name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+            self._trainer.request_stop(f"interrupted ({name})")
+            print(f"\ntrainyard: stopping after this batch and saving its position ({name} again to quit at once)", file=sys.stderr)
 
         def on_train_begin(self, trainer, train_dataset, val_dataset) -> None:
             self._trainer = trainer
@@ -224,7 +278,9 @@ def _stop_on_interrupt():
 
 def _tune(args: argparse.Namespace) -> int:
     from trainyard.cli.runners import run_sweep
+    from trainyard.execution.remote import run_name
 
+    args.name = args.name or run_name("sweep")  # named here, so that a stopped sweep can say how to resume it
     result = run_sweep(
         args.space,
         args.config,

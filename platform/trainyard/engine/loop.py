@@ -161,12 +161,13 @@ class TrainingLoop:
         check_resumable(loaded, cfg, len(run.train_ds), run.ctx.world_size)
         state = restore(run, loaded)  # last: it restores the RNG streams
         run.task.confirmed = True
+        say = log.info if run.ctx.is_main else log.debug  # every rank resumes; one says so
         if state.epoch > cfg.epochs:
-            log.info("%s is the end of a finished run: all %d epochs are trained, nothing is left to do (raise epochs to train further)", loaded.path, cfg.epochs)
+            say("%s is the end of a finished run: all %d epochs are trained, nothing is left to do (raise epochs to train further)", loaded.path, cfg.epochs)
         else:
-            log.info("resumed from %s (epoch %d, step %d)", loaded.path, state.epoch, state.global_step)
+            say("resumed from %s (epoch %d, step %d)", loaded.path, state.epoch, state.global_step)
         for change in describe_changes(loaded, cfg, len(run.train_ds)):
-            log.info("changed since that checkpoint: %s", change)
+            say("changed since that checkpoint: %s", change)
         return state
 
     # -- one epoch -----------------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import signal
 import socket
 import sys
 import tempfile
@@ -58,12 +60,26 @@ def ensure_ray(num_cpus: int | None = None, py_modules: list[str] | None = None)
         if ray.is_initialized():
             return
         if threading.current_thread() is threading.main_thread():
-            _connect(ray, num_cpus, py_modules)
+            with _keeping_sigterm():
+                _connect(ray, num_cpus, py_modules)
         else:
             _connect_from_a_lasting_thread(ray, num_cpus, py_modules)
 
 
 _CONNECTING = threading.Lock()
+
+
+@contextlib.contextmanager
+def _keeping_sigterm():
+    """ray.init sets SIGTERM handlers of its own (they exit, with a C++ dump and no word of
+    the run): an application that handles SIGTERM itself (the trainyard command stops a run
+    as on Ctrl-C) keeps its handler. One that set none gets Ray's."""
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if callable(previous):
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _connect_from_a_lasting_thread(ray, num_cpus: int | None, py_modules: list[str] | None) -> None:
