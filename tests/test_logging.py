@@ -39,3 +39,19 @@ def test_the_application_sets_the_level(tmp_path):
     prelude = "import logging\nlogging.basicConfig(level=logging.WARNING)\n"
     assert "epoch 1/1" not in _run(tmp_path, prelude)
     assert "epoch 1/1" not in _run(tmp_path, env={"TRAINYARD_LOG_LEVEL": "WARNING"})
+
+
+def test_the_command_leaves_an_in_process_callers_logging_and_sigterm_as_they_were(tmp_path):
+    """`trainyard.cli.main.main([...])` called in a process of its own (a test, a notebook)
+    sets up trainyard's lines for the command only: its handler had outlived the stream it
+    wrote to, and stopped propagation for everything after."""
+    import logging
+    import signal
+
+    import trainyard._logging  # noqa: F401 - the library's NullHandler is on its logger from its first import
+    from trainyard.cli.main import main
+
+    logger = logging.getLogger("trainyard")
+    before = (logger.level, list(logger.handlers), logger.propagate, signal.getsignal(signal.SIGTERM))
+    assert main(["report", str(tmp_path / "nothing-here")]) == 2
+    assert (logger.level, list(logger.handlers), logger.propagate, signal.getsignal(signal.SIGTERM)) == before

@@ -15,6 +15,7 @@ command, and the processes it runs itself: Ray Train workers, Tune trials, jobs)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -34,9 +35,18 @@ class _Line(logging.StreamHandler):
     instead, by propagation)."""
 
     def __init__(self, always: bool) -> None:
-        super().__init__(sys.stderr)
+        super().__init__()
         self.always = always
         self.setFormatter(logging.Formatter("[trainyard] %(message)s"))
+
+    @property
+    def stream(self):
+        """stderr as it is now (a caller that redirects it, or captures it, gets the lines)."""
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
 
     def emit(self, record: logging.LogRecord) -> None:
         if self.always or not logging.getLogger().handlers:
@@ -54,6 +64,21 @@ def show_logs() -> None:
     if not level and logger.level == logging.NOTSET:
         logger.setLevel(logging.INFO)
     logger.addHandler(_Line(always=False))
+
+
+@contextlib.contextmanager
+def command_logs():
+    """`own_process_logs()` for as long as a command runs; then the `trainyard` logger is as
+    it was (code that calls the command's main() in its own process keeps its logging)."""
+    logger = logging.getLogger(ROOT)
+    saved = (logger.level, list(logger.handlers), logger.propagate)
+    own_process_logs()
+    try:
+        yield
+    finally:
+        logger.setLevel(saved[0])
+        logger.handlers[:] = saved[1]
+        logger.propagate = saved[2]
 
 
 def own_process_logs() -> None:

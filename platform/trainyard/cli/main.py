@@ -93,10 +93,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*getattr(args, "overrides", []), *extra]
     if getattr(args, "verbose", False):
         os.environ["TRAINYARD_LOG_LEVEL"] = "DEBUG"
-    from trainyard._logging import own_process_logs
+    from trainyard._logging import command_logs
 
-    own_process_logs()  # the command is the application: its lines, whatever else set up logging here
+    previous = signal.getsignal(signal.SIGTERM)
     _stop_on_sigterm()
+    try:
+        with command_logs():  # the command is the application: its lines, whatever else set up logging here
+            return _dispatch(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the command; a user's mistake is one line and exit code 2, a stop says how to resume."""
     try:
         if args.command == "train":
             return _train(args)
