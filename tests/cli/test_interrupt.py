@@ -69,13 +69,18 @@ def test_sigterm_in_this_process_saves_the_position_like_ctrl_c(tmp_path):
 def test_sigterm_to_a_ray_run_says_how_to_resume_and_the_command_does(tmp_path):
     """It exited -6 with Ray's C++ 'SIGTERM received' dump and no word of resuming."""
     env = None  # each command starts its own local Ray, as `trainyard train --workers 2` does on one machine
-    tiny = ["data.train_size=2000", "data.val_size=50", "epochs=3", "model.d_model=32", "model.n_layers=1"]
+    # Epochs of a fraction of a second, and enough of them that the stop lands mid-run however
+    # long the signal takes to reach the workers.
+    tiny = ["data.train_size=2000", "data.val_size=50", "epochs=30", "model.d_model=32", "model.n_layers=1"]
     argv = ["train", CONFIG, *tiny, "--workers", "2", "--storage-path", str(tmp_path / "runs")]
-    code, out = _stop_once(argv, signal.SIGTERM, "epoch 1/3", env=env)
+    code, out = _stop_once(argv, signal.SIGTERM, "epoch 1/30", env=env)
     assert code == 143 and "Traceback" not in out and "SIGTERM received" not in out, out
     match = re.search(r"trainyard: stopped \(SIGTERM\): run (\S+) keeps its checkpoints; resume it with: (trainyard train .*)\n", out)
     assert match, out
     name, command = match.groups()
+    left = {str(p) for p in (tmp_path / "runs" / name).glob("checkpoint_e*")}
+    assert left and not any("checkpoint_e0030" in p for p in left), out  # epoch 1 had ended, the last had not
     resumed = subprocess.run([sys.executable, "-m", "trainyard.cli.main", *command.split()[1:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert resumed.stderr.count(f"resumed from {tmp_path / 'runs' / name}/checkpoint_e0001") == 1  # one line, not one per rank
+    lines = re.findall(r"resumed from (\S+)", resumed.stderr)
+    assert lines == [max(left)], resumed.stderr[-3000:]  # from the newest it kept; one line, not one per rank
