@@ -36,3 +36,12 @@ def test_a_run_name_is_one_folder_and_never_a_path():
     for bad in ("../../x", "/abs", "a/b", "a\\b", "..", ".", "", " ", "x\x00"):
         with pytest.raises(ValueError, match=r"must be one folder name .* not a path: the run writes in <storage>/<name>"):
             storage.folder_name(bad)
+
+
+def test_a_small_file_is_written_whole_and_read_back(tmp_path):
+    target = tmp_path / "deeper" / "state.json"
+    assert storage.read_text(target) is None  # nothing there yet: None, not an error
+    storage.write_text(target, "old")
+    storage.write_text(str(target), "new")
+    assert storage.read_text(f"file://{target}") == "new"
+    assert [p.name for p in target.parent.iterdir()] == ["state.json"]  # the temporary file was renamed, not left

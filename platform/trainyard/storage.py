@@ -13,6 +13,8 @@ through AWS's own variables: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...), `gs://..
                                      folder; absolute paths and URIs as they are
     default_storage()                where runs persist when no location is given
     folder_name(name, what)          a run's name, which names its folder: one folder, never a path
+    read_text(location)              a small file's text, None where there is none
+    write_text(location, text)       a small file written whole (replaced atomically where local)
 """
 
 from __future__ import annotations
@@ -78,3 +80,35 @@ def default_storage() -> str:
     if "runtime_resources" in cwd and any(part.startswith("_ray_pkg_") for part in cwd):
         return str(DURABLE_STORAGE.expanduser())
     return DEFAULT_STORAGE
+
+
+def read_text(location: str | os.PathLike) -> str | None:
+    """The text of a small file at a path or URI; None where there is no such file."""
+    if is_local(location):
+        path = Path(absolute(location))
+        return path.read_text() if path.is_file() else None
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(os.fspath(location))
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as stream:
+        return stream.read().decode()
+
+
+def write_text(location: str | os.PathLike, text: str) -> None:
+    """Write a small file whole: locally through a temporary file and a rename, so that a
+    reader (or a process killed mid-write) sees the old text or the new, never half; to
+    object storage as one PUT, which is whole by nature."""
+    if is_local(location):
+        path = Path(absolute(location))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        partial.write_text(text)
+        os.replace(partial, path)
+        return
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(os.fspath(location))
+    with fs.open_output_stream(path) as stream:
+        stream.write(text.encode())

@@ -13,6 +13,7 @@ import copy
 import difflib
 import functools
 import inspect
+import json
 import logging
 import math
 import os
@@ -38,11 +39,12 @@ from trainyard.execution.ray_env import check_satisfiable, cluster_resources, en
 from trainyard.execution.remote import absolute, check_picklable, run_name
 from trainyard.hpo.report import trial_number, write_outputs
 from trainyard.hpo.space import SearchSpace, load_search_space
-from trainyard.storage import default_storage, folder_name, is_local
+from trainyard.storage import default_storage, folder_name, is_local, read_text, write_text
 from trainyard.trainer import Trainer
 
 log = get_logger("trainyard.hpo")
 SCHEDULERS = ("asha", "median", "none")
+SCHEDULER_STATE = "scheduler_state.json"  # in the sweep folder: what ASHA has seen and decided
 _RAY_RESOURCE = {"cpu": "CPU", "gpu": "GPU"}  # resources_per_trial's keys, as Ray names them
 
 
@@ -151,7 +153,7 @@ def sweep(
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=_searcher(space, seed, max_concurrent or _default_concurrency(resources, workers_per_trial)),
-                scheduler=_scheduler(scheduler, base.epochs), num_samples=num_samples, metric=space.metric, mode=space.mode,
+                scheduler=_scheduler(scheduler, base.epochs, f"{sweep_dir}/{SCHEDULER_STATE}"), num_samples=num_samples, metric=space.metric, mode=space.mode,
                 reuse_actors=workers_per_trial == 1,  # a fresh actor per trial costs ~2 s
             ),
             run_config=tune.RunConfig(
@@ -328,14 +330,54 @@ def _searcher(space: SearchSpace, seed: int, max_concurrent: int):
     return ConcurrencyLimiter(OptunaSearch(space=space.optuna_space(), metric=space.metric, mode=space.mode, sampler=sampler), max_concurrent=max_concurrent)
 
 
-def _scheduler(kind: str, epochs: int):
+def _scheduler(kind: str, epochs: int, state_file: str):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 
     if kind == "asha":
-        return ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=1, reduction_factor=2)
-    if kind == "median":
+        write_text(state_file, "")  # a new sweep's: nothing seen yet
+        return _resumable_asha(ASHAScheduler, state_file)(time_attr="training_iteration", max_t=epochs, grace_period=1, reduction_factor=2)
+    if kind == "median":  # a restored sweep's rule starts without the finished trials' curves
         return MedianStoppingRule(time_attr="training_iteration", grace_period=1, min_samples_required=2)
     return FIFOScheduler()
+
+
+def _resumable_asha(base: type, state_file: str) -> type:
+    """ASHA that a restored sweep continues as if never stopped. Tune restores the scheduler
+    as it was when the sweep began, so a sweep killed and resumed judged its next trials
+    against empty rungs and pruned other trials than an uninterrupted one. This one keeps its
+    rungs, and every decision it took, in `state_file` beside Tune's own state: a trial that
+    reports an epoch again after the restore gets the decision it got the first time.
+    (Defined here so that importing this module does not import Ray.)"""
+
+    class ResumableASHA(base):
+        def on_trial_result(self, tune_controller, trial, result):
+            self._load()
+            key = f"{trial.trial_id}:{result.get(self._time_attr)}"
+            if key not in self._decisions:
+                self._decisions[key] = super().on_trial_result(tune_controller, trial, result)
+                self._save()
+            return self._decisions[key]
+
+        def on_trial_complete(self, tune_controller, trial, result):
+            self._load()
+            super().on_trial_complete(tune_controller, trial, result)
+            self._save()
+
+        def _load(self) -> None:
+            if getattr(self, "_decisions", None) is not None:
+                return
+            text = read_text(state_file)
+            state = json.loads(text) if text else {"rungs": [], "decisions": {}}
+            for bracket, rungs in zip(self._brackets, state["rungs"]):
+                for (_, recorded), saved in zip(bracket._rungs, rungs):
+                    recorded.update(saved)
+            self._decisions = state["decisions"]
+
+        def _save(self) -> None:
+            rungs = [[recorded for _, recorded in bracket._rungs] for bracket in self._brackets]
+            write_text(state_file, json.dumps({"rungs": rungs, "decisions": self._decisions}))
+
+    return ResumableASHA
 
 
 def _default_concurrency(resources: Mapping[str, float], workers_per_trial: int) -> int:
