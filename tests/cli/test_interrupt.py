@@ -83,4 +83,6 @@ def test_sigterm_to_a_ray_run_says_how_to_resume_and_the_command_does(tmp_path):
     resumed = subprocess.run([sys.executable, "-m", "trainyard.cli.main", *command.split()[1:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     lines = re.findall(r"resumed from (\S+)", resumed.stderr)
-    assert lines == [max(left)], resumed.stderr[-3000:]  # from the newest it kept; one line, not one per rank
+    # One line, not one per rank; from a checkpoint the stopped run kept: the newest Ray Train
+    # had registered (one the workers finished as the stop arrived may not be, and is redone).
+    assert len(lines) == 1 and lines[0] in sorted(left)[-2:], (sorted(left), resumed.stderr[-3000:])
