@@ -20,6 +20,7 @@ log = get_logger("trainyard.execution")
 # Ray Train's controller polls workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by
 # default) and every ray.train.report waits for a poll: 0.2 s cuts a short run's
 # wall time by a third on a 2-core machine.
+_PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 _QUIET_ENV = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
     "RAY_AIR_NEW_OUTPUT": "0",
@@ -137,6 +138,10 @@ def _connect(ray, num_cpus: int | None, py_modules: list[str] | None) -> None:
         # instances") as soon as a second one runs here: give them its address instead.
         port = _free_port()
         options["runtime_env"]["env_vars"]["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+        # Ray Train's preemption watcher (one more actor process per run, ~1 s of a short
+        # run on two cores) watches for nodes being drained: a one-node instance of this
+        # process has none to drain (Ray Train's controller reads the switch).
+        options["runtime_env"]["env_vars"][_PREEMPTION_WATCHER] = os.environ.get(_PREEMPTION_WATCHER, "0")
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_port=port, **options)
     if not verbose():
         _filter_worker_output()
