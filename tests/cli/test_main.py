@@ -68,3 +68,25 @@ def test_a_ray_run_name_that_is_a_path_is_one_line_before_ray(capsys):
 
     assert main(["train", str(ADDITION), "--workers", "2", "--name", "../x"]) == 2
     assert capsys.readouterr().err.startswith("trainyard: error: run name '../x' must be one folder name")
+
+
+@pytest.mark.parametrize("argv, meant", [
+    (["train", str(ADDITION), "--worker", "2"], "--workers"),  # argparse took it for --workers
+    (["tune", "space.yaml", "--config", str(ADDITION), "--sampl", "3"], "--samples"),
+    (["jobs", "submit", str(ADDITION), "--wrkers", "3"], "--workers"),  # a subcommand of a subcommand
+])
+def test_a_shortened_option_is_refused_naming_the_option_meant(argv, meant, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"unrecognized arguments: {argv[-2]} {argv[-1]} (did you mean {meant}?)" in err, err
+
+
+@pytest.mark.parametrize("command, shown", [
+    ("train", "(default: 0)"), ("tune", "what stops poor trials early (default: asha)"), ("run", "sweep trials (default: 8)"),
+])
+def test_help_shows_the_defaults(command, shown, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert shown in help_text and "(default: None)" not in help_text

@@ -17,9 +17,29 @@ from trainyard.cli import jobs
 from trainyard.storage import is_local
 
 
+class _Help(argparse.HelpFormatter):
+    """Help that shows each option's default where it has a telling one (not None or off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        telling = not (action.default is None or action.default is False or action.default is argparse.SUPPRESS)
+        shown = telling and action.option_strings and "default" not in text
+        return f"{text} (default: %(default)s)" if shown else text
+
+
+class _Parser(argparse.ArgumentParser):
+    """Options are spelled out (`--worker` is not taken for `--workers`), and every command's
+    help shows the defaults; subcommands' parsers are of this class too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
+
+
 def _parser() -> argparse.ArgumentParser:
     """The command line: `train`, `tune`, `run`, `report` and `jobs`."""
-    parser = argparse.ArgumentParser(prog="trainyard", description="Train and tune PyTorch models, locally or on Ray.")
+    parser = _Parser(prog="trainyard", description="Train and tune PyTorch models, locally or on Ray.")
     parser.add_argument("--verbose", action="store_true", default=False, help="show debug logs (and, on Ray, Ray's own logs)")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_tune, _add_run, _add_report, jobs.add_parser):
@@ -49,12 +69,12 @@ def _add_tune(sub: Any) -> None:
     tune.add_argument("overrides", nargs="*", help="key=value overrides of the experiment config")
     tune.add_argument("--samples", type=int, default=10, help="number of trials")
     tune.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as CPUs allow)")
-    tune.add_argument("--scheduler", default="asha", choices=["asha", "median", "none"])
+    tune.add_argument("--scheduler", default="asha", choices=["asha", "median", "none"], help="what stops poor trials early")
     tune.add_argument("--workers-per-trial", type=int, default=1, help="> 1: each trial is a Ray Train run")
     tune.add_argument("--gpus-per-trial", type=float, default=0, help="e.g. 0.5 packs two trials per GPU")
     tune.add_argument("--name", default=None, help="sweep name: the same name resumes an interrupted sweep")
     tune.add_argument("--storage-path", default=None, help="where the sweep directory goes (default runs/)")
-    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--seed", type=int, default=0, help="the searcher's seed")
     tune.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show Ray's own logs")
 
 
@@ -68,7 +88,7 @@ def _add_run(sub: Any) -> None:
     run.add_argument("--workers", type=int, default=2, help="Ray Train workers of the final training")
     run.add_argument("--gpu", action="store_true", help="a GPU per trial and per final worker")
     run.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as CPUs allow)")
-    run.add_argument("--scheduler", default="asha", choices=["asha", "median", "none"])
+    run.add_argument("--scheduler", default="asha", choices=["asha", "median", "none"], help="what stops poor trials early")
     run.add_argument("--seed", type=int, default=0, help="the searcher's seed")
     run.add_argument("--name", default=None, help="run name (default: derived from the command, so rerunning it resumes)")
     run.add_argument("--output-dir", default=None, help="where the run directory goes (default runs/)")
@@ -81,6 +101,26 @@ def _add_report(sub: Any) -> None:
     report.add_argument("run_dir", help="a directory a trainyard command printed")
 
 
+def _closest_option(parser: argparse.ArgumentParser, stray: list[str], args: argparse.Namespace) -> str:
+    """' (did you mean --workers?)' for a misspelt or shortened option of the command given."""
+    import difflib
+
+    command, deeper = parser, True
+    while deeper:  # down to the (sub)command given: `jobs submit` is two levels
+        deeper = False
+        for action in command._subparsers._group_actions if command._subparsers else ():
+            chosen = action.choices.get(getattr(args, action.dest, None))
+            if chosen is not None:
+                command, deeper = chosen, True
+    known = [o for action in command._actions for o in action.option_strings]
+    for word in stray:
+        if word.startswith("--"):
+            close = difflib.get_close_matches(word.split("=", 1)[0], known, n=1)
+            if close:
+                return f" (did you mean {close[0]}?)"
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     # key=value overrides may come after options (`tune SPACE --config C epochs=3`),
@@ -88,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     stray = [e for e in extra if "=" not in e or e.startswith("-") or not hasattr(args, "overrides")]
     if stray:
-        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+        parser.error(f"unrecognized arguments: {' '.join(stray)}{_closest_option(parser, stray, args)}")
     if extra:
         args.overrides = [*getattr(args, "overrides", []), *extra]
     if getattr(args, "verbose", False):
