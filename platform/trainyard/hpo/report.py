@@ -45,10 +45,12 @@ def write_best_experiment(result: Any, spec: Any) -> None:
     (Path(result.path) / "best_config.yaml").write_text(header + yaml.safe_dump(best, sort_keys=False))
 
 
-def trial_number(trial_id: str, fallback: int) -> int:
-    """1-based, as the console prints it: Tune's ids end in the trial's creation index."""
-    suffix = str(trial_id).rsplit("_", 1)[-1]
-    return int(suffix) + 1 if suffix.isdigit() else fallback
+def trial_number(experiment_tag: str | None, fallback: int) -> int:
+    """A trial's number, 1-based, in the order the searcher created the trials: the one the
+    console, trials.csv, the plots and the report all show. Tune's experiment tag (in a
+    trial's results and its folder name) starts with it: '3_batch_size=32,...'."""
+    head = str(experiment_tag or "").split("_", 1)[0]
+    return int(head) if head.isdigit() else fallback
 
 
 def _plots(result: Any, out: Path) -> list[str]:
@@ -80,7 +82,7 @@ def _trials(result: Any) -> list[dict]:
         history = dict(sorted(trial.intermediate_values.items()))
         value = row.get(result.metric)
         rows.append({
-            "number": trial_number(row["trial"], i + 1), "state": row["state"], "params": trial.params, "history": history,
+            "number": row.get("number", i + 1), "state": row["state"], "params": trial.params, "history": history,
             "value": float(value) if value is not None and value == value else None,
         })
     return sorted(rows, key=lambda r: r["number"])

@@ -424,7 +424,7 @@ def _collect(grid, space: SearchSpace, base: TrainingConfig, sweep_dir: str) -> 
             )
         )
         trial = metrics.get("trial_id") or Path(result.path).name
-        row = {"number": trial_number(trial, len(rows) + 1), "trial": trial, "state": state.name, **params, "epochs": epochs}
+        row = {"number": trial_number(metrics.get("experiment_tag"), len(rows) + 1), "trial": trial, "state": state.name, **params, "epochs": epochs}
         row.update({k: v for k, v in metrics.items() if "/" in k or k == "time_total_s"})
         if result.error is not None:
             row["error"] = str(result.error).strip().splitlines()[-1][:200]
@@ -481,7 +481,7 @@ def _live_table(space: SearchSpace, epochs: int, log_epochs: bool = True):
             self.numbers: dict[str, int] = {}
 
         def _label(self, trial) -> str:
-            number = self.numbers.setdefault(trial.trial_id, trial_number(trial.trial_id, len(self.numbers) + 1))
+            number = self.numbers.setdefault(trial.trial_id, trial_number(trial.experiment_tag, len(self.numbers) + 1))
             shown = " ".join(f"{p.name}={_fmt(trial.config.get(p.name))}" for p in self.space.params)
             return f"trial {number:>3} | {shown}"
 
