@@ -347,10 +347,14 @@ def _tune(args: argparse.Namespace) -> int:
         from trainyard.report import write_report
 
         write_report(result.path)
-    print(f"# best {result.metric} = {result.best_metrics.get(result.metric)!r} ({result.mode}); sweep in {result.path}")
-    print(result.best_config.to_yaml(), end="")
-    if result.best_params_model():
-        print(f"# model: {result.best_params_model()}")
+    import yaml
+
+    number = result.dataframe.set_index("trial").loc[result.best_trial, "number"]
+    print(f"# best {result.metric} = {result.best_metrics.get(result.metric)!r} ({result.mode}), trial {number}; sweep in {result.path}")
+    best_file = Path(result.path) / "best_config.yaml"
+    if is_local(result.path) and best_file.is_file():
+        print(f"# {best_file}: the experiment with these values filled in; train it with:\n#   trainyard train {best_file}")
+    print(yaml.safe_dump(dict(result.best_params), sort_keys=False), end="")  # the values the search chose, as its space names them
     return 0
 
 
