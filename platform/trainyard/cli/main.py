@@ -257,7 +257,7 @@ def _train(args: argparse.Namespace) -> int:
 
         args.name = args.name or run_name("trainyard")  # named here, so that a stopped run can say how to resume it
     interrupt = _stop_on_interrupt() if not args.workers else None
-    with interrupt or contextlib.nullcontext():
+    with interrupt or contextlib.nullcontext(), _in_command_terms(args):
         results = run_experiment(
             args.config,
             args.overrides,
@@ -323,6 +323,20 @@ def _stop_on_interrupt():
             self._trainer = trainer
 
     return StopOnInterrupt()
+
+
+@contextlib.contextmanager
+def _in_command_terms(args: argparse.Namespace):
+    """A used run folder refused by the engine, told as this command continues it (--resume,
+    not Python's resume_from=)."""
+    from trainyard.engine.run_folder import RunFolderInUse
+
+    try:
+        yield
+    except RunFolderInUse as e:
+        keep = [o for o in args.overrides if not o.startswith("checkpoint_dir=")]
+        resume = shlex.join(["trainyard", "train", args.config, *keep, "--resume", str(e.run_dir)])
+        raise ValueError(f"checkpoint_dir {e.run_dir} {e.problem}. Continue it with: {resume}; or start afresh in another checkpoint_dir=") from None
 
 
 def _tune(args: argparse.Namespace) -> int:

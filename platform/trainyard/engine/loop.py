@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from trainyard._logging import get_logger, show_logs
-from trainyard.engine import rng, setup, step
+from trainyard.engine import rng, run_folder, setup, step
 from trainyard.engine.checkpoint import LoadedCheckpoint
 from trainyard.engine.config import TrainingConfig, as_training_config
 from trainyard.engine.context import LocalContext, RunContext
@@ -111,6 +111,7 @@ class TrainingLoop:
             )
         self.saves = SavePolicy(self.training_config.checkpoint_every_n_steps)
         self.context = ctx
+        self._claimed = None  # the run folder this run holds, released however the run ends
         with setup.determinism(self.training_config.deterministic, ctx.device):
             start = time.perf_counter()
             try:
@@ -122,6 +123,8 @@ class TrainingLoop:
                 self.hooks.fire(Event.TRAIN_END, self, results)
             finally:
                 self.hooks.close()
+                if self._claimed is not None:
+                    run_folder.release(self._claimed)
         return results
 
     # -- setup -------------------------------------------------------------------------
@@ -143,9 +146,10 @@ class TrainingLoop:
             task = TaskChoice(self.task_spec.name, "given by TaskSpec", explicit=True)
         else:
             task = TaskChoice(*detect_task(train_ds[0]), explicit=False)
+        self._claimed = setup.run_directory(ctx, cfg, loaded)
         run = Run(
             ctx=ctx, train_ds=train_ds, val_ds=val_ds, raw_model=parts.raw_model, optimizer=parts.optimizer, scaler=parts.scaler,
-            amp_dtype=parts.amp_dtype, collate=Collator(self.pad_token_id), run_dir=setup.run_directory(ctx, cfg, loaded),
+            amp_dtype=parts.amp_dtype, collate=Collator(self.pad_token_id), run_dir=self._claimed,
             batches_per_epoch=self.batches_per_epoch, forward_kwargs=setup.forward_kwargs(parts.raw_model),
             trainable=[p for p in parts.raw_model.parameters() if p.requires_grad], check_vocab=setup.check_token_ids(parts.raw_model, self.config, train_ds, val_ds, task.name),
             call=setup.ModelCall(parts.model, cfg.compile_mode),

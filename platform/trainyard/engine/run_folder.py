@@ -1,13 +1,16 @@
-"""A run's folder and the checkpoints in it: listed oldest first, the newest that verifies,
-a path resolved to a checkpoint, made ready for writing (what a killed save left tidied),
-pruned to the newest few. One checkpoint itself is `checkpoint.py`'s.
+"""A run's folder and the checkpoints in it: claimed by the one run that writes there (what
+a killed save left tidied), listed oldest first, the newest that verifies, a path resolved
+to a checkpoint, pruned to the newest few. One checkpoint itself is `checkpoint.py`'s.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -61,11 +64,118 @@ def resolve(path: str | os.PathLike, warn=None) -> Path:
     return candidates(path, warn)[0]
 
 
-def open_for_writing(run_dir: Path) -> None:
+CLAIM = ".trainyard-run"  # in a run folder while a run writes there: {"host", "pid", "since"}
+CLAIM_REFRESH_S = 30  # the holder touches its claim this often...
+CLAIM_STALE_S = 180  # ...so one untouched this long is a dead run's, wherever it ran
+_refreshing: dict[Path, threading.Event] = {}
+
+
+class RunFolderInUse(ValueError):
+    """A fresh run's folder is another run's: it holds checkpoints, or a run is writing there
+    now. `resume_hint` is how the Python API continues it; the command line names --resume."""
+
+    def __init__(self, run_dir: Path, problem: str, resume_hint: str):
+        self.run_dir, self.problem = run_dir, problem
+        super().__init__(f"checkpoint_dir {run_dir} {problem}; {resume_hint}, or choose a new checkpoint_dir")
+
+
+def claim(run_dir: Path) -> None:
+    """Make `run_dir` this process's to write, atomically: the claim file is created with
+    O_EXCL, so of two runs started at once exactly one gets the folder (the other is told at
+    once, before either has written a checkpoint). The holder touches it every
+    CLAIM_REFRESH_S; a claim whose process is gone (on this machine) or that nobody touched
+    for CLAIM_STALE_S (a run killed on another node of a shared filesystem) is taken over."""
+    _make_writable(run_dir)
+    for _ in range(3):
+        try:
+            fd = os.open(run_dir / CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            holder = _holder(run_dir)
+            if holder is not None and not _gone(run_dir, holder):
+                since = time.strftime("%H:%M:%S", time.localtime(holder.get("since", 0)))
+                raise RunFolderInUse(
+                    run_dir, f"is being written by another run right now (process {holder.get('pid')} on {holder.get('host')}, "
+                    f"since {since}); if that run is gone, delete {run_dir / CLAIM}", "wait for it and resume it then",
+                ) from None
+            _take_over(run_dir, holder)  # its run ended without releasing it: killed, or out of memory
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}, f)
+        _keep_fresh(run_dir)
+        return
+    raise RunFolderInUse(run_dir, "is claimed and released by other runs over and over", "try again")
+
+
+def release(run_dir: Path) -> None:
+    """Give up this process's claim on `run_dir` (a claim of another process stays)."""
+    stop = _refreshing.pop(run_dir, None)
+    if stop is not None:
+        stop.set()
+    holder = _holder(run_dir)
+    if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+        (run_dir / CLAIM).unlink(missing_ok=True)
+
+
+def _keep_fresh(run_dir: Path) -> None:
+    stop = _refreshing[run_dir] = threading.Event()
+
+    def touch() -> None:
+        while not stop.wait(CLAIM_REFRESH_S):
+            with contextlib.suppress(OSError):
+                os.utime(run_dir / CLAIM)
+
+    threading.Thread(target=touch, name=f"trainyard-claim-{run_dir.name}", daemon=True).start()
+
+
+def _holder(run_dir: Path) -> dict | None:
+    return _holder_of(run_dir / CLAIM)
+
+
+def _gone(run_dir: Path, holder: dict) -> bool:
+    """Whether the claiming run has ended: its process, on this machine; elsewhere, a claim
+    nobody has touched for CLAIM_STALE_S."""
+    try:
+        if time.time() - (run_dir / CLAIM).stat().st_mtime > CLAIM_STALE_S:
+            return True
+    except FileNotFoundError:
+        return True
+    pid = holder.get("pid")
+    if holder.get("host") != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _take_over(run_dir: Path, judged: dict | None) -> None:
+    """Remove the dead run's claim that was judged; if another taker replaced it with a claim
+    of its own in the meantime, that one is put back."""
+    moved = run_dir / f"{TMP_PREFIX}claim-{uuid.uuid4().hex[:8]}"
+    try:
+        os.rename(run_dir / CLAIM, moved)
+    except FileNotFoundError:
+        return
+    if _holder_of(moved) not in (judged, None):
+        with contextlib.suppress(FileExistsError):
+            os.link(moved, run_dir / CLAIM)
+    moved.unlink(missing_ok=True)
+
+
+def _holder_of(path: Path) -> dict | None:
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # vanished, or half-written by a claimant killed at that instant: no one's
+    return holder if isinstance(holder, dict) else None
+
+
+def _make_writable(run_dir: Path) -> None:
     """Create `run_dir` and prove it writable now, before the work a failed first save would
-    waste; tidy what a save killed part-way left (a run directory has one writer): its
-    temporary directory is removed, and a checkpoint it had moved aside to replace is put
-    back."""
+    waste."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # a new run folder is owner-only
         probe = run_dir / f"{TMP_PREFIX}probe-{uuid.uuid4().hex[:8]}"
@@ -76,6 +186,12 @@ def open_for_writing(run_dir: Path) -> None:
             f"checkpoint_dir {run_dir} cannot be written ({type(e).__name__}: {e.strerror or e}): "
             "choose a checkpoint_dir on a writable filesystem, not inside a file"
         ) from None
+
+
+def tidy(run_dir: Path) -> None:
+    """Tidy what a save killed part-way left (call while holding the folder's claim): its
+    temporary directory is removed, and a checkpoint it had moved aside to replace is put
+    back."""
     put_back_moved_aside(run_dir)
     for p in run_dir.iterdir():
         if p.name.startswith(TMP_PREFIX) and p.is_dir():

@@ -275,7 +275,8 @@ def run_id() -> str:
 
 def run_directory(ctx: RunContext, cfg: TrainingConfig, loaded: ckpt.LoadedCheckpoint | None) -> Path:
     """The run context's folder, else `checkpoint_dir`, else the resumed checkpoint's run, else
-    `checkpoints/<timestamp-id>`; a fresh run never writes beside another run's checkpoints.
+    `checkpoints/<timestamp-id>`; a fresh run never writes beside another run's checkpoints,
+    and no two runs write in one folder at once (the run claims it; the loop releases it).
     Created and checked writable here, before any training."""
     if ctx.run_dir is not None:
         run_dir = ctx.run_dir.resolve()
@@ -285,12 +286,11 @@ def run_directory(ctx: RunContext, cfg: TrainingConfig, loaded: ckpt.LoadedCheck
         run_dir = loaded.path.parent.resolve()
     else:
         run_dir = Path("checkpoints", run_id()).resolve()
+    run_folder.claim(run_dir)  # first (it creates the folder): of two runs started at once, one gets it
     if loaded is None and run_folder.list_checkpoints(run_dir):
-        raise ValueError(
-            f"checkpoint_dir {run_dir} already holds checkpoints of an earlier run; pass "
-            f"resume_from={str(run_dir)!r} to continue it, or choose a new checkpoint_dir"
-        )
-    run_folder.open_for_writing(run_dir)
+        run_folder.release(run_dir)
+        raise run_folder.RunFolderInUse(run_dir, "already holds checkpoints of an earlier run", f"pass resume_from={str(run_dir)!r} to continue it")
+    run_folder.tidy(run_dir)
     return run_dir
 
 
