@@ -13,11 +13,14 @@ storage_path)`, `ray.train.get_checkpoint()` hands the loop its latest checkpoin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -90,7 +93,8 @@ def fit(trainer: Any, train_data: Any, val_data: Any = None, resume_from: Any = 
         log.info("checkpoint_dir=%s is where runs in this process write; this run's checkpoints are kept in %s/%s",
                  training_config.checkpoint_dir, run.storage_path, run.name)
     start = time.perf_counter()
-    result = torch_trainer.fit()
+    with _ctrl_c_stops_like_sigterm():
+        result = torch_trainer.fit()
     results = dict(result.return_value)
     results["wall_time"] = time.perf_counter() - start
     results["run_dir"] = result.path
@@ -100,6 +104,24 @@ def fit(trainer: Any, train_data: Any, val_data: Any = None, resume_from: Any = 
         if training_config.export_bundle and is_local(result.path):  # the bundle, here, from the final weights
             results["export_path"] = str(export_trained(trainer, resolve(payload.train_data), Path(result.path) / "export", results["task"]))
     return results
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops_like_sigterm():
+    """Ray Train's fit() puts in its own Ctrl-C handler: it aborts the run, then exits the
+    process (SystemExit inside whatever this process was doing; the trainyard command printed
+    nothing and exited 1). Here that exit is the KeyboardInterrupt it stands for, so a caller
+    (the command: 'interrupted ... resume with') handles it as any Ctrl-C; and the process's
+    own handler comes back after the run (Ray's stayed, bound to a finished run)."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    except SystemExit as e:
+        raise KeyboardInterrupt("Ctrl-C: the Ray Train run was aborted") from e
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
