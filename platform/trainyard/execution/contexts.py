@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainyard.engine import run_folder
 from trainyard.engine.checkpoint import local_path
 from trainyard.engine.config import TrainingConfig
 from trainyard.engine.context import LocalContext, RunContext
@@ -65,10 +66,18 @@ class RayTrainContext(ProcessGroupContext):
         )
 
     def checkpoint_to_resume(self) -> Path | None:
+        """Ray Train's latest checkpoint; or, in the run's folder beside it, a newer one that
+        verifies: a run stopped by Ctrl-C or SIGTERM can have finished checkpoints that its
+        controller had not registered yet (they are whole: the marker is written last), and
+        resuming from Ray's redid those epochs."""
         import ray.train
 
         checkpoint = ray.train.get_checkpoint()
-        return local_path(checkpoint) if checkpoint is not None else None
+        if checkpoint is None:
+            return None
+        path = local_path(checkpoint)
+        local = type(checkpoint.filesystem).__name__ == "LocalFileSystem"
+        return (run_folder.latest_valid(path.parent) if local else None) or path
 
 
 class TuneTrialContext(RunContext):
