@@ -90,3 +90,19 @@ def test_help_shows_the_defaults(command, shown, capsys):
         main([command, "--help"])
     help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert shown in help_text and "(default: None)" not in help_text
+
+
+def test_data_files_in_a_config_are_found_from_the_configs_folder_wherever_the_command_runs(tmp_path, monkeypatch):
+    """They resolved against the working directory: a sweep's best_config.yaml ('Train it:
+    trainyard train <sweep>/best_config.yaml') failed from any other folder."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    (project / "data").mkdir(parents=True)
+    elsewhere.mkdir()
+    (project / "exp.yaml").write_text("model: {name: gpt, d_model: 16, n_layers: 1, n_heads: 2}\ndata: {train: data/train.parquet}\n")
+    monkeypatch.chdir(elsewhere)
+    spec = load_spec(project / "exp.yaml", ["data.val=mine/val.parquet"])  # a path typed in the shell: the shell's folder
+    assert spec.data["train"] == str(project / "data" / "train.parquet")
+    exp = build(spec)
+    assert exp.train_data == str(project / "data" / "train.parquet") and exp.val_data == str(elsewhere / "mine" / "val.parquet")
+    (project / "abs.yaml").write_text(f"data: {{train: {elsewhere / 'x.parquet'}, val: s3://bucket/val}}\n")
+    assert [load_spec(project / "abs.yaml").data[k] for k in ("train", "val")] == [str(elsewhere / "x.parquet"), "s3://bucket/val"]

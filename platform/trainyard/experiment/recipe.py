@@ -93,7 +93,8 @@ def _data_model_config(data: Mapping[str, Any]) -> dict[str, Any]:
 
 def data_recipe(spec: ExperimentSpec, dataset: Any = None, base_dir: Path | None = None) -> tuple[Any, Any]:
     """(train, val): `dataset` split as `train_model` describes, else the spec's data section
-    (a built-in dataset, or Parquet paths relative to `base_dir`, default the working dir)."""
+    (a built-in dataset, or data files: a config file's own are absolute already, see
+    load_spec; any other relative path is taken from `base_dir`, default the working dir)."""
     if dataset is not None:
         return split_dataset(dataset)
     section = spec.data

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from trainyard import _yaml
+from trainyard.storage import relative_to
 from trainyard.engine.config import TrainingConfig
 from trainyard.engine.task import TaskSpec
 from trainyard.experiment.sections import check_data_section, check_model_section
@@ -109,13 +110,27 @@ def parse_spec(spec: Mapping[str, Any], where: str = "the experiment config") ->
     return ExperimentSpec(sections, training)
 
 
+DATA_FILES = ("train", "val")  # the data section's keys that name files
+
+
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentSpec:
     """The experiment in the YAML file at `path`, with `key=value` overrides, checked."""
     path = Path(path)
     spec = _yaml.load_file(path, "experiment config") or {}
     if not isinstance(spec, Mapping):
         raise ValueError(f"{path}: an experiment config is a mapping with sections {list(SECTIONS)}")
-    return parse_spec(apply_overrides(spec, overrides), where=str(path))
+    return parse_spec(apply_overrides(_data_paths_from(spec, path.parent), overrides), where=str(path))
+
+
+def _data_paths_from(spec: Mapping[str, Any], folder: Path) -> Mapping[str, Any]:
+    """The data files a config names, relative to the config's own folder (as a reader of the
+    file expects, from any working directory), made absolute; paths given as overrides on
+    the command line stay relative to the working directory."""
+    data = spec.get("data")
+    if not isinstance(data, Mapping) or not any(isinstance(data.get(k), str) for k in DATA_FILES):
+        return spec
+    resolved = {k: relative_to(folder, v) if k in DATA_FILES and isinstance(v, str) else v for k, v in data.items()}
+    return {**spec, "data": resolved}
 
 
 def apply_overrides(spec: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
