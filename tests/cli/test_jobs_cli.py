@@ -76,9 +76,12 @@ def test_a_running_job_is_cancelled_from_another_shell_and_resumed_to_completion
     assert submit.returncode == 1 and out.strip().endswith(f"job {job_id}: cancelled"), out + err[-2000:]
     logs = jobs(jobs_db, "logs", job_id).stdout
     assert f"job {job_id}: cancelled; its checkpoint" in logs
+    stopped = dict(line.split(None, 1) for line in jobs(jobs_db, "status", job_id).stdout.splitlines())
+    assert stopped["state"] == "cancelled" and stopped["checkpoint"].endswith(" (resume continues from it)"), stopped
+    where = stopped["checkpoint"].split()[0]
     resumed = subprocess.run([sys.executable, "-m", "trainyard.cli.main", "jobs", "resume", job_id, "--db", jobs_db], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr[-3000:]
-    assert resumed.stdout.strip().endswith(f"job {job_id}: completed") and "resumed from" in resumed.stderr
+    assert resumed.stdout.strip().endswith(f"job {job_id}: completed") and f"resumed from {where} " in resumed.stderr
     status = dict(line.split(None, 1) for line in jobs(jobs_db, "status", job_id).stdout.splitlines())
     assert status["state"] == "completed" and status["attempts"] == "2"

@@ -21,6 +21,8 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from trainyard.storage import is_local
+
 DEFAULT_DB = "sqlite:///training_jobs.db"
 
 
@@ -114,12 +116,24 @@ def _status(queue, args) -> int:
     fields = {
         "id": record.id, "name": record.name, "state": record.state, "submitted": _when(record.submitted_at),
         "started": _when(record.started_at), "finished": _when(record.finished_at), "attempts": record.attempts,
-        "checkpoint_dir": record.checkpoint_dir, "checkpoint": record.checkpoint_path, "error": _last_line(record.error),
+        "checkpoint_dir": record.checkpoint_dir, "checkpoint": record.checkpoint_path or _resumes_from(record), "error": _last_line(record.error),
     }
     for key, value in fields.items():
         if value not in (None, ""):
             print(f"{key:<15}{value}")
     return 0
+
+
+def _resumes_from(record) -> str | None:
+    """A job not completed: the checkpoint `resume` would continue from (the newest that
+    verifies in its folder), where this machine can see the folder."""
+    if record.state == "completed" or not is_local(record.checkpoint_dir):
+        return None
+    from trainyard.engine.run_folder import latest_valid
+
+    folder = Path(record.checkpoint_dir)
+    newest = latest_valid(folder) if folder.is_dir() else None
+    return f"{newest} (resume continues from it)" if newest is not None else None
 
 
 def _logs(queue, args) -> int:
