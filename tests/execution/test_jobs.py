@@ -125,3 +125,25 @@ def test_jobs_pipeline_runs_the_main_job_on_the_cluster(bare_head, tmp_path):
     run = tmp_path / "job-run"
     assert (run / "sweep" / "best_config.yaml").exists() and (run / "export" / "model.pt2").exists()
     assert (run / "report" / "report.html").exists() and (run / "lineage.json").exists()
+
+
+def test_a_command_that_would_join_a_head_without_trainyard_says_so_in_one_line(bare_head, tmp_path):
+    """With another `ray start` head on the machine, `trainyard train --workers 2` joined it
+    and ended in a 40-line traceback ('No module named trainyard'). It says which cluster and
+    why, refuses before any work, and RAY_ADDRESS=local runs on a Ray of its own."""
+    from trainyard.execution.ray_env import _running_cluster
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # the bare head is this machine's `ray start` head
+    deadline = time.time() + 60
+    while _running_cluster() is None and time.time() < deadline:  # `ray start` names its head a moment after it answers
+        time.sleep(0.5)
+    argv = [sys.executable, "-m", "trainyard.cli.main", "train", "jobs/configs/addition.yaml", *TINY, "--workers", "2",
+            "--storage-path", str(tmp_path / "runs")]
+    joined = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert joined.returncode == 2 and "Traceback" not in joined.stderr, joined.stderr[-3000:]
+    assert "(a `ray start` head on this machine; RAY_ADDRESS=local runs a Ray of this process's own instead)" in joined.stderr
+    (error,) = [line for line in joined.stderr.splitlines() if line.startswith("trainyard: error:")]
+    assert "cannot import trainyard: its Python (" in error and "RAY_ADDRESS=local" in error
+    assert not list((tmp_path / "runs").rglob("checkpoint_*"))  # nothing trained
+    local = subprocess.run(argv, cwd=ROOT, env={**env, "RAY_ADDRESS": "local"}, capture_output=True, text=True, timeout=300)
+    assert local.returncode == 0 and "joining" not in local.stderr, local.stderr[-3000:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import re
@@ -117,10 +118,12 @@ def _connect(ray, num_cpus: int | None, py_modules: list[str] | None) -> None:
         options["runtime_env"]["py_modules"] = py_modules
     if not verbose():
         logging.getLogger("ray").setLevel(logging.ERROR)
-    address = os.environ.get("RAY_ADDRESS") or _running_cluster()
+    given = os.environ.get("RAY_ADDRESS")
+    address = None if given == "local" else given or _running_cluster()
     if address:
         _check_reachable(address)
-        log.info("connecting to the Ray cluster at %s", address)
+        why = "RAY_ADDRESS" if given else "a `ray start` head on this machine; RAY_ADDRESS=local runs a Ray of this process's own instead"
+        log.info("joining the Ray cluster at %s (%s)", address, why)
         try:
             ray.init(address=address, **options)
         except ConnectionError as e:
@@ -131,6 +134,8 @@ def _connect(ray, num_cpus: int | None, py_modules: list[str] | None) -> None:
                 "cluster's token (`ray get-auth-token` on the head) to ~/.ray/auth_token or RAY_AUTH_TOKEN, "
                 "and set RAY_AUTH_MODE=token before Python starts (Ray reads it when it is imported)"
             ) from None
+        if not py_modules:
+            _check_trainyard_imports(ray, address, why)
     else:
         # The dashboard serves the state API that Ray Train's actors poll (the controller at
         # shutdown, its PlacementGroupCleaner every second). They find it by looking for
@@ -145,6 +150,24 @@ def _connect(ray, num_cpus: int | None, py_modules: list[str] | None) -> None:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_port=port, **options)
     if not verbose():
         _filter_worker_output()
+
+
+def _check_trainyard_imports(ray, address: str, why: str) -> None:
+    """A cluster whose Python cannot import trainyard fails every run, deep inside a worker,
+    with 40 lines ending in "No module named 'trainyard'": ask it once, here."""
+
+    @ray.remote(num_cpus=0)
+    def probe() -> tuple[bool, str]:  # runs in a worker of the cluster (modules travel by name)
+        return importlib.util.find_spec("trainyard") is not None, sys.executable
+
+    found, python = ray.get(probe.remote(), timeout=120)
+    if not found:
+        ray.shutdown()
+        raise ConnectionError(
+            f"the Ray cluster at {address} ({why.split(';')[0]}) cannot import trainyard: its Python ({python}) does not have it. "
+            "Install trainyard on the cluster's nodes (pip install trainyard, or the same checkout), or submit the work with "
+            "`trainyard jobs submit`, which ships trainyard; or set RAY_ADDRESS=local to run on a Ray of this process's own"
+        )
 
 
 def check_satisfiable(per_unit: dict[str, float], count: int, what: str, fix: str) -> None:
