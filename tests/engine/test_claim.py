@@ -102,3 +102,12 @@ def test_the_holder_keeps_its_claim_fresh(tmp_path, monkeypatch):
         time.sleep(0.05)
     assert time.time() - (tmp_path / CLAIM).stat().st_mtime < 100  # touched again by the holder
     run_folder.release(tmp_path)
+
+
+def test_a_claim_being_written_this_instant_is_not_taken_for_a_dead_one(tmp_path):
+    (tmp_path / CLAIM).write_text("")  # created with O_EXCL, its holder about to write who it is
+    with pytest.raises(RunFolderInUse, match="being written by another run right now"):
+        run_folder.claim(tmp_path)
+    os.utime(tmp_path / CLAIM, (time.time() - 60,) * 2)  # empty for a minute: its claimant died mid-write
+    run_folder.claim(tmp_path)
+    run_folder.release(tmp_path)

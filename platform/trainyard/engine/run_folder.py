@@ -91,6 +91,8 @@ def claim(run_dir: Path) -> None:
             fd = os.open(run_dir / CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         except FileExistsError:
             holder = _holder(run_dir)
+            if holder is None and _age(run_dir / CLAIM) < 5:  # created an instant ago, its holder still writing it
+                holder = {"pid": "?", "host": "?", "since": time.time()}
             if holder is not None and not _gone(run_dir, holder):
                 since = time.strftime("%H:%M:%S", time.localtime(holder.get("since", 0)))
                 raise RunFolderInUse(
@@ -131,13 +133,17 @@ def _holder(run_dir: Path) -> dict | None:
     return _holder_of(run_dir / CLAIM)
 
 
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")
+
+
 def _gone(run_dir: Path, holder: dict) -> bool:
     """Whether the claiming run has ended: its process, on this machine; elsewhere, a claim
     nobody has touched for CLAIM_STALE_S."""
-    try:
-        if time.time() - (run_dir / CLAIM).stat().st_mtime > CLAIM_STALE_S:
-            return True
-    except FileNotFoundError:
+    if _age(run_dir / CLAIM) > CLAIM_STALE_S:
         return True
     pid = holder.get("pid")
     if holder.get("host") != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid():
