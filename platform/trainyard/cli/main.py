@@ -276,7 +276,8 @@ def _train(args: argparse.Namespace) -> int:
     summary = results["metrics_summary"]
     last = summary.iloc[-1].to_dict() if len(summary) else {}
     exact = f", validation exact match {100 * last['val/exact_match']:.1f}%" if "val/exact_match" in last else ""
-    log.info("done in %.1fs: final_loss %.4f, best epoch %d%s; checkpoint %s", results["training_time"], results["final_loss"], results["best_epoch"], exact, results["checkpoint_path"])
+    early = f" (stopped early at step {results['global_step']})" if str(results.get("stopped_early")).startswith("early stopping") else ""
+    log.info("done in %.1fs%s: final_loss %.4f, best epoch %d%s; checkpoint %s", results["training_time"], early, results["final_loss"], results["best_epoch"], exact, results["checkpoint_path"])
     if results.get("export_path"):
         log.info("export bundle: %s (try: python %s --help)", results["export_path"], Path(results["export_path"]) / "inference.py")
     from trainyard.engine.results import results_as_json

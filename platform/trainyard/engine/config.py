@@ -11,7 +11,6 @@ import dataclasses
 import difflib
 import functools
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -19,11 +18,7 @@ from typing import Any, Mapping
 import yaml
 
 from trainyard import _yaml
-
-COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
-EXPORT_FORMATS = ("onnx", "torchscript", "pt2")
-AMP_DTYPES = (None, "bfloat16", "float16")
-PARALLELISMS = ("ddp", "fsdp")
+from trainyard.engine.fields import VALIDATORS, EXPORT_FORMATS, is_int, plain_scalar, check_optimizer_kwargs
 
 # Names of the legacy API (and common short forms) -> the field that replaced them.
 RENAMED_FIELDS = {
@@ -56,7 +51,10 @@ class TrainingConfig:
     gradient_accumulation_steps: int = 1
     random_seed: int = 42
     deterministic: bool = False
-    use_lr_schedule: bool = True  # linear warmup, then cosine decay to min_lr_ratio
+    optimizer: str = "adamw"  # any torch.optim optimizer by name, case-insensitive: adamw, adam, sgd, adafactor, ...
+    optimizer_kwargs: dict[str, Any] | None = None  # its other arguments (betas, momentum, ...); lr and weight decay are fields
+    use_lr_schedule: bool = True  # False: the learning rate stays constant, no warmup
+    lr_schedule: str = "cosine"  # after linear warmup: cosine or linear decay to min_lr_ratio, or constant
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1
     compile_mode: str | None = None
@@ -79,6 +77,11 @@ class TrainingConfig:
     checkpoint_dir: str | None = None  # None: checkpoints/<run id> under the working dir
     checkpoint_every_n_steps: int | None = None  # None: at each epoch end only
     keep_last_n_checkpoints: int | None = 3  # None keeps all
+    eval_every_n_steps: int | None = None  # validate every N optimizer steps too; None: at each epoch end only
+    early_stopping_metric: str | None = None  # e.g. "val/loss": stop when it stops improving; None: never
+    early_stopping_patience: int = 3  # evaluations without improvement before stopping
+    early_stopping_mode: str | None = None  # "min" or "max"; None: min for loss/perplexity, max for accuracy/exact_match
+    early_stopping_min_delta: float = 0.0  # an improvement must exceed this
 
     def __post_init__(self) -> None:
         # Accept any sequence for export_formats and a PathLike for checkpoint_dir, but
@@ -89,12 +92,16 @@ class TrainingConfig:
         for name in ("checkpoint_dir", "tensorboard_dir"):
             if isinstance(getattr(self, name), os.PathLike):
                 object.__setattr__(self, name, os.fspath(getattr(self, name)))
+        if isinstance(self.optimizer, str):
+            object.__setattr__(self, "optimizer", self.optimizer.lower())
+        if isinstance(self.optimizer_kwargs, Mapping):  # a copy of its own, with YAML's lists for tuples (betas)
+            object.__setattr__(self, "optimizer_kwargs", {k: list(v) if isinstance(v, tuple) else v for k, v in self.optimizer_kwargs.items()})
         for f in dataclasses.fields(self):  # NumPy scalars (np.int64(8), np.float64(1e-3), np.bool_) as plain values
-            object.__setattr__(self, f.name, _plain_scalar(getattr(self, f.name)))
-        if _is_int(self.learning_rate):
+            object.__setattr__(self, f.name, plain_scalar(getattr(self, f.name)))
+        if is_int(self.learning_rate):
             object.__setattr__(self, "learning_rate", float(self.learning_rate))
         for f in dataclasses.fields(self):
-            _VALIDATORS[f.name](f.name, getattr(self, f.name))
+            VALIDATORS[f.name](f.name, getattr(self, f.name))
         if self.warmup_steps and not self.use_lr_schedule:
             raise ValueError(
                 f"warmup_steps={self.warmup_steps} has no effect with use_lr_schedule=False: "
@@ -110,6 +117,19 @@ class TrainingConfig:
                 "use_amp with amp_dtype='float16' is not supported with parallelism='fsdp' (its loss scaler would need every "
                 "rank to agree on overflow): use amp_dtype='bfloat16', or parallelism='ddp'"
             )
+        if not self.use_lr_schedule and self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(
+                f"lr_schedule={self.lr_schedule!r} has no effect with use_lr_schedule=False (a constant rate): "
+                "set use_lr_schedule=True, or leave lr_schedule out"
+            )
+        check_optimizer_kwargs(self.optimizer, self.optimizer_kwargs, self.learning_rate)
+        if self.early_stopping_metric is None:
+            unused = [f"{name}={getattr(self, name)!r}" for name in _EARLY_STOPPING_SETTINGS if getattr(self, name) != _DEFAULTS[name]]
+            if unused:
+                raise ValueError(
+                    f"{', '.join(unused)} has no effect without early_stopping_metric: name the metric to watch "
+                    "(e.g. early_stopping_metric='val/loss'), or leave these out"
+                )
         if self.export_bundle and not self.export_formats:
             raise ValueError(
                 "export_bundle=True with export_formats=() exports nothing: "
@@ -151,6 +171,8 @@ class TrainingConfig:
 
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrainingConfig))
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainingConfig)}
+_EARLY_STOPPING_SETTINGS = ("early_stopping_patience", "early_stopping_mode", "early_stopping_min_delta")
 
 
 def as_training_config(value: Any) -> TrainingConfig:
@@ -197,143 +219,4 @@ def _guard_unknown_keywords(init):
 TrainingConfig.__init__ = _guard_unknown_keywords(TrainingConfig.__init__)
 
 
-# -- per-field validation ---------------------------------------------------------------
-
-
-def _plain_scalar(v: Any) -> Any:
-    """A NumPy scalar as the plain bool, int or float it holds (np.float64 subclasses float,
-    np.bool_ is no bool): the config is saved as YAML and JSON, which take plain values only.
-    Recognised by its module, so NumPy need not be imported here."""
-    if type(v).__module__ != "numpy" or not hasattr(v, "item"):
-        return v
-    plain = v.item()
-    return plain if isinstance(plain, (bool, int, float)) else v
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _bad(name: str, value: Any, allowed: str) -> ValueError:
-    return ValueError(f"TrainingConfig.{name}={value!r} is invalid: {allowed}")
-
-
-def _positive_number(name, v):
-    if not _is_number(v) or not v > 0 or v != v or v == float("inf"):
-        raise _bad(name, v, "must be a finite number > 0")
-
-
-def _non_negative_number(name, v):
-    if not _is_number(v) or not v >= 0 or v == float("inf"):
-        raise _bad(name, v, "must be a finite number >= 0")
-
-
-def _optional_positive_number(name, v):
-    if v is not None:
-        if not _is_number(v) or not v > 0 or v == float("inf"):
-            raise _bad(name, v, "must be a finite number > 0, or None to disable")
-
-
-def _ratio(name, v):
-    if not _is_number(v) or not 0 <= v <= 1:
-        raise _bad(name, v, "must be a number in [0, 1]")
-
-
-def _positive_int(name, v):
-    if not _is_int(v) or v < 1:
-        raise _bad(name, v, "must be an integer >= 1")
-
-
-def _non_negative_int(name, v):
-    if not _is_int(v) or v < 0:
-        raise _bad(name, v, "must be an integer >= 0")
-
-
-def _optional_positive_int(name, v):
-    if v is not None and (not _is_int(v) or v < 1):
-        raise _bad(name, v, "must be an integer >= 1, or None")
-
-
-def _boolean(name, v):
-    if not isinstance(v, bool):
-        raise _bad(name, v, "must be True or False")
-
-
-def _one_of(choices):
-    def check(name, v):
-        if v not in choices:
-            raise _bad(name, v, f"must be one of {list(choices)}")
-
-    return check
-
-
-def _optional_text(name, v):
-    if v is not None and (not isinstance(v, str) or not v.strip()):
-        raise _bad(name, v, "must be a non-empty string, or None")
-
-
-def _optional_path(name, v):
-    _optional_text(name, v)
-    if v is not None and "\x00" in v:
-        raise _bad(name, v, "must not contain a NUL byte (no filesystem accepts one)")
-
-
-def _seed(name, v):
-    if not _is_int(v) or not 0 <= v < 2**32:
-        raise _bad(name, v, "must be an integer in [0, 2**32 - 1] (NumPy's generators take no larger seed)")
-
-
-def _device(name, v):
-    if v is None:
-        return
-    if not isinstance(v, str) or not re.fullmatch(r"(cpu|cuda|mps|xpu)(:\d+)?", v):
-        raise _bad(name, v, "must be None (auto), 'cpu', 'cuda', 'cuda:N' or 'mps'")
-
-
-def _class_names(name, v):
-    if v is not None and (not isinstance(v, tuple) or not v or not all(isinstance(c, str) and c.isidentifier() for c in v)):
-        raise _bad(name, list(v) if isinstance(v, tuple) else v, "must be a list of module class names (e.g. ['Block']), or None to detect the repeated blocks")
-
-
-def _formats(name, v):
-    if not isinstance(v, tuple) or any(f not in EXPORT_FORMATS for f in v):
-        raise _bad(name, list(v) if isinstance(v, tuple) else v, f"must be a list drawn from {list(EXPORT_FORMATS)}")
-
-
-_VALIDATORS = {
-    "learning_rate": _positive_number,
-    "batch_size": _positive_int,
-    "epochs": _positive_int,
-    "weight_decay": _non_negative_number,
-    "max_grad_norm": _optional_positive_number,
-    "use_amp": _boolean,
-    "amp_dtype": _one_of(AMP_DTYPES),
-    "gradient_accumulation_steps": _positive_int,
-    "random_seed": _seed,
-    "deterministic": _boolean,
-    "use_lr_schedule": _boolean,
-    "warmup_steps": _non_negative_int,
-    "min_lr_ratio": _ratio,
-    "compile_mode": _one_of(COMPILE_MODES),
-    "device": _device,
-    "num_workers": _non_negative_int,
-    "shuffle_chunk_rows": _positive_int,
-    "wandb_project": _optional_text,
-    "mlflow_experiment": _optional_text,
-    "tensorboard_dir": _optional_path,
-    "peak_flops": _optional_positive_number,
-    "export_bundle": _boolean,
-    "export_formats": _formats,
-    "export_tolerance": _positive_number,
-    "parallelism": _one_of(PARALLELISMS),
-    "fsdp_wrap": _class_names,
-    "activation_checkpointing": _boolean,
-    "checkpoint_dir": _optional_path,
-    "checkpoint_every_n_steps": _optional_positive_int,
-    "keep_last_n_checkpoints": _optional_positive_int,
-}
-assert set(_VALIDATORS) == set(FIELD_NAMES), "every TrainingConfig field needs a validator"
+assert set(VALIDATORS) == set(FIELD_NAMES), "every TrainingConfig field needs a validator"

@@ -5,7 +5,8 @@
 
 The loop, top to bottom: `run` -> `_setup` (setup.py: data, model, optimizer, AMP, resume)
 -> per epoch `_train_epoch` -> per accumulation window `_window` -> `_micro_step` (forward,
-loss, backward) and `step.optimizer_step` -> `_evaluate` -> `_checkpoint` (state.py) ->
+loss, backward) and `step.optimizer_step` -> `_validate` (evaluation.py, also every
+`eval_every_n_steps`) and `_watch` (early stopping) -> `_checkpoint` (state.py) ->
 `results.build_results`. What changes as it runs is owned by the parts of its `Run`: the
 model call (compiled or eager), the task, the progress, the telemetry; when it saves is the
 `SavePolicy`'s. It talks to where it runs only through the run context (`context.py`) and
@@ -26,20 +27,21 @@ import torch
 from torch import nn
 
 from trainyard._logging import get_logger, show_logs
-from trainyard.engine import rng, run_folder, setup, step
+from trainyard.engine import evaluation, rng, run_folder, setup, step
 from trainyard.engine.checkpoint import LoadedCheckpoint
 from trainyard.engine.config import TrainingConfig, as_training_config
 from trainyard.engine.context import LocalContext, RunContext
 from trainyard.engine.data.collate import Collator
+from trainyard.engine.evaluation import EarlyStopping
 from trainyard.engine.data.feed import WindowFeed, make_loader, to_device, window_sizes
-from trainyard.engine.data.order import batches_per_epoch, eval_batches, iter_epoch_batches
+from trainyard.engine.data.order import batches_per_epoch, iter_epoch_batches
 from trainyard.engine.hooks import Event, HookDispatcher, Observer, TrainingHooks
-from trainyard.engine.metrics import MetricSums, evaluation_sums
+from trainyard.engine.metrics import MetricSums
 from trainyard.engine.model_config import model_config_value
 from trainyard.engine.observers import builtin_observers
 from trainyard.engine.results import build_results
-from trainyard.engine.state import Run, SavePolicy, TrainState, average_partial_gradients, check_resumable, describe_changes, restore, save_checkpoint
-from trainyard.engine.task import TaskChoice, TaskSpec, as_task_spec, detect_task, extract_logits
+from trainyard.engine.state import Run, SavePolicy, TrainState, check_resumable, checkpoint_position, describe_changes, restore
+from trainyard.engine.task import TaskSpec, as_task_spec, choose_task, extract_logits
 from trainyard.engine.telemetry import RunTelemetry, compute_dtype, peak_flops
 
 log = get_logger("trainyard.engine")
@@ -102,13 +104,7 @@ class TrainingLoop:
     def run(self, ctx: RunContext, train_data: Any, val_data: Any = None, resume_from: Any = None) -> dict[str, Any]:
         """The loop itself, in the environment `ctx` describes."""
         show_logs()
-        if self.training_config.parallelism == "fsdp" and not ctx.shards_state:
-            raise ValueError(
-                f"parallelism='fsdp' needs a run context that shards the model, and {type(ctx).__name__} does not: pass "
-                "scaling=N to the Trainer (e.g. scaling=2; --workers N on the command line) to shard across Ray Train "
-                "workers; in a hand-written Ray Train loop use create_run_context(training_config=training_config); "
-                "or use parallelism='ddp'"
-            )
+        setup.check_context(self.training_config, ctx)
         self.saves = SavePolicy(self.training_config.checkpoint_every_n_steps)
         self.context = ctx
         self._claimed = None  # the run folder this run holds, released however the run ends
@@ -132,6 +128,7 @@ class TrainingLoop:
     def _setup(self, ctx: RunContext, train_data: Any, val_data: Any, resume_from: Any) -> Run:
         cfg = self.training_config
         train_ds, val_ds = setup.datasets(train_data, val_data, ctx, cfg)
+        evaluation.check_measurable(cfg, val_ds is not None)
         source = setup.resume_source(ctx, resume_from)
         if source is None:
             rng.seed_everything(cfg.random_seed)  # before the factory: model init is seeded too
@@ -142,10 +139,7 @@ class TrainingLoop:
         self.batches_per_epoch = batches_per_epoch(len(train_ds), cfg.batch_size, ctx.world_size)
         if loaded is not None and self.task_spec is None and loaded.state.get("task_spec"):
             self.task_spec = TaskSpec.from_dict(loaded.state["task_spec"])
-        if self.task_spec is not None:
-            task = TaskChoice(self.task_spec.name, "given by TaskSpec", explicit=True)
-        else:
-            task = TaskChoice(*detect_task(train_ds[0]), explicit=False)
+        task = choose_task(self.task_spec, train_ds[0])
         self._claimed = setup.run_directory(ctx, cfg, loaded)
         run = Run(
             ctx=ctx, train_ds=train_ds, val_ds=val_ds, raw_model=parts.raw_model, optimizer=parts.optimizer, scaler=parts.scaler,
@@ -156,6 +150,10 @@ class TrainingLoop:
             task=task, telemetry=RunTelemetry(ctx.device, peak_flops(ctx.device, compute_dtype(ctx.device, parts.amp_dtype), cfg.peak_flops)),
         )
         self.state = self._resume(run, loaded) if loaded is not None else TrainState()
+        run.progress.watch = EarlyStopping.from_config(cfg, loaded.state.get("early_stopping") if loaded is not None else None)
+        if run.progress.watch is not None and run.progress.watch.reason():  # a run that stopped early stays stopped
+            (log.info if ctx.is_main else log.debug)("%s: nothing left to do (raise early_stopping_patience to train on)", run.progress.watch.reason())
+            self.saves.request_stop(run.progress.watch.reason())
         return run
 
     def _resume(self, run: Run, loaded: LoadedCheckpoint) -> TrainState:
@@ -197,11 +195,9 @@ class TrainingLoop:
         if state.batch_in_epoch < total:  # stopped inside the epoch
             return
         run.telemetry.waited(feed.waited)
-        row = {"epoch": state.epoch, **run.progress.sync().reduced(ctx).metrics("train", run.task.name)}
+        row = {"epoch": state.epoch, **run.progress.sync().reduced(ctx).metrics("train", run.task.name, run.task.answers)}
         if run.val_ds is not None:
-            val_metrics = self._evaluate(run)
-            row.update(val_metrics)
-            self.hooks.fire(Event.VALIDATION_END, self, state.epoch, val_metrics)
+            row.update(self._validate(run))
         epoch_norms = run.progress.history["grad_norm"][-math.ceil(total / cfg.gradient_accumulation_steps) :]
         row["train/learning_rate"] = run.optimizer.param_groups[0]["lr"]
         row["train/grad_norm"] = sum(epoch_norms) / len(epoch_norms) if epoch_norms else float("nan")
@@ -209,6 +205,7 @@ class TrainingLoop:
         row["epoch_time"] = time.perf_counter() - epoch_start
         run.progress.history["epochs"].append(row)
         state.epoch_complete = True
+        self._watch(run, row)
         self._checkpoint(run, row)
         self.hooks.fire(Event.EPOCH_END, self, state.epoch, row)
         self.state = TrainState(epoch=state.epoch + 1, global_step=state.global_step)
@@ -244,6 +241,8 @@ class TrainingLoop:
             if last:
                 feed.prefetch()  # the next window is collated and copied while the device computes
                 self._optimizer_step(run, self._reduce_loss(run, feed, window_loss) / window_count.clamp(min=1))
+                if evaluation.due_inside_epoch(self.training_config, state, run.batches_per_epoch):
+                    self._watch(run, self._validate(run))
             outputs = {"loss": stats.loss_sum.detach() / max(batch.count, 1), "logits": logits.detach(), "model_output": output}
             self.hooks.fire(Event.BATCH_END, self, batch.tensors, outputs)
             if self.saves.cuts_window(last):
@@ -320,30 +319,29 @@ class TrainingLoop:
 
     # -- evaluation and checkpoints ------------------------------------------------------
 
-    def _evaluate(self, run: Run) -> dict[str, float]:
-        cfg, ctx = self.training_config, run.ctx
-        batches = eval_batches(len(run.val_ds), cfg.batch_size, ctx.rank, ctx.world_size)
-        loader = make_loader(run.val_ds, batches, run.collate, cfg.num_workers, ctx.device.type == "cuda")
-        padding = 0
-        if ctx.shards_state:  # every forward gathers the shards, so every rank runs as many (the extra ones count nothing)
-            padding = max(len(eval_batches(len(run.val_ds), cfg.batch_size, r, ctx.world_size)) for r in range(ctx.world_size)) - len(batches)
-        sums = evaluation_sums(
-            run.call.model, loader, run.task.name, run.collate.pad_token_id, ctx.device, run.forward_kwargs, run.amp_dtype,
-            padding_forwards=padding, padding_batch=run.collate([run.val_ds[0]]) if padding else None,
-        )
-        return sums.reduced(ctx).metrics("val", run.task.name)
+    def _validate(self, run: Run) -> dict[str, float]:
+        """Evaluate on the validation data, record it (history's `evals`) and tell the hooks."""
+        metrics = evaluation.evaluate(run, self.training_config)
+        run.progress.history["evals"].append({"epoch": self.state.epoch, "global_step": self.state.global_step, **metrics})
+        self.hooks.fire(Event.VALIDATION_END, self, self.state.epoch, metrics)
+        return metrics
+
+    def _watch(self, run: Run, metrics: dict[str, Any]) -> None:
+        """Early stopping's look at an evaluation: a stop when its patience is spent (every
+        rank decides alike: the metrics are reduced over ranks)."""
+        watch = run.progress.watch
+        if watch is None:
+            return
+        evaluation.check_metric_measured(self.training_config, metrics)
+        reason = watch.update(metrics, self.state.epoch, self.state.global_step)
+        if reason is not None:
+            if run.ctx.is_main:
+                log.info("%s: stopping at epoch %d, step %d", reason, self.state.epoch, self.state.global_step)
+            self.saves.request_stop(reason)
 
     def _checkpoint(self, run: Run, metrics: dict[str, Any]) -> None:
-        """Save the position (main rank) and report it; every rank reports, the same number of times."""
-        progress, ctx = run.progress, run.ctx
-        progress.sync()
-        ranks = None
-        if ctx.world_size > 1:  # what each rank summed itself (the epoch so far, a cut window) is saved per rank
-            ranks = ctx.gather({"epoch_sums": vars(progress.epoch_sums).copy(), "window": progress.window})
-            if progress.window is not None and not ctx.shards_state:
-                average_partial_gradients(run)
-        writes = ctx.is_main or ctx.shards_state  # sharded: every rank writes its part
-        path = save_checkpoint(run, self.state, self.training_config, self.task_spec, self.config, ranks) if writes else None
-        ctx.report(metrics, path)
-        if path is not None and ctx.is_main:
+        """Save the position and report it; every rank reports, the same number of times."""
+        path = checkpoint_position(run, self.state, self.training_config, self.task_spec, self.config)
+        run.ctx.report(metrics, path)
+        if path is not None and run.ctx.is_main:
             self.hooks.fire(Event.CHECKPOINT, self, str(path))

@@ -40,15 +40,16 @@ class MetricSums:
         """Summed over the ranks of `ctx` (a RunContext)."""
         return MetricSums(*ctx.all_reduce_sum([self.loss, self.count, self.correct, self.seq_correct, self.num_seqs]))
 
-    def metrics(self, prefix: str, task: str) -> dict[str, float]:
-        """`{prefix}/loss`, perplexity, accuracy (not for regression), exact_match (LM only);
-        keys are bare (`loss`) when `prefix` is empty."""
+    def metrics(self, prefix: str, task: str, answers: bool = True) -> dict[str, float]:
+        """`{prefix}/loss`, perplexity, accuracy (not for regression), exact_match (language
+        modelling on data whose labels mark answers: not free text, where a whole sequence is
+        never right); keys are bare (`loss`) when `prefix` is empty."""
         key = (lambda name: f"{prefix}/{name}") if prefix else (lambda name: name)
         loss = self.loss / self.count if self.count else float("nan")
         out = {key("loss"): loss, key("perplexity"): exp_or_inf(loss)}
         if task != "regression":
             out[key("accuracy")] = self.correct / self.count if self.count else float("nan")
-        if task == "language_modeling":
+        if task == "language_modeling" and answers:
             out[key("exact_match")] = self.seq_correct / self.num_seqs if self.num_seqs else float("nan")
         return out
 

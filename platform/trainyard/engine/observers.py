@@ -106,6 +106,15 @@ class EpochLog(Observer):
             parts.append(f"data wait {100 * metrics['time/data_wait_frac']:.0f}%")
         log.info("epoch %d/%d | %s | %.1fs", epoch, trainer.training_config.epochs, " | ".join(parts), metrics["epoch_time"])
 
+    def on_validation_end(self, trainer, epoch, metrics) -> None:
+        if trainer.context.is_main and _inside_epoch(trainer):  # an epoch's end says it in the epoch line
+            parts = [f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float) and not math.isnan(v)]
+            log.info("step %d (epoch %d/%d) | %s", trainer.state.global_step, epoch, trainer.training_config.epochs, " | ".join(parts))
+
+
+def _inside_epoch(trainer) -> bool:
+    return trainer.state.batch_in_epoch < trainer.batches_per_epoch
+
 
 def _short(value: float) -> str:
     for unit, size in (("M", 1e6), ("k", 1e3)):
@@ -129,6 +138,10 @@ class _StepAndEpochLogger(Observer):
     def on_step_end(self, trainer, step, metrics) -> None:
         if self.active:
             self.write(metrics, step)
+
+    def on_validation_end(self, trainer, epoch, metrics) -> None:
+        if self.active and _inside_epoch(trainer):  # an evaluation every N steps; an epoch's is in its row
+            self.write(dict(metrics), trainer.state.global_step)
 
     def on_epoch_end(self, trainer, epoch, metrics) -> None:
         if self.active:

@@ -17,7 +17,8 @@ def build_results(run: Run, state: TrainState, elapsed: float, stop_reason: str 
     """Keys (always present): loss_history, final_loss (validation loss when there is
     validation data), final_perplexity, training_time, metrics_summary, best_epoch,
     grad_norm_history, amp_enabled, checkpoint_path; also run_dir, task, global_step,
-    stopped_early, telemetry (the run's throughput, step time, data wait, MFU, memory)."""
+    stopped_early, eval_history (a row per evaluation: epoch, global_step, val/*), telemetry
+    (the run's throughput, step time, data wait, MFU, memory)."""
     import pandas as pd
 
     history = run.progress.history
@@ -46,6 +47,7 @@ def build_results(run: Run, state: TrainState, elapsed: float, stop_reason: str 
         "task": run.task.name,
         "global_step": state.global_step,
         "stopped_early": stop_reason,
+        "eval_history": list(history["evals"]),
         "telemetry": run_summary(rows),
     }
 

@@ -35,6 +35,7 @@ from torch import nn
 from trainyard.engine import checkpoint as ckpt
 from trainyard.engine import run_folder
 from trainyard.engine.config import TrainingConfig
+from trainyard.engine.fields import optimizer_arguments, optimizer_class
 from trainyard.engine.context import RunContext
 from trainyard.engine.data.inputs import as_dataset
 from trainyard.engine.data.rows import RowSource
@@ -124,6 +125,17 @@ class Parts:
     scaler: Any
 
 
+def check_context(cfg: TrainingConfig, ctx: RunContext) -> None:
+    """The run context can do what `cfg` asks of it."""
+    if cfg.parallelism == "fsdp" and not ctx.shards_state:
+        raise ValueError(
+            f"parallelism='fsdp' needs a run context that shards the model, and {type(ctx).__name__} does not: pass "
+            "scaling=N to the Trainer (e.g. scaling=2; --workers N on the command line) to shard across Ray Train "
+            "workers; in a hand-written Ray Train loop use create_run_context(training_config=training_config); "
+            "or use parallelism='ddp'"
+        )
+
+
 def build_parts(raw_model: nn.Module, cfg: TrainingConfig, ctx: RunContext, loaded: ckpt.LoadedCheckpoint | None) -> Parts:
     """The model prepared for `ctx`, its optimizer and AMP policy, with `loaded`'s state read
     into them (a sharded checkpoint resharded to how they are laid out here; a whole one's
@@ -133,6 +145,14 @@ def build_parts(raw_model: nn.Module, cfg: TrainingConfig, ctx: RunContext, load
     model = ctx.prepare_model(raw_model)
     amp_dtype, scaler = amp_policy(cfg, ctx.device)
     optimizer = build_optimizer(raw_model, cfg)
+    if loaded is not None:
+        saved = loaded.state["training_config"].get("optimizer", "adamw")  # older checkpoints: AdamW
+        if saved != cfg.optimizer:
+            raise ValueError(
+                f"cannot resume from {loaded.path} with optimizer={cfg.optimizer!r}: it holds {saved}'s state (moment "
+                f"estimates, step counts), which {cfg.optimizer} cannot continue from; use optimizer={saved!r}, or start a "
+                "new run from its weights alone"
+            )
     if loaded is not None and loaded.sharded:
         ctx.load_state(loaded.path, raw_model, optimizer, grads=bool(loaded.state.get("sharded_grads")))
     elif loaded is not None:
@@ -207,7 +227,8 @@ def forward_kwargs(model: nn.Module) -> tuple[str, ...]:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
-    # Weight decay on matrices only (embeddings and linear weights), not biases or norms.
+    """`cfg.optimizer` (AdamW by default) with `cfg.optimizer_kwargs`; weight decay on
+    matrices only (embeddings and linear weights), not biases or norms."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
@@ -215,14 +236,18 @@ def build_optimizer(model: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimi
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
+    cls = optimizer_class(cfg.optimizer)
+    kwargs = optimizer_arguments(cfg.optimizer_kwargs)
     # The fused kernel updates every parameter in a few launches (PyTorch's default on a CPU is
     # a Python loop over the parameters), and it can skip a non-finite step on the device.
-    if all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params):
+    # Where the optimizer has one and the user did not choose.
+    fusable = "fused" in inspect.signature(cls.__init__).parameters and "fused" not in kwargs
+    if fusable and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params):
         try:
-            return torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=True)
-        except (RuntimeError, ValueError):  # an older PyTorch without a fused kernel for this device
+            return cls(groups, lr=cfg.learning_rate, fused=True, **kwargs)
+        except (RuntimeError, ValueError):  # an older PyTorch without a fused kernel for this device, or an option it lacks
             pass
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate)
+    return cls(groups, lr=cfg.learning_rate, **kwargs)
 
 
 def amp_policy(cfg: TrainingConfig, device: torch.device) -> tuple[torch.dtype | None, Any]:

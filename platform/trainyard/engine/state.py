@@ -14,7 +14,8 @@
     optimizer.pt   the optimizer's state_dict
     state.pt       grad scaler, RNG tensors, gradients accumulated so far (mid-window only)
     trainer_state.json
-                   position (TrainState), epoch_sums, window, history, RNG (plain), the
+                   position (TrainState), epoch_sums, window, history, early stopping's
+                   state, RNG (plain), the
                    TrainingConfig, TaskSpec and model config, train_size, world_size
 """
 
@@ -31,6 +32,7 @@ from trainyard.engine import checkpoint as ckpt
 from trainyard.engine import rng, run_folder
 from trainyard.engine.config import TrainingConfig
 from trainyard.engine.context import RunContext
+from trainyard.engine.evaluation import EarlyStopping
 from trainyard.engine.data.collate import Collator
 from trainyard.engine.metrics import MetricSums, RunningSums
 from trainyard.engine.model_config import model_config_dict
@@ -57,11 +59,13 @@ class TrainState:
 class Progress:
     """What the run has accumulated beyond the weights."""
 
-    history: dict[str, list] = field(default_factory=lambda: {"loss": [], "grad_norm": [], "epochs": []})
+    # loss, grad_norm: per optimizer step; epochs: a row per epoch; evals: a row per evaluation
+    history: dict[str, list] = field(default_factory=lambda: {"loss": [], "grad_norm": [], "epochs": [], "evals": []})
     epoch_sums: MetricSums = field(default_factory=MetricSums)  # the epoch so far, on the host
     window: dict[str, Any] | None = None  # an accumulation window cut by a stop, or restored mid-window
     last_checkpoint: Path | None = None
     running: RunningSums | None = None  # the epoch's sums while it trains, on the device
+    watch: EarlyStopping | None = None  # early stopping's best value and patience so far
 
     def start_epoch(self, device: torch.device) -> None:
         """Sum the epoch on the device, from what it has summed so far (a resumed epoch)."""
@@ -146,6 +150,7 @@ def save_checkpoint(
         "epoch_sums": vars(run.progress.epoch_sums).copy(),
         "window": run.progress.window,
         "history": run.progress.history,
+        "early_stopping": run.progress.watch.to_dict() if run.progress.watch is not None else None,
         "rng": rng_plain,
         "training_config": cfg.to_dict(),
         "task_spec": task_spec.to_dict() if task_spec else TaskSpec(name=run.task.name).to_dict(),
@@ -169,6 +174,20 @@ def save_checkpoint(
     run.progress.last_checkpoint = path
     run_folder.prune(run.run_dir, cfg.keep_last_n_checkpoints, protect=path)
     return path
+
+
+def checkpoint_position(run: Run, state: TrainState, cfg: TrainingConfig, task_spec: TaskSpec | None, model_config: Any) -> Path | None:
+    """Save the position: the main rank writes it (with sharded state every rank its part);
+    returns its path where this rank wrote one. A collective on more than one rank."""
+    progress, ctx = run.progress, run.ctx
+    progress.sync()
+    ranks = None
+    if ctx.world_size > 1:  # what each rank summed itself (the epoch so far, a cut window) is saved per rank
+        ranks = ctx.gather({"epoch_sums": vars(progress.epoch_sums).copy(), "window": progress.window})
+        if progress.window is not None and not ctx.shards_state:
+            average_partial_gradients(run)
+    writes = ctx.is_main or ctx.shards_state  # sharded: every rank writes its part
+    return save_checkpoint(run, state, cfg, task_spec, model_config, ranks) if writes else None
 
 
 def check_resumable(loaded: ckpt.LoadedCheckpoint, cfg: TrainingConfig, n_train: int, world_size: int) -> None:
@@ -210,6 +229,16 @@ def describe_changes(loaded: ckpt.LoadedCheckpoint, cfg: TrainingConfig, n_train
             f"weight_decay {saved.get('weight_decay')} -> {cfg.weight_decay} is not applied: the optimizer resumes with the "
             f"weight decay it saved; start a new run (no resume) to use {cfg.weight_decay}"
         )
+    if saved.get("optimizer_kwargs") != cfg.optimizer_kwargs:
+        changes.append(
+            f"optimizer_kwargs {saved.get('optimizer_kwargs')} -> {cfg.optimizer_kwargs} is not applied: the optimizer resumes "
+            "with the settings it saved; start a new run (no resume) to use the new ones"
+        )
+    if saved.get("lr_schedule", "cosine") != cfg.lr_schedule and cfg.use_lr_schedule:
+        changes.append(f"lr_schedule {saved.get('lr_schedule', 'cosine')} -> {cfg.lr_schedule}: the rate moves to the new schedule's value at this step")
+    watched = (saved.get("early_stopping_metric"), saved.get("early_stopping_mode"))
+    if watched != (cfg.early_stopping_metric, cfg.early_stopping_mode) and cfg.early_stopping_metric is not None:
+        changes.append(f"early_stopping_metric {saved.get('early_stopping_metric')} -> {cfg.early_stopping_metric}: its patience counts from here")
     if s.get("train_size") not in (None, n_train):
         changes.append(f"training samples {s['train_size']} -> {n_train} (the remaining epochs see the new data; an epoch now has other batches)")
     return changes
@@ -235,7 +264,8 @@ def restore(run: Run, loaded: ckpt.LoadedCheckpoint) -> TrainState:
     ranks = s.get("ranks")  # mid-epoch, the world size is the same (checked); at an epoch end the sums start afresh
     own = ranks[run.ctx.rank] if ranks and len(ranks) == run.ctx.world_size else s
     # own["window"]: saved mid-window, what this rank has summed of it
-    run.progress = Progress(history=s["history"], epoch_sums=MetricSums(**own["epoch_sums"]), window=own["window"], last_checkpoint=loaded.path)
+    history = {"evals": [], **s["history"]}  # older checkpoints kept no evaluations apart
+    run.progress = Progress(history=history, epoch_sums=MetricSums(**own["epoch_sums"]), window=own["window"], last_checkpoint=loaded.path)
     if loaded.extra.get("grads") is not None:  # sharded gradients were read with the sharded state
         for p, g in zip(run.raw_model.parameters(), loaded.extra["grads"]):
             p.grad = None if g is None else g.to(p.device)

@@ -55,15 +55,19 @@ def optimizer_step(run: Run, cfg: TrainingConfig, state: TrainState, loss: torch
 
 
 def learning_rate(cfg: TrainingConfig, step: int, batches_per_epoch: int) -> float:
-    """Linear warmup, then cosine decay to min_lr_ratio * learning_rate."""
+    """Linear warmup over warmup_steps, then `cfg.lr_schedule`: cosine or linear decay to
+    min_lr_ratio * learning_rate at the last step, or constant."""
     if not cfg.use_lr_schedule:
         return cfg.learning_rate
     if step < cfg.warmup_steps:
         return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.learning_rate
     total = cfg.epochs * math.ceil(batches_per_epoch / cfg.gradient_accumulation_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
     floor = cfg.min_lr_ratio * cfg.learning_rate
-    return floor + (cfg.learning_rate - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.lr_schedule == "cosine" else 1 - progress
+    return floor + (cfg.learning_rate - floor) * shape
 
 
 def check_cut_window(run: Run, state: TrainState, window_loss: torch.Tensor) -> None:

@@ -102,11 +102,24 @@ class TaskChoice:
     reason: str
     explicit: bool  # given, not detected: the model's output may not refine it
     confirmed: bool = False
+    # Language modelling on data with labels (an answer after a masked prompt): exact_match,
+    # the share of whole answers right, means something. On free text it does not.
+    answers: bool = True
 
     def confirm(self, logits: torch.Tensor) -> None:
         """Check the first logits fit the task (an auto-detected task may be refined)."""
         self.name, self.reason = confirm_task(self.name, logits, self.reason, self.explicit)
         self.confirmed = True
+
+
+def choose_task(task_spec: TaskSpec | None, sample: Mapping[str, torch.Tensor]) -> TaskChoice:
+    """The task a TaskSpec gives, else the one `sample` shows (confirmed at the first logits)."""
+    if task_spec is not None:
+        task = TaskChoice(task_spec.name, "given by TaskSpec", explicit=True)
+    else:
+        task = TaskChoice(*detect_task(sample), explicit=False)
+    task.answers = "labels" in sample
+    return task
 
 
 def extract_logits(output: Any) -> torch.Tensor:

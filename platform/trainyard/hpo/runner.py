@@ -231,13 +231,15 @@ def _check_metric(space: SearchSpace, task_spec: Any, train_data: Any) -> None:
     """The metric must be a column the trials' task reports (known here when the task is
     given, or the data is in memory; a path is read by the trials)."""
     spec = as_task_spec(task_spec)
+    answers = True  # whether the data marks answers (exact_match) is known only from a sample
     if spec is not None:
         task = spec.name
     elif isinstance(train_data, (str, os.PathLike)) or is_ray_data(train_data):
         return  # read by the trials (a path) or Ray Data: not known here
     else:
-        task = detect_task(as_dataset(train_data, "train_data")[0])[0]
-    columns = sorted({*MetricSums().metrics("train", task), *MetricSums().metrics("val", task), "train/learning_rate", *TELEMETRY_KEYS})
+        sample = as_dataset(train_data, "train_data")[0]
+        task, answers = detect_task(sample)[0], "labels" in sample
+    columns = sorted({*MetricSums().metrics("train", task, answers), *MetricSums().metrics("val", task, answers), "train/learning_rate", *TELEMETRY_KEYS})
     if space.metric not in columns:
         close = difflib.get_close_matches(space.metric, columns, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Mapping
 
 from trainyard import _yaml
 from trainyard.engine.config import FIELD_NAMES, TrainingConfig
+from trainyard.engine.fields import check_field
 
 DISTRIBUTIONS = ("uniform", "loguniform", "quniform", "randint", "qrandint", "choice")
 MODES = ("min", "max")
@@ -175,7 +176,7 @@ def _check_types(where: str, param: Param) -> None:
         raise ValueError(f"{where}: the field takes integers, but {param.kind} samples floats; use randint, qrandint or choice")
     for value in param.sample_values():
         try:
-            TrainingConfig(**{param.name: value})
+            check_field(param.name, value)
         except (ValueError, TypeError) as e:
             raise ValueError(f"{where}: value {value!r} is not valid for the field ({e})") from None
 
