@@ -19,8 +19,11 @@ through AWS's own variables: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...), `gs://..
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path, PurePosixPath
+from typing import Any, Mapping
 from urllib.parse import urlparse
 
 DEFAULT_STORAGE = "runs"  # relative to the working directory of the process that launches
@@ -69,6 +72,12 @@ def folder_name(name: str, what: str = "run name") -> str:
             "<storage>/<name>; to write elsewhere choose the storage (--storage-path, --output-dir; storage_path= in Python)"
         )
     return name
+
+
+def command_digest(inputs: Mapping[str, Any]) -> str:
+    """8 hex digits of what a command was given: the same inputs, the same digest (a default
+    run name from it makes running the command again find, and resume, its run)."""
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def default_storage() -> str:

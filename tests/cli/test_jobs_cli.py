@@ -80,8 +80,10 @@ def test_a_running_job_is_cancelled_from_another_shell_and_resumed_to_completion
     assert stopped["state"] == "cancelled" and stopped["checkpoint"].endswith(" (resume continues from it)"), stopped
     where = stopped["checkpoint"].split()[0]
     resumed = subprocess.run([sys.executable, "-m", "trainyard.cli.main", "jobs", "resume", job_id, "--db", jobs_db], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr[-3000:]
-    assert resumed.stdout.strip().endswith(f"job {job_id}: completed") and f"resumed from {where} " in resumed.stderr
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)  # as a terminal shows them
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    lines = resumed.stdout.strip().splitlines()
+    assert lines[-1] == f"job {job_id}: completed" and f"resumed from {where} " in resumed.stdout
+    assert any("epoch 6/6 |" in line for line in lines[:-1]), resumed.stdout[-3000:]  # the job's last epoch line came before its state
     status = dict(line.split(None, 1) for line in jobs(jobs_db, "status", job_id).stdout.splitlines())
     assert status["state"] == "completed" and status["attempts"] == "2"

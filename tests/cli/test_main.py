@@ -106,3 +106,26 @@ def test_data_files_in_a_config_are_found_from_the_configs_folder_wherever_the_c
     assert exp.train_data == str(project / "data" / "train.parquet") and exp.val_data == str(elsewhere / "mine" / "val.parquet")
     (project / "abs.yaml").write_text(f"data: {{train: {elsewhere / 'x.parquet'}, val: s3://bucket/val}}\n")
     assert [load_spec(project / "abs.yaml").data[k] for k in ("train", "val")] == [str(elsewhere / "x.parquet"), "s3://bucket/val"]
+
+
+def test_running_the_same_train_command_again_resumes_its_run_and_fresh_starts_another(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # runs/ goes here
+    argv = ["train", str(ADDITION), *TINY, "epochs=1"]
+    assert main(argv) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert run_dir.name.startswith("addition-") and list(run_dir.glob("checkpoint_e0001_*"))
+    capsys.readouterr()
+    assert main(argv) == 0  # the same command: its run, found and resumed (finished: nothing more to train)
+    err = capsys.readouterr().err
+    assert f"this command's run {run_dir} has checkpoints: resuming it (--fresh starts a new run)" in err
+    assert "is the end of a finished run" in err and "resumed from" not in err  # said once
+    assert main(["train", str(ADDITION), *TINY, "epochs=2"]) == 0  # more epochs: the same run, trained further
+    err = capsys.readouterr().err
+    assert err.count("resumed from") == 1 and "epoch 2/2" in err and "epoch 1/2" not in err
+    assert list((tmp_path / "runs").iterdir()) == [run_dir]
+    assert main([*argv, "learning_rate=0.002"]) == 0  # another command, another run: none writes into another's folder
+    assert main([*argv, "--fresh"]) == 0
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert len(runs) == 3 and all(r.startswith("addition-") for r in runs)
+    assert main([*argv, "--fresh", "--name", "x"]) == 2
+    assert "--fresh starts a new run under a new name: it goes with neither --name" in capsys.readouterr().err

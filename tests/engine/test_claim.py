@@ -51,8 +51,8 @@ def test_two_commands_into_one_folder_one_trains_and_the_other_is_told_at_once(t
     out = first.communicate(timeout=300)[0]
     assert first.returncode == 0, out
     assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
-    assert f"checkpoint_dir {folder} is being written by another run right now (process {first.pid} on " in second.stderr
-    assert f"--resume {folder}" in second.stderr and "resume_from" not in second.stderr  # the command's own terms
+    assert f"{folder} is being written by another run right now (process {first.pid} on " in second.stderr
+    assert "start a new run with --fresh" in second.stderr and "resume_from" not in second.stderr  # the command's own terms
     (checkpoint,) = sorted(folder.glob("checkpoint_e0024_*"))
     assert json.loads((checkpoint / "trainer_state.json").read_text())["training_config"]["learning_rate"] == 0.001  # the first run's
     assert not (folder / CLAIM).exists()  # released when the run ended
@@ -106,8 +106,9 @@ def test_the_holder_keeps_its_claim_fresh(tmp_path, monkeypatch):
 
 def test_a_claim_being_written_this_instant_is_not_taken_for_a_dead_one(tmp_path):
     (tmp_path / CLAIM).write_text("")  # created with O_EXCL, its holder about to write who it is
-    with pytest.raises(RunFolderInUse, match="being written by another run right now"):
+    with pytest.raises(RunFolderInUse, match="is being claimed by another run starting this instant") as refused:
         run_folder.claim(tmp_path)
+    assert "process ?" not in str(refused.value)  # no holder to name yet: it says so, not "process ? on ?"
     os.utime(tmp_path / CLAIM, (time.time() - 60,) * 2)  # empty for a minute: its claimant died mid-write
     run_folder.claim(tmp_path)
     run_folder.release(tmp_path)

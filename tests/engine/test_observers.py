@@ -67,6 +67,7 @@ def test_mlflow_logs_params_step_and_epoch_metrics_to_a_local_store(tmp_path, mo
     assert mlflow.active_run() is None  # the run it started is ended
     runs = mlflow.search_runs(experiment_names=["trainyard-test"])
     assert len(runs) == 1 and runs["params.training.epochs"][0] == "2" and runs["params.model.vocab_size"][0] == str(VOCAB)
+    assert runs["tags.mlflow.runName"][0] == "ck"  # the run's own name (its folder's), as on every output of it
     client = mlflow.tracking.MlflowClient()
     run_id = runs["run_id"][0]
     steps = client.get_metric_history(run_id, "train/step_loss")
@@ -91,14 +92,17 @@ def test_tensorboard_writes_step_and_epoch_scalars(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    tc = TrainingConfig(epochs=2, batch_size=4, tensorboard_dir=str(tmp_path / "tb"), checkpoint_dir=str(tmp_path / "ck"))
+    tc = TrainingConfig(epochs=2, batch_size=4, tensorboard_dir=str(tmp_path / "tb"), checkpoint_dir=str(tmp_path / "ck"), eval_every_n_steps=1)
     results = Trainer(lm_factory(), SimpleNamespace(vocab_size=VOCAB), tc).train(lm_samples(8), lm_samples(4))
     (run_dir,) = (tmp_path / "tb").iterdir()
+    assert run_dir.name == "ck"  # the run's name: its checkpoint folder's
     events = EventAccumulator(str(run_dir))
     events.Reload()
     steps = events.Scalars("train/step_loss")
     assert [e.step for e in steps] == [1, 2, 3, 4] and [e.value for e in steps] == pytest.approx(results["loss_history"], rel=1e-6)
-    assert [e.value for e in events.Scalars("val/loss")] == pytest.approx(list(results["metrics_summary"]["val/loss"]), rel=1e-6)
+    val = events.Scalars("val/loss")  # every evaluation at its step: every step here, each epoch's end in its row
+    assert [e.step for e in val] == [1, 2, 3, 4]
+    assert [e.value for e in val] == pytest.approx([row["val/loss"] for row in results["eval_history"]], rel=1e-6)
     assert "time/step_ms" in events.Tags()["scalars"]
 
 

@@ -75,11 +75,13 @@ def test_text_in_the_models_own_answer_out(bundle):
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["prediction"] == [expected] and out["text"] == [TOKENIZER.decode(expected)]
+    assert "least-significant first: 333+500= answers 3380, which reversed is 0833" in out["how_to_read"]  # says what it means
 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["5", "999"], "inference.py: token id 999 is not in this model's vocabulary (integers 0 to "),
     (["--text", "12+x="], "inference.py: characters ['x'] are not in this model's tokenizer"),
+    (["--text", "12+34="], "inference.py: '12+34=' is not a prompt this model was trained on: prompts are two 3-digit numbers, zero-padded"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(bundle, args, message):
     proc = run(bundle, *args)

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -91,11 +92,31 @@ def _resume(queue, args) -> int:
 
 def _follow(queue, job_id: str) -> int:
     """Wait for the job to end (its lines reach this terminal through Ray, as they are
-    logged); exit code 0 when it completed."""
-    state = queue.wait(job_id)
-    record = queue.get_job(job_id)
-    print(f"job {job_id}: {state}" + (f" ({_last_line(record.error)})" if record.error else ""))
+    logged), then for its last logged line to arrive; exit code 0 when it completed."""
+    from trainyard.execution.ray_env import forwarded_lines
+
+    with forwarded_lines() as seen:
+        state = queue.wait(job_id)
+        record = queue.get_job(job_id)
+        _catch_up(seen, record.checkpoint_dir)
+    print(f"job {job_id}: {state}" + (f" ({_last_line(record.error)})" if record.error else ""), flush=True)
     return 0 if state == "completed" else 1
+
+
+def _catch_up(seen: list[str], checkpoint_dir: str, timeout: float = 5.0) -> None:
+    """Ray forwards a job's lines a moment after they are logged, so the job can end before
+    its last epoch line has reached this terminal: wait (a few seconds at most) until the
+    last line of its log (job.log, stamped) has arrived, so the state is said last."""
+    from trainyard.job_queue.runner import log_path
+
+    path = log_path(checkpoint_dir) if is_local(checkpoint_dir) else None
+    lines = path.read_text(errors="replace").splitlines() if path is not None and path.is_file() else []
+    if not lines:
+        return
+    last = lines[-1].split(" ", 2)[-1]  # without its date and time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not any(last in line for line in seen[-50:]):
+        time.sleep(0.05)
 
 
 def _list(queue, args) -> int:

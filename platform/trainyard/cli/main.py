@@ -55,8 +55,9 @@ def _add_train(sub: Any) -> None:
     train.add_argument("--resume", default=None, help="checkpoint or run directory to resume from")
     train.add_argument("--workers", type=int, default=0, help="Ray Train workers (DDP, local Ray unless RAY_ADDRESS); 0: this process")
     train.add_argument("--gpu", action="store_true", help="with --workers: one GPU per worker")
-    train.add_argument("--name", default=None, help="with --workers: run name (the same name resumes)")
-    train.add_argument("--storage-path", default=None, help="with --workers: where checkpoints persist")
+    train.add_argument("--fresh", action="store_true", help="start a new run (by default running the same command again resumes its run)")
+    train.add_argument("--name", default=None, help="run name, its folder under the storage (default: derived from the command)")
+    train.add_argument("--storage-path", default=None, help="where runs persist (default runs/)")
     train.add_argument("--results", default=None, help="write the results (JSON) here")
     train.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show debug logs and Ray's own logs")
 
@@ -215,14 +216,42 @@ def _how_to_resume(args: argparse.Namespace) -> str:
     if args.command == "run":
         return ": run the same command again to resume"
     if args.command == "train" and args.workers:
-        storage = ["--storage-path", args.storage_path] if args.storage_path else []
-        again = ["trainyard", "train", args.config, *args.overrides, "--workers", str(args.workers), "--name", args.name, *storage]
-        return f": run {args.name} keeps its checkpoints; resume it with: {shlex.join(again)}"
+        return f": run {args.name} keeps its checkpoints; resume it with: {_same_command(args)}"
     if args.command == "tune":
         storage = ["--storage-path", args.storage_path] if args.storage_path else []
         again = ["trainyard", "tune", args.space, "--config", args.config, *args.overrides, "--name", args.name, *storage]
         return f": the sweep keeps its finished trials; resume it with: {shlex.join(again)}"
     return ""
+
+
+def _default_run_name(args: argparse.Namespace) -> str:
+    """The run a `train` command trains: the command's own (a rerun resumes it), or with
+    --fresh a new one; says so when a rerun resumes."""
+    from trainyard._logging import get_logger
+    from trainyard.cli.runners import command_run_name
+    from trainyard.engine.run_folder import latest_valid
+    from trainyard.engine.setup import run_id
+    from trainyard.experiment import load_spec
+    from trainyard.storage import default_storage, is_local
+
+    if args.fresh:
+        return f"{Path(args.config).stem}-{run_id()}"
+    spec = load_spec(args.config, args.overrides)
+    name = command_run_name(args.config, spec, args.workers)
+    storage = args.storage_path or default_storage()
+    run_dir = (Path(spec.training.checkpoint_dir) if spec.training.checkpoint_dir and not args.workers else Path(storage, name)).resolve()
+    if args.resume is None and is_local(storage) and latest_valid(run_dir) is not None:
+        get_logger("trainyard.cli").info("this command's run %s has checkpoints: resuming it (--fresh starts a new run)", run_dir)
+    return name
+
+
+def _same_command(args: argparse.Namespace) -> str:
+    """The command that continues this `train` run: the same one, named where --fresh named it."""
+    again = ["trainyard", "train", args.config, *args.overrides]
+    again += ["--workers", str(args.workers)] if args.workers else []
+    again += ["--name", args.name] if args.named else []
+    again += ["--storage-path", args.storage_path] if args.storage_path else []
+    return shlex.join(again)
 
 
 def user_error(e: BaseException) -> BaseException | None:
@@ -252,10 +281,10 @@ def _train(args: argparse.Namespace) -> int:
     if args.workers < 0:
         raise ValueError(f"--workers {args.workers}: give 0 (this process) or a number of Ray Train workers")
     log = get_logger("trainyard.cli")
-    if args.workers:
-        from trainyard.execution.remote import run_name
-
-        args.name = args.name or run_name("trainyard")  # named here, so that a stopped run can say how to resume it
+    if args.fresh and (args.resume or args.name):
+        raise ValueError(f"--fresh starts a new run under a new name: it goes with neither {'--resume' if args.resume else '--name'}")
+    args.named = args.fresh or args.name is not None  # the rerun must name the run (a derived name derives again)
+    args.name = args.name or _default_run_name(args)  # named here, so that a stopped run can say how to resume it
     interrupt = _stop_on_interrupt() if not args.workers else None
     with interrupt or contextlib.nullcontext(), _in_command_terms(args):
         results = run_experiment(
@@ -266,12 +295,12 @@ def _train(args: argparse.Namespace) -> int:
             name=args.name,
             storage_path=args.storage_path,
             resume_from=args.resume,
+            fresh=args.fresh,
             hooks=[interrupt] if interrupt else None,
         )
     if interrupt is not None and interrupt.signum is not None:
-        resume = shlex.join(["trainyard", "train", args.config, *args.overrides, "--resume", str(results["checkpoint_path"])])
         how = "stopped (SIGTERM)" if interrupt.signum == signal.SIGTERM else "interrupted"
-        log.info("%s: the position is saved in %s. Resume with:\n  %s", how, results["checkpoint_path"], resume)
+        log.info("%s: the position is saved in %s. Resume with:\n  %s", how, results["checkpoint_path"], _same_command(args))
         return 128 + interrupt.signum
     summary = results["metrics_summary"]
     last = summary.iloc[-1].to_dict() if len(summary) else {}
@@ -335,9 +364,10 @@ def _in_command_terms(args: argparse.Namespace):
     try:
         yield
     except RunFolderInUse as e:
-        keep = [o for o in args.overrides if not o.startswith("checkpoint_dir=")]
-        resume = shlex.join(["trainyard", "train", args.config, *keep, "--resume", str(e.run_dir)])
-        raise ValueError(f"checkpoint_dir {e.run_dir} {e.problem}. Continue it with: {resume}; or start afresh in another checkpoint_dir=") from None
+        if "holds checkpoints" in e.problem:
+            again = ["trainyard", "train", args.config, *args.overrides, *(["--workers", str(args.workers)] if args.workers else [])]
+            raise ValueError(f"{e.run_dir} {e.problem}. Continue it with: {shlex.join(again)}; or start afresh in another checkpoint_dir=") from None
+        raise ValueError(f"{e.run_dir} {e.problem}. Run this command again when that run has ended (it resumes), or start a new run with --fresh") from None
 
 
 def _tune(args: argparse.Namespace) -> int:

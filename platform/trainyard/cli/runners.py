@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from trainyard.engine.run_folder import latest_valid
+from trainyard.engine.setup import run_id
 from trainyard.experiment import build, load_spec
+from trainyard.storage import command_digest, default_storage, folder_name
 
 
 def run_experiment(
@@ -18,12 +21,22 @@ def run_experiment(
     storage_path: str | None = None,
     ship_source: Path | None = None,
     resume_from: Any = None,
+    fresh: bool = False,
     hooks: list | None = None,
 ) -> dict[str, Any]:
-    """Build the experiment and train it: in this process (workers=0) or on Ray."""
-    exp = build(load_spec(config_path, overrides))
+    """Build the experiment and train it: in this process (workers=0) or on Ray, in the run
+    folder `<storage>/<name>` either way (the spec's `checkpoint_dir` instead, in-process).
+    The default name is `command_run_name`'s: running the same command again resumes its
+    run from the newest checkpoint there; `fresh` starts a new run, under a new name."""
+    spec = load_spec(config_path, overrides)
+    name = name or (f"{Path(config_path).stem}-{run_id()}" if fresh else command_run_name(config_path, spec, workers))
+    exp = build(spec)
     if not workers:
-        return exp.trainer(hooks=hooks).train(exp.train_data, exp.val_data, resume_from=resume_from)
+        run_dir = Path(exp.training_config.checkpoint_dir or Path(storage_path or default_storage(), folder_name(name))).resolve()
+        if resume_from is None and not fresh and latest_valid(run_dir) is not None:
+            resume_from = run_dir  # its newest valid checkpoint; the loop says which
+        training_config = exp.training_config.replace(checkpoint_dir=str(run_dir))
+        return exp.trainer(training_config, hooks=hooks).train(exp.train_data, exp.val_data, resume_from=resume_from)
     from trainyard.execution.configs import run_config, scaling_config
     from trainyard.execution.ray_env import ensure_ray
 
@@ -31,6 +44,16 @@ def run_experiment(
     ensure_ray(py_modules=[str(ship_source)] if ship_source else None)
     trainer = exp.trainer(hooks=hooks, scaling=scaling_config(workers, use_gpu=gpu), run_config=run)
     return trainer.train(exp.train_data, exp.val_data, resume_from=resume_from)
+
+
+def command_run_name(config_path: str | Path, spec: Any, workers: int) -> str:
+    """`<config file's stem>-<8 hex>`, from the config as resolved (overrides applied) and the
+    worker count (it sets the global batch): the same command names the same run. How long to
+    train (`epochs`, `early_stopping_patience`) is left out: raising it trains the run further."""
+    resolved = spec.to_dict()
+    training = {k: v for k, v in (resolved.get("training") or {}).items() if k not in ("epochs", "early_stopping_patience")}
+    inputs = {"config": str(Path(config_path).resolve()), "spec": {**resolved, "training": training}, "workers": workers}
+    return f"{Path(config_path).stem}-{command_digest(inputs)}"
 
 
 def run_sweep(

@@ -59,6 +59,21 @@ def addition_splits(train_size: int, val_size: int, digits: int = 3, seed: int =
     return make_addition_dataset(train_size, digits, seed=seed, exclude=held_out), val
 
 
+def tokenizer(digits: int = 3) -> CharTokenizer:
+    """The addition tokenizer, saying what its prompts and answers look like (the export
+    bundle checks a prompt against it and prints how to read the answer)."""
+    described = CharTokenizer("0123456789+=")
+    n = digits
+    described.prompt_pattern = rf"\d{{{n}}}\+\d{{{n}}}="
+    example_a, example_b = 10**n // 3, 10**n // 2  # 333+500=833 for 3 digits
+    total = f"{example_a + example_b:0{n + 1}d}"
+    described.usage = (
+        f"prompts are two {n}-digit numbers, zero-padded ({'7'.zfill(n)}+{'8'.zfill(n)}= for 7+8); the answer is the sum's "
+        f"{n + 1} digits least-significant first: {example_a:0{n}d}+{example_b:0{n}d}= answers {total[::-1]}, which reversed is {total}"
+    )
+    return described
+
+
 def model_config(digits: int = 3, **overrides: Any) -> dict[str, Any]:
     """Model config entries this dataset needs."""
     return {"vocab_size": TOKENIZER.vocab_size, "max_seq_len": seq_len(digits), "pad_token_id": TOKENIZER.pad_token_id, **overrides}

@@ -15,6 +15,10 @@ class CharTokenizer:
         self.itos = [PAD, BOS, EOS, *chars]
         self.stoi = {s: i for i, s in enumerate(self.itos)}
         self.byte_level = False
+        # What the model's text means, for the export bundle to check and say: the prompts it
+        # was trained on (a regular expression) and how to read its answers.
+        self.prompt_pattern: str | None = None
+        self.usage: str | None = None
 
     def __call__(self, text: str, max_length: int | None = None, truncation: bool = True) -> dict[str, list[int]]:
         """`{"input_ids": [...]}` of one text with <bos>/<eos>, cut at `max_length`: the call
@@ -25,7 +29,7 @@ class CharTokenizer:
     def to_spec(self) -> dict:
         """What an export bundle's inference.py rebuilds this tokenizer from (tokenizer.json)."""
         return {"itos": list(self.itos), "byte_level": self.byte_level, "bos_token_id": self.bos_token_id,
-                "eos_token_id": self.eos_token_id, "n_special": 3}
+                "eos_token_id": self.eos_token_id, "n_special": 3, "prompt_pattern": self.prompt_pattern, "usage": self.usage}
 
     @classmethod
     def bytes(cls) -> "CharTokenizer":

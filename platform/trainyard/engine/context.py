@@ -27,6 +27,9 @@ class RunContext:
     # staging folder, a job's folder); None: the TrainingConfig's checkpoint_dir, else the
     # resumed checkpoint's folder, else checkpoints/<run id>.
     run_dir: Path | None = None
+    # The run's name, as its outputs (tracker runs, TensorBoard folders) are named; None: the
+    # name of its run folder.
+    run_name: str | None = None
 
     @property
     def is_main(self) -> bool:

@@ -70,6 +70,7 @@ class TrainingLoop:
         self.step_metrics: dict[str, float] = {}  # the last optimizer step's loss, grad norm, lr
         self.saves = SavePolicy(self.training_config.checkpoint_every_n_steps)
         self.tokenizer: Any = None  # travels with the export bundle when set (experiments set it)
+        self.run_name: str | None = None  # set when a run starts: its name on every output (trackers too)
 
     # -- the handles hooks get ---------------------------------------------------------
 
@@ -141,6 +142,7 @@ class TrainingLoop:
             self.task_spec = TaskSpec.from_dict(loaded.state["task_spec"])
         task = choose_task(self.task_spec, train_ds[0])
         self._claimed = setup.run_directory(ctx, cfg, loaded)
+        self.run_name = ctx.run_name or self._claimed.name
         run = Run(
             ctx=ctx, train_ds=train_ds, val_ds=val_ds, raw_model=parts.raw_model, optimizer=parts.optimizer, scaler=parts.scaler,
             amp_dtype=parts.amp_dtype, collate=Collator(self.pad_token_id), run_dir=self._claimed,

@@ -30,7 +30,6 @@ from trainyard._logging import get_logger
 from trainyard.engine.config import TrainingConfig
 from trainyard.engine.hooks import Observer
 from trainyard.engine.model_config import model_config_dict
-from trainyard.engine.setup import run_id
 from trainyard.engine.telemetry import TELEMETRY_KEYS
 
 log = get_logger("trainyard.engine")
@@ -181,7 +180,7 @@ class WandbLogger(_StepAndEpochLogger):
             self.run, self.owned = wandb.run, False
             self.run.config.update({"trainyard": config}, allow_val_change=True)
         else:
-            self.run, self.owned = wandb.init(project=self.project, config=config), True
+            self.run, self.owned = wandb.init(project=self.project, name=trainer.run_name, config=config), True
 
     def write(self, metrics: dict[str, float], step: int) -> None:
         self.run.log(dict(metrics), step=step)
@@ -215,7 +214,7 @@ class MLflowLogger(_StepAndEpochLogger):
         self.owned = mlflow.active_run() is None
         if self.owned:
             mlflow.set_experiment(self.experiment)
-            mlflow.start_run()
+            mlflow.start_run(run_name=trainer.run_name)
         mlflow.log_params({k: str(v) for k, v in _flatten(config).items()})
 
     def write(self, metrics: dict[str, float], step: int) -> None:
@@ -228,7 +227,7 @@ class MLflowLogger(_StepAndEpochLogger):
 
 
 class TensorBoardLogger(_StepAndEpochLogger):
-    """TensorBoard: scalars per step and per epoch under `<tensorboard_dir>/<run id>/`, the
+    """TensorBoard: scalars per step and per epoch under `<tensorboard_dir>/<run name>/`, the
     configs as text. `tensorboard --logdir <tensorboard_dir>` shows every run side by side."""
 
     def __init__(self, directory: str):
@@ -240,7 +239,7 @@ class TensorBoardLogger(_StepAndEpochLogger):
         _require("tensorboard", "tensorboard_dir", "tensorboard")
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(Path(self.directory) / run_id()))
+        self.writer = SummaryWriter(log_dir=str(Path(self.directory) / trainer.run_name))  # a resumed run writes on in it
         for section, values in config.items():
             self.writer.add_text(f"config/{section}", "\n".join(f"{k}: {v}" for k, v in (values or {}).items()), 0)
 

@@ -92,7 +92,7 @@ def claim(run_dir: Path) -> None:
         except FileExistsError:
             holder = _holder(run_dir)
             if holder is None and _age(run_dir / CLAIM) < 5:  # created an instant ago, its holder still writing it
-                holder = {"pid": "?", "host": "?", "since": time.time()}
+                raise RunFolderInUse(run_dir, "is being claimed by another run starting this instant", "wait for it and resume it then") from None
             if holder is not None and not _gone(run_dir, holder):
                 since = time.strftime("%H:%M:%S", time.localtime(holder.get("since", 0)))
                 raise RunFolderInUse(

@@ -44,6 +44,7 @@ class RayTrainContext(ProcessGroupContext):
         self.device = ray.train.torch.get_device()
         self._delete_local = delete_local_checkpoints
         self.run_dir = Path(run_dir) if run_dir is not None else None  # where this rank stages its checkpoints
+        self.run_name = context.get_experiment_name()  # the RunConfig's name: the run's folder in its storage
         self.use(training_config)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
@@ -87,11 +88,13 @@ class TuneTrialContext(RunContext):
 
     def __init__(self, checkpoint_every_epoch: bool = True, epochs: int | None = None, run_dir: str | Path | None = None):
         import ray
+        import ray.tune
 
         gpus = ray.get_gpu_ids() if ray.is_initialized() else []
         self.device = torch.device("cuda" if gpus and torch.cuda.is_available() else "cpu")
         self._every_epoch, self._epochs = checkpoint_every_epoch, epochs
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.run_name = ray.tune.get_context().get_trial_name()  # the trial's folder in the sweep's
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model.to(self.device)

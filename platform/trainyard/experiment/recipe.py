@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from trainyard.data import load_builtin
-from trainyard.data.addition import TOKENIZER, model_config
+from trainyard.data.addition import model_config
+from trainyard.data.addition import tokenizer as addition_tokenizer
 from trainyard.data.files import DataFiles
 from trainyard.data.tokenizer import CharTokenizer
 from trainyard.experiment.sections import FILE_OPTIONS, NOT_MODEL_CONFIG, model_builder
@@ -75,7 +76,7 @@ def _tokenizer(choice: Any, data: Mapping[str, Any]):
     if choice == "bytes":
         return CharTokenizer.bytes()
     if choice == "addition":
-        return TOKENIZER
+        return addition_tokenizer(data.get("digits", 3))
     if isinstance(choice, Mapping) and isinstance(choice.get("alphabet"), str) and choice["alphabet"]:
         return CharTokenizer(choice["alphabet"])
     raise ValueError(f"model tokenizer={choice!r}: use bytes, addition or {{alphabet: 'characters'}}")

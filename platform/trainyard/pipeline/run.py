@@ -22,7 +22,6 @@ inputs, so the same command finds its run; a different command gets its own.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -43,7 +42,7 @@ from trainyard.hpo import load_search_space
 from trainyard.hpo.experiments import sweep_experiment
 from trainyard.pipeline.final import lineage, train_final
 from trainyard.report import write_report
-from trainyard.storage import default_storage, folder_name
+from trainyard.storage import command_digest, default_storage, folder_name
 
 log = get_logger("trainyard.pipeline")
 STAGES = ("sweep", "final", "export", "report")
@@ -94,7 +93,7 @@ def run_pipeline(
     options = {"samples": samples, "workers": workers, "gpu": gpu, "max_concurrent": max_concurrent, "scheduler": scheduler, "seed": seed}
     inputs = {"config": str(Path(config).resolve()), "space": str(Path(space).resolve()), "overrides": list(overrides), "spec": spec.to_dict(),
               "space_spec": search.to_dict(), **options}
-    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    digest = command_digest(inputs)
     run_dir = Path(output_dir or _default_output()).expanduser().resolve() / (folder_name(name) if name else f"{Path(config).stem}-{digest}")
     pipeline = _open(run_dir, inputs, digest, spec, options)
     done = [s for s in STAGES if s in pipeline.stages]

@@ -1,6 +1,6 @@
 """Run the exported model with nothing but this bundle's requirements.txt installed.
 
-    python inference.py --text "12+34="          # text in (the bundle's tokenizer), prediction out
+    python inference.py --text "123+456="        # text in (the bundle's tokenizer), prediction out
     python inference.py 5 6 7                    # token ids in
     python inference.py --serve --port 8080      # HTTP: POST /predictions {"text": "..."} or {"input_ids": [[...]]}
 
@@ -12,6 +12,7 @@ bundle as inference.py; it imports nothing of trainyard.)
 
 import argparse
 import json
+import re
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -32,6 +33,7 @@ class CharTokenizer:
         self.itos, self.byte_level = spec["itos"], spec["byte_level"]
         self.stoi = {s: i for i, s in enumerate(self.itos)}
         self.bos, self.eos, self.n_special = spec["bos_token_id"], spec["eos_token_id"], spec["n_special"]
+        self.prompt_pattern, self.usage = spec.get("prompt_pattern"), spec.get("usage")  # what its text means
 
     def encode(self, text):
         if self.byte_level:
@@ -39,6 +41,8 @@ class CharTokenizer:
         unknown = sorted({c for c in text if c not in self.stoi})
         if unknown:
             raise BadInput(f"characters {unknown} are not in this model's tokenizer")
+        if self.prompt_pattern and not re.fullmatch(self.prompt_pattern, text):
+            raise BadInput(f"{text!r} is not a prompt this model was trained on: {self.usage}")
         return [self.bos] + [self.stoi[c] for c in text]
 
     def decode(self, ids):
@@ -148,6 +152,8 @@ class Bundle:
         out = {"input_ids": ids, "prediction": new}
         if self.tokenizer is not None:
             out["text"] = [self.tokenizer.decode(row) for row in new]
+            if getattr(self.tokenizer, "usage", None):
+                out["how_to_read"] = self.tokenizer.usage
         return out
 
 
