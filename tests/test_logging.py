@@ -55,3 +55,38 @@ def test_the_command_leaves_an_in_process_callers_logging_and_sigterm_as_they_we
     before = (logger.level, list(logger.handlers), logger.propagate, signal.getsignal(signal.SIGTERM))
     assert main(["report", str(tmp_path / "nothing-here")]) == 2
     assert (logger.level, list(logger.handlers), logger.propagate, signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_a_step_that_takes_long_says_what_it_is_doing_and_a_quick_one_says_nothing(caplog):
+    import logging
+    import time
+
+    from trainyard._logging import say_if_slow
+
+    with caplog.at_level(logging.INFO, logger="trainyard"):
+        with say_if_slow("reading the data", after=0.05):
+            time.sleep(0.3)
+        with say_if_slow("starting Ray", after=5):
+            pass
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2 and said[0] == "reading the data ..." and said[1].startswith("reading the data: done in 0.")
+
+
+def test_a_worker_killed_inside_a_garbage_collector_callback_prints_no_traceback():
+    """Ray stops a pruned trial's process with SIGTERM; its handler's SystemExit, raised in a
+    weakref callback, was printed as 'Exception ignored in ...' on the user's terminal."""
+    script = (
+        "import gc, weakref\n"
+        "from trainyard._logging import quiet_exits\n"
+        "class A: pass\n"
+        "def exits(_): raise SystemExit(1)\n"
+        "def fails(_): raise KeyError('kept')\n"
+        "a, b = A(), A()\n"
+        "refs = [weakref.ref(a, exits), weakref.ref(b, fails)]\n"
+        "quiet_exits()\n"
+        "del a, b\n"
+        "gc.collect()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    assert "SystemExit" not in proc.stderr and "KeyError: 'kept'" in proc.stderr  # other unraisable errors still show

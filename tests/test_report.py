@@ -69,21 +69,58 @@ def test_report_of_a_directory_with_nothing_to_report_says_what_it_expected(tmp_
     assert "is not a directory" in capsys.readouterr().err
 
 
+# Run in the page by the browser: every table (and cell) that is wider than the page shows, by
+# its first header and its overflow in pixels. Written into the DOM, which --dump-dom prints.
+_MEASURE = """<script>addEventListener('load', () => {
+  const out = [];
+  for (const t of document.querySelectorAll('table')) {
+    const box = t.parentElement, name = t.querySelector('th') ? t.querySelector('th').textContent : '?';
+    if (box.scrollWidth > box.clientWidth + 1) out.push(`table ${name}: ${box.scrollWidth - box.clientWidth}px scrolled`);
+    for (const c of t.querySelectorAll('td')) if (c.scrollWidth > c.clientWidth + 1) out.push(`cell in table ${name}: ${c.textContent.slice(0, 40)}`);
+    if (t.getBoundingClientRect().right > document.documentElement.clientWidth) out.push(`table ${name}: past the window's edge`);
+  }
+  const p = document.createElement('pre'); p.id = 'overflow'; p.textContent = JSON.stringify(out); document.body.appendChild(p);
+});</script>"""
+
+
+def browser() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        pytest.skip("chromium is not installed (.ci/run installs it with apt-get)")
+    return found
+
+
+def overflow_at(report: Path, width: int, tmp_path: Path) -> list[str]:
+    """What of `report` (an HTML file) is cut off or scrolls sideways in a browser window
+    `width` pixels wide: laid out by Chromium itself."""
+    page = tmp_path / f"measured-{report.parent.parent.name}.html"
+    page.write_text(report.read_text().replace("</body>", _MEASURE + "</body>"))
+    proc = subprocess.run([browser(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--window-size={width},1000",
+                           "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    import html
+    import re
+
+    found = re.search(r"<pre id=\"overflow\">(.*?)</pre>", proc.stdout, re.S)
+    assert found, proc.stderr[-2000:]
+    return json.loads(html.unescape(found.group(1)))
+
+
+def screenshot(report: Path, width: int, shot: Path) -> None:
+    proc = subprocess.run([browser(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--screenshot={shot}",
+                           f"--window-size={width},1400", report.as_uri()], capture_output=True, text=True, timeout=120)
+    assert shot.is_file(), proc.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_the_html_report_renders_in_a_browser(trained, tmp_path):
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("chromium is not installed (.ci/run installs it with apt-get)")
     shot = tmp_path / "shot.png"
-    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--screenshot={shot}",
-                           "--window-size=1000,1400", (trained / "report" / "report.html").as_uri()],
-                          capture_output=True, text=True, timeout=120)
-    assert shot.is_file(), proc.stderr[-2000:]
+    screenshot(trained / "report" / "report.html", 1280, shot)
     import matplotlib.image
 
     pixels = matplotlib.image.imread(str(shot))[..., :3]
-    assert png_size(shot) == (1000, 1400)
+    assert png_size(shot) == (1280, 1400)
     # Not blank: many distinct colours (the plots' lines and text), and ink on a fair share of it.
     colours = {tuple(p) for p in (pixels[::7, ::7].reshape(-1, 3) * 255).astype(int).tolist()}
     ink = (pixels.mean(axis=2) < 0.9).mean()
     assert len(colours) > 50 and ink > 0.02, (len(colours), ink)
+    assert overflow_at(trained / "report" / "report.html", 1280, tmp_path) == []  # nothing cut off or scrolled sideways

@@ -19,6 +19,8 @@ import contextlib
 import logging
 import os
 import sys
+import threading
+import time
 
 ROOT = "trainyard"
 
@@ -94,3 +96,45 @@ def own_process_logs() -> None:
     if not any(isinstance(h, _Line) for h in logger.handlers):
         logger.addHandler(_Line(always=True))
     logger.propagate = False
+
+
+def quiet_exits() -> None:
+    """In a Ray worker process trainyard runs: Ray stops a process it no longer needs (a pruned trial's) with SIGTERM, and its handler
+    raises SystemExit wherever the process is: inside a garbage collector's callback Python
+    cannot raise it, and prints 'Exception ignored in: ...' with a traceback, which Ray
+    forwards to the user's terminal. The process is exiting either way: say nothing of it.
+    Every other unraisable exception is reported as before."""
+    default = sys.unraisablehook
+    if getattr(default, "quiet_exit", False):
+        return
+
+    def hook(unraisable) -> None:
+        if not issubclass(unraisable.exc_type, SystemExit):
+            default(unraisable)
+
+    hook.quiet_exit = True
+    sys.unraisablehook = hook
+
+
+@contextlib.contextmanager
+def say_if_slow(what: str, after: float = 3.0, logger: str = ROOT):
+    """Log `what ...` once the block has run for `after` seconds, and how long it took when
+    it ends: a step that is usually quick says what is going on when it is not (reading and
+    tokenizing a large file, starting Ray), instead of a silent terminal."""
+    log = logging.getLogger(logger)
+    done, said, start = threading.Event(), [], time.monotonic()
+
+    def watch() -> None:
+        if not done.wait(after):
+            said.append(True)
+            log.info("%s ...", what)
+
+    watcher = threading.Thread(target=watch, name="trainyard-say-if-slow", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+        if said:
+            log.info("%s: done in %.1f s", what, time.monotonic() - start)

@@ -45,12 +45,16 @@ def write_report(run_dir: str | Path) -> Path:
         raise FileNotFoundError(f"{run_dir} is not a directory: give the run directory a trainyard command printed")
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
+    started = time.perf_counter()
     title, sections = _sections(run_dir, out)
     if not sections:
         raise FileNotFoundError(
             f"{run_dir} holds nothing to report: expected pipeline.json (trainyard run), results.json (trainyard train) "
             "or trials.csv (trainyard tune)"
         )
+    for section in sections:  # the report is a stage of the run too: its own time, as far as drawing it took
+        if section.title == "Stages" and "report" not in [row[0] for row in section.tables[0][1]]:
+            section.tables[0][1].append(["report", f"{time.perf_counter() - started:.1f}", "(this report)"])
     (out / "report.md").write_text(_markdown(title, run_dir, sections))
     (out / "report.html").write_text(_html(title, run_dir, sections, out))
     return out / "report.html"
@@ -103,7 +107,8 @@ def _sweep_section(sweep_dir: Path, out: Path, outcome: dict | None) -> Section:
         keep = [c for c in trials.columns if c not in ("trial", "error", "time_total_s") and "/" not in c]
         keep += [c for c in (metric, "time_total_s") if c in trials.columns]
         rows = trials.sort_values("number")[keep].values.tolist() if "number" in trials else trials[keep].values.tolist()
-        section.tables.append((keep, rows))
+        header = ["trial" if c == "number" else "seconds" if c == "time_total_s" else c for c in keep]
+        section.tables.append((header, [[_fmt(v) for v in row] for row in rows]))
     for name, caption in SWEEP_PLOTS.items():
         if (sweep_dir / name).is_file():
             shutil.copyfile(sweep_dir / name, out / f"sweep_{name}")
@@ -150,7 +155,10 @@ def _stages_section(stages: dict) -> Section:
 
 
 def _lineage_section(lineage: dict) -> Section:
-    rows = [[k, json.dumps(v, default=str) if isinstance(v, (dict, list)) else _fmt(v)] for k, v in lineage.items()]
+    def value(v: Any) -> str:  # a mapping as `key: value` lines, wrapped in the page (not one long JSON line)
+        return "\n".join(f"{k}: {_fmt(x)}" for k, x in v.items()) if isinstance(v, dict) else json.dumps(v) if isinstance(v, list) else _fmt(v)
+
+    rows = [[k, value(v)] for k, v in lineage.items()]
     return Section("Lineage", tables=[(["field", "value"], rows)])
 
 
@@ -252,6 +260,22 @@ def _per_epoch_plot(key: str, title: str, ylabel: str, scale: float = 1.0):
     return draw
 
 
+def _learning_rate_plot(results: dict, path: Path) -> bool:
+    """Per optimizer step, so that a warmup of a few steps shows (runs of older versions kept
+    one rate per epoch: those points)."""
+    rates = results.get("learning_rate_history") or []
+    if not rates:
+        return _per_epoch_plot("train/learning_rate", "Learning rate", "learning rate")(results, path)
+    plt = _pyplot()
+    figure, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(range(1, len(rates) + 1), rates, linewidth=1.2)
+    ax.set(xlabel="optimizer step", ylabel="learning rate", title="Learning rate")
+    ax.set_ylim(bottom=0)
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
+    ax.grid(alpha=0.3)
+    return _save(figure, path)
+
+
 def _grad_norm_plot(results: dict, path: Path) -> bool:
     norms = [v for v in results.get("grad_norm_history") or [] if _finite(v) is not None]
     if not norms:
@@ -270,7 +294,7 @@ def _grad_norm_plot(results: dict, path: Path) -> bool:
 _TRAINING_PLOTS = (
     ("loss.png", "Loss per optimizer step, with each epoch's train and validation loss", _loss_plot),
     ("accuracy.png", "Token accuracy and exact match per epoch", _accuracy_plot),
-    ("learning_rate.png", "Learning rate at the end of each epoch", _per_epoch_plot("train/learning_rate", "Learning rate", "learning rate")),
+    ("learning_rate.png", "Learning rate per optimizer step (warmup, then the schedule)", _learning_rate_plot),
     ("grad_norm.png", "Gradient norm per optimizer step (before clipping)", _grad_norm_plot),
     ("throughput.png", "Training throughput per epoch (tokens per second, all workers)",
      _per_epoch_plot("throughput/tokens_per_s", "Throughput", "thousand tokens / s", 1e-3)),
@@ -294,15 +318,16 @@ def _markdown(title: str, run_dir: Path, sections: list[Section]) -> str:
         for header, rows in s.tables:
             lines.append("| " + " | ".join(map(str, header)) + " |")
             lines.append("|" + "---|" * len(header))
-            lines += ["| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |" for row in rows]
+            lines += ["| " + " | ".join(_fmt(v).replace("|", "\\|").replace("\n", "<br>") for v in row) + " |" for row in rows]
             lines.append("")
         lines += [line for name, caption in s.images for line in (f"![{caption}]({name})", f"*{caption}*", "")]
     return "\n".join(lines)
 
 
-_CSS = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1180px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em;max-width:100%}
+td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left;overflow-wrap:anywhere;white-space:pre-line}
 th{background:#f3f3f3}figure{margin:0}img{max-width:100%}figcaption{color:#555;font-size:.9em}
 .wide{overflow-x:auto}.plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(440px,1fr));gap:1.2em;margin:1em 0}"""
 

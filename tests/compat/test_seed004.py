@@ -168,7 +168,8 @@ def test_create_model_and_tokenizer_for_the_addition_data_uses_its_tokenizer():
 
     spec = yaml.safe_load((ROOT / "jobs/configs/addition.yaml").read_text())
     model, tokenizer = create_model_and_tokenizer(spec)
-    assert tokenizer is TOKENIZER and model.config.vocab_size == TOKENIZER.vocab_size
+    assert tokenizer.itos == TOKENIZER.itos and tokenizer.encode("123+456=") == TOKENIZER.encode("123+456=")  # the addition data's own
+    assert "least-significant first" in tokenizer.usage and model.config.vocab_size == TOKENIZER.vocab_size
     assert model.config.max_seq_len == seq_len(3)
     with pytest.raises(ValueError, match="smaller than the tokenizer"):
         create_model_and_tokenizer({"model": {"name": "gpt", "vocab_size": 4, "tokenizer": "bytes"}})

@@ -10,7 +10,7 @@ from trainyard.hpo.report import PLOTS, trial_number, write_outputs
 from trainyard.hpo.runner import SweepResult
 
 
-def made_up_sweep(tmp_path, n_complete):
+def made_up_sweep(tmp_path, n_complete, tied=False):
     import optuna
     import pandas as pd
 
@@ -23,6 +23,8 @@ def made_up_sweep(tmp_path, n_complete):
         lr, bs = 10 ** (-4 + 3 * i / len(states)), [16, 32, 64][i % 3]
         epochs = 3 if state == "COMPLETE" else (1 if state == "PRUNED" else 0)
         history = {e: 2.0 / (e + lr * 100) + 0.01 * i for e in range(1, epochs + 1)}
+        if tied and state == "PRUNED":
+            history = {1: 1.5}  # pruned at the same point with the same value
         value = history[epochs] if history else None
         study.add_trial(optuna.trial.create_trial(params={"learning_rate": lr, "batch_size": bs}, distributions=space,
                                                   value=value if state == "COMPLETE" else None,
@@ -43,6 +45,19 @@ def test_every_plot_is_a_real_image(tmp_path):
         with Image.open(path) as image:
             assert image.format == "PNG" and image.width > 400 and image.height > 200
             assert len(image.convert("L").getcolors(maxcolors=1 << 16) or ()) > 10  # drawn on, not blank
+
+
+def test_pruned_trials_cut_at_one_point_are_named_not_drawn_as_one_mark(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from trainyard.hpo.report import _curves, _trials
+
+    result = made_up_sweep(tmp_path, n_complete=3, tied=True)
+    figure = _curves(plt, _trials(result), result)
+    assert [t.get_text() for t in figure.axes[0].texts] == ["trials 4, 5"]
+    plt.close(figure)
 
 
 def test_importances_from_few_trials_say_so_and_from_one_are_not_drawn(tmp_path, caplog):

@@ -83,6 +83,17 @@ def test_one_command_runs_every_stage_quietly_and_ends_with_the_summary(uninterr
     assert lineage["code_version"]["git_commit"]  # this checkout's commit
 
 
+def test_the_report_fits_a_1280_pixel_window_and_lists_every_stage(uninterrupted, tmp_path):
+    from tests.test_report import overflow_at
+
+    run, _ = uninterrupted
+    report = run / "report" / "report.html"
+    assert overflow_at(report, 1280, tmp_path) == []  # no table scrolls sideways, no cell is cut off
+    md = (run / "report" / "report.md").read_text()
+    assert "| report | " in md and "| trial | state | learning_rate |" in md  # the report's own stage; trials as the console numbers them
+    assert "learning_rate.png" in md and "per optimizer step" in md
+
+
 def test_the_final_training_uses_the_best_params_and_the_final_section(uninterrupted):
     import yaml
 

@@ -22,6 +22,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from trainyard._logging import say_if_slow
 from trainyard.storage import is_local
 
 DEFAULT_DB = "sqlite:///training_jobs.db"
@@ -73,13 +74,15 @@ def _submit(queue, args) -> int:
 
     if args.workers < 1:
         raise ValueError(f"--workers {args.workers}: a job needs at least 1 worker")
-    exp = build(load_spec(args.config, args.overrides))
+    with say_if_slow(f"preparing the job: reading {args.config}'s data", logger="trainyard.cli"):
+        exp = build(load_spec(args.config, args.overrides))
     job = JobConfig(
         model_factory=exp.model_factory, config=exp.model_config, train_data=exp.train_data, val_data=exp.val_data,
         training_config=exp.training_config, task_spec=exp.task_spec, num_workers=args.workers, use_gpu=args.gpu,
         name=args.name or Path(args.config).stem,
     )
-    job_id = queue.submit_job(job)
+    with say_if_slow(f"submitting the job to {queue.url}", logger="trainyard.cli"):
+        job_id = queue.submit_job(job)
     print(f"job {job_id} submitted to {queue.url}; following it (Ctrl-C stops it; `trainyard jobs resume {job_id}` continues)", flush=True)
     return _follow(queue, job_id)
 

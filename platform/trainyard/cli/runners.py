@@ -38,9 +38,11 @@ def run_experiment(
         training_config = exp.training_config.replace(checkpoint_dir=str(run_dir))
         return exp.trainer(training_config, hooks=hooks).train(exp.train_data, exp.val_data, resume_from=resume_from)
     from trainyard.execution.configs import run_config, scaling_config
+    from trainyard.execution.launch import check_before_ray
     from trainyard.execution.ray_env import ensure_ray
 
     run = run_config(None, exp.training_config, name=name, storage_path=storage_path)  # checked before Ray starts
+    check_before_ray(resume_from)
     ensure_ray(py_modules=[str(ship_source)] if ship_source else None)
     trainer = exp.trainer(hooks=hooks, scaling=scaling_config(workers, use_gpu=gpu), run_config=run)
     return trainer.train(exp.train_data, exp.val_data, resume_from=resume_from)

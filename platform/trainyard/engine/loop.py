@@ -307,8 +307,8 @@ class TrainingLoop:
         state = self.state
         loss_value, norm = step.optimizer_step(run, self.training_config, state, loss)
         state.global_step += 1
-        run.progress.history["loss"].append(loss_value)
-        run.progress.history["grad_norm"].append(norm)
+        for key, value in (("loss", loss_value), ("grad_norm", norm), ("learning_rate", run.optimizer.param_groups[0]["lr"])):
+            run.progress.history[key].append(value)
         step_time = run.telemetry.step_end()
         self.step_metrics = {
             "train/step_loss": loss_value, "train/grad_norm": norm, "train/learning_rate": run.optimizer.param_groups[0]["lr"],

@@ -16,7 +16,8 @@ _SUMMARY_BASE = ["epoch", "train/loss", "val/loss", "train/accuracy", "val/accur
 def build_results(run: Run, state: TrainState, elapsed: float, stop_reason: str | None) -> dict[str, Any]:
     """Keys (always present): loss_history, final_loss (validation loss when there is
     validation data), final_perplexity, training_time, metrics_summary, best_epoch,
-    grad_norm_history, amp_enabled, checkpoint_path; also run_dir, task, global_step,
+    grad_norm_history, amp_enabled, checkpoint_path; also learning_rate_history (per
+    optimizer step), run_dir, task, global_step,
     stopped_early, eval_history (a row per evaluation: epoch, global_step, val/*), telemetry
     (the run's throughput, step time, data wait, MFU, memory)."""
     import pandas as pd
@@ -41,6 +42,7 @@ def build_results(run: Run, state: TrainState, elapsed: float, stop_reason: str 
         "metrics_summary": summary,
         "best_epoch": int(best_epoch),
         "grad_norm_history": list(history["grad_norm"]),
+        "learning_rate_history": list(history["learning_rate"]),
         "amp_enabled": run.amp_dtype is not None,
         "checkpoint_path": str(run.progress.last_checkpoint) if run.progress.last_checkpoint else None,
         "run_dir": str(run.run_dir),

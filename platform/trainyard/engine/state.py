@@ -59,8 +59,8 @@ class TrainState:
 class Progress:
     """What the run has accumulated beyond the weights."""
 
-    # loss, grad_norm: per optimizer step; epochs: a row per epoch; evals: a row per evaluation
-    history: dict[str, list] = field(default_factory=lambda: {"loss": [], "grad_norm": [], "epochs": [], "evals": []})
+    # loss, grad_norm, learning_rate: per optimizer step; epochs: a row per epoch; evals: a row per evaluation
+    history: dict[str, list] = field(default_factory=lambda: {"loss": [], "grad_norm": [], "learning_rate": [], "epochs": [], "evals": []})
     epoch_sums: MetricSums = field(default_factory=MetricSums)  # the epoch so far, on the host
     window: dict[str, Any] | None = None  # an accumulation window cut by a stop, or restored mid-window
     last_checkpoint: Path | None = None
@@ -264,7 +264,7 @@ def restore(run: Run, loaded: ckpt.LoadedCheckpoint) -> TrainState:
     ranks = s.get("ranks")  # mid-epoch, the world size is the same (checked); at an epoch end the sums start afresh
     own = ranks[run.ctx.rank] if ranks and len(ranks) == run.ctx.world_size else s
     # own["window"]: saved mid-window, what this rank has summed of it
-    history = {"evals": [], **s["history"]}  # older checkpoints kept no evaluations apart
+    history = {"evals": [], "learning_rate": [], **s["history"]}  # older checkpoints kept neither
     run.progress = Progress(history=history, epoch_sums=MetricSums(**own["epoch_sums"]), window=own["window"], last_checkpoint=loaded.path)
     if loaded.extra.get("grads") is not None:  # sharded gradients were read with the sharded state
         for p, g in zip(run.raw_model.parameters(), loaded.extra["grads"]):

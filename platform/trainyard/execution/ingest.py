@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from trainyard._logging import say_if_slow
 from trainyard.data.files import DataFiles
 from trainyard.engine.config import SHUFFLE_CHUNK_ROWS
 from trainyard.engine.data.inputs import as_dataset
@@ -130,8 +131,9 @@ def run_inputs(train_data: Any, val_data: Any, config: Any, task_spec: Any = Non
     ensure_ray()
     checks = data_checks(config, task_spec)
     read = (lambda d: True) if on_ray else is_ray_data
-    train_data = ingest(train_data, "train_data", **checks) if read(train_data) else train_data
-    return train_data, (ingest(val_data, "val_data", **checks) if read(val_data) else val_data)
+    with say_if_slow("reading the data" + (" and tokenizing its text" if any(getattr(d, "text_column", None) for d in (train_data, val_data)) else "")):
+        train_data = ingest(train_data, "train_data", **checks) if read(train_data) else train_data
+        return train_data, (ingest(val_data, "val_data", **checks) if read(val_data) else val_data)
 
 
 def data_checks(config: Any, task_spec: Any = None) -> dict[str, Any]:

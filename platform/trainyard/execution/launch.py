@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainyard._logging import get_logger, own_process_logs
+from trainyard._logging import get_logger, own_process_logs, quiet_exits
 from trainyard.engine import checkpoint as ckpt
 from trainyard.engine import run_folder
 from trainyard.engine.loop import TrainingLoop
@@ -56,14 +56,19 @@ class _Payload:
     tokenizer: Any = None
 
 
+def check_before_ray(resume_from: Any) -> None:
+    """A missing or corrupt local checkpoint to resume from is known before Ray and the
+    workers start: say it once, there."""
+    if isinstance(resume_from, (str, os.PathLike)) and not ckpt.is_ray_checkpoint(resume_from) and is_local(resume_from):
+        ckpt.verify(run_folder.resolve(resume_from, warn=log.warning))
+
+
 def fit(trainer: Any, train_data: Any, val_data: Any = None, resume_from: Any = None) -> dict[str, Any]:
     """Run `trainer` (a `trainyard.Trainer` with `scaling`) on Ray Train; leaves the trained
     weights in `trainer.model` and returns rank 0's results dict."""
     from ray.train.torch import TorchTrainer
 
-    if isinstance(resume_from, (str, os.PathLike)) and not ckpt.is_ray_checkpoint(resume_from) and is_local(resume_from):
-        # a missing or corrupt checkpoint is known here: say it once, before Ray and the workers start
-        ckpt.verify(run_folder.resolve(resume_from, warn=log.warning))
+    check_before_ray(resume_from)
     ensure_ray()
     training_config = trainer.training_config
     train_data, val_data = run_inputs(train_data, val_data, trainer.config, trainer.task_spec, on_ray=True)
@@ -128,6 +133,7 @@ def _train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     """Runs in every Ray Train worker: the engine loop, with the Ray run context."""
     p: _Payload = config["payload"]
     own_process_logs()
+    quiet_exits()
     if not verbose():
         _quiet_worker_logs()
     # This rank writes its checkpoints here; Ray copies each into the run's storage and the

@@ -14,7 +14,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from trainyard._logging import get_logger, show_logs
+from trainyard._logging import get_logger, say_if_slow, show_logs
 
 log = get_logger("trainyard.execution")
 
@@ -61,11 +61,12 @@ def ensure_ray(num_cpus: int | None = None, py_modules: list[str] | None = None)
     with _CONNECTING:  # threads connecting at once (a first use of the job queue) connect once
         if ray.is_initialized():
             return
-        if threading.current_thread() is threading.main_thread():
-            with _keeping_sigterm():
-                _connect(ray, num_cpus, py_modules)
-        else:
-            _connect_from_a_lasting_thread(ray, num_cpus, py_modules)
+        with say_if_slow("starting Ray"):
+            if threading.current_thread() is threading.main_thread():
+                with _keeping_sigterm():
+                    _connect(ray, num_cpus, py_modules)
+            else:
+                _connect_from_a_lasting_thread(ray, num_cpus, py_modules)
 
 
 _CONNECTING = threading.Lock()

@@ -138,6 +138,7 @@ def _curves(plt, trials, result):
     """The metric per epoch of every trial; pruned trials end in a cross where they were cut."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
     best = _best_number(trials, result)
+    cut_at: dict[tuple, list[int]] = {}  # where pruned trials ended: several at one point get one mark, labelled with them all
     for t in trials:
         if not t["history"]:
             continue
@@ -148,6 +149,11 @@ def _curves(plt, trials, result):
                 linestyle="--" if t["state"] == "PRUNED" else "-", label=f"trial {t['number']} (best)" if is_best else None, zorder=3 if is_best else 2)
         if t["state"] == "PRUNED":
             ax.scatter(epochs[-1], values[-1], color=colour, marker="x", s=40, zorder=3)
+            cut_at.setdefault((epochs[-1], float(f"{values[-1]:.3g}")), []).append(t["number"])
+    for (epoch, value), numbers in cut_at.items():
+        if len(numbers) > 1:
+            ax.annotate(f"trials {', '.join(map(str, numbers))}", (epoch, value), textcoords="offset points", xytext=(6, 4),
+                        fontsize=7, color=STATE_STYLE["PRUNED"][0])
     ax.set_xlabel("epoch")
     ax.set_ylabel(_label(result))
     ax.set_title("Each trial's curve (dashed and crossed: pruned by the scheduler)")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from trainyard._logging import get_logger, own_process_logs, show_logs
+from trainyard._logging import get_logger, own_process_logs, quiet_exits, show_logs
 from trainyard._trust import check_private, make_private_dir
 from trainyard.engine.config import TrainingConfig
 from trainyard.engine.data.inputs import as_dataset
@@ -296,6 +296,7 @@ def _with_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
 def _trial(params: dict[str, Any], payload: _TrialInputs) -> None:
     """One Tune trial: the engine loop with the sampled parameters."""
     own_process_logs()
+    quiet_exits()
     if not verbose():
         logging.getLogger("trainyard").setLevel(logging.WARNING)  # the driver's table speaks for trials
     training, model_overrides = payload.space.split({p.name: params[p.name] for p in payload.space.params})
@@ -505,7 +506,9 @@ def _live_table(space: SearchSpace, epochs: int, log_epochs: bool = True):
 
         def summary(self, result: SweepResult) -> None:
             counts = result.dataframe["state"].value_counts().to_dict()
-            log.info("sweep done: %s; best %s %s with %s", counts, result.metric, _fmt(result.best_metrics.get(result.metric)), result.best_params)
+            states = ", ".join(f"{n} {state.lower()}" for state, n in counts.items())
+            params = " ".join(f"{k}={_fmt(v)}" for k, v in result.best_params.items())
+            log.info("sweep done: %s; best %s %s with %s", states, result.metric, _fmt(result.best_metrics.get(result.metric)), params)
 
     return Table()
 
