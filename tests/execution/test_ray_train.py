@@ -2,6 +2,7 @@
 
 from types import SimpleNamespace
 
+import torch
 import pytest
 from trainyard import Trainer, TrainingConfig
 
@@ -14,8 +15,16 @@ CONFIG = SimpleNamespace(vocab_size=VOCAB)
 DATA, VAL = lm_samples(32), lm_samples(8, seed=4)
 
 
+# The training options ride along in every run here (the in-process one they are compared
+# with too): an optimizer by name, a schedule, evaluations inside epochs and early stopping's
+# state, through DDP, a worker's restart and a new driver's resume.
+OPTIONS = dict(optimizer="sgd", optimizer_kwargs={"momentum": 0.9}, lr_schedule="linear", eval_every_n_steps=2,
+               early_stopping_metric="val/loss", early_stopping_patience=50)
+NO_VALIDATION = dict(eval_every_n_steps=None, early_stopping_metric=None, early_stopping_patience=3)
+
+
 def settings(**overrides):
-    base = dict(learning_rate=1e-2, batch_size=4, epochs=3, random_seed=3)
+    base = dict(learning_rate=1e-2, batch_size=4, epochs=3, random_seed=3, **OPTIONS)
     base.update(overrides)
     return TrainingConfig(**base)
 
@@ -51,6 +60,9 @@ def test_two_workers_equal_one_process_with_the_global_batch(ray_session, in_pro
     assert set(in_process_batch_8) <= set(results)
     assert epoch_losses(results) == pytest.approx(epoch_losses(in_process_batch_8), abs=1e-6)
     assert results["loss_history"] == pytest.approx(in_process_batch_8["loss_history"], abs=1e-6)
+    assert [e["global_step"] for e in results["eval_history"]] == [2, 4, 6, 8, 10, 12]  # every 2 steps; epochs end at 4, 8, 12
+    val = lambda r: [e["val/loss"] for e in r["eval_history"]]  # noqa: E731
+    assert val(results) == pytest.approx(val(in_process_batch_8), abs=1e-6)
     # Checkpoints live in storage_path under the run, pruned to num_to_keep by Ray.
     run_dir = tmp_path / "storage" / results["run_dir"].rsplit("/", 1)[-1]
     assert results["checkpoint_path"].startswith(str(run_dir))
@@ -75,7 +87,7 @@ def test_worker_killed_mid_epoch_restarts_from_the_last_checkpoint(ray_session, 
 def test_exhausted_failure_budget_raises_with_the_worker_traceback(ray_session, tmp_path):
     hook = FailOnce(str(tmp_path / "marker"), rank=1, epoch=1, step=2, how="raise")
     with pytest.raises(Exception) as info:
-        Trainer(lm_factory(), CONFIG, settings(), hooks=hook, scaling=2, run_config=run_config(tmp_path)).train(DATA)
+        Trainer(lm_factory(), CONFIG, settings(**NO_VALIDATION), hooks=hook, scaling=2, run_config=run_config(tmp_path)).train(DATA)
     text = str(info.value)
     assert "boom from rank 1 at step 2" in text and "Traceback" in text and "on_batch_end" in text
 
@@ -87,6 +99,7 @@ def test_rerunning_a_named_run_resumes_from_its_latest_checkpoint(ray_session, i
     # A new driver, same RunConfig(name, storage_path): Ray hands back the epoch-2 checkpoint.
     results = Trainer(lm_factory(dropout=0.0), CONFIG, settings(), hooks=hook, scaling=2, run_config=run_config(tmp_path, name="rerun")).train(DATA, VAL)
     assert epoch_losses(results) == pytest.approx(epoch_losses(in_process_batch_8), abs=1e-6)
+    assert [e["val/loss"] for e in results["eval_history"]] == pytest.approx([e["val/loss"] for e in in_process_batch_8["eval_history"]], abs=1e-6)
     assert results["run_dir"].endswith("rerun")
 
 
@@ -109,4 +122,43 @@ def test_resume_from_a_ray_checkpoint_and_weights_come_back_to_the_driver(ray_se
 
 def test_unpicklable_hooks_are_refused_before_ray_starts_work(ray_session):
     with pytest.raises(TypeError, match="hooks \\(Unpicklable\\) must be picklable to run inside Ray workers"):
-        Trainer(lm_factory(), CONFIG, settings(), hooks=Unpicklable(), scaling=2).train(DATA)
+        Trainer(lm_factory(), CONFIG, settings(**NO_VALIDATION), hooks=Unpicklable(), scaling=2).train(DATA)
+
+
+def test_code_that_exists_only_in_this_process_is_refused_before_the_workers_start(ray_session, tmp_path):
+    """A model class made in memory (a notebook's exec, a generated module) is pickled by
+    name, and no Ray worker can import it: one line, before any worker starts."""
+    import sys
+    import types
+
+    module = types.ModuleType("made_in_memory")
+    exec("import torch\nclass Net(torch.nn.Linear):\n    def __init__(self):\n        super().__init__(4, 2)\n", module.__dict__)
+    sys.modules["made_in_memory"] = module
+    try:
+        trainer = Trainer(module.Net, None, TrainingConfig(epochs=1, batch_size=2), scaling=2)
+        with pytest.raises(ValueError, match="refer to module 'made_in_memory', which exists only in this process"):
+            trainer.train([(torch.zeros(4), torch.tensor(0))] * 4)
+    finally:
+        del sys.modules["made_in_memory"]
+
+
+def test_a_joined_cluster_is_asked_whether_it_can_import_the_users_modules(ray_session):
+    """On a cluster this process joined, its workers are asked for the modules the run's code
+    comes from (here the test session's Ray stands in: it lacks a module made in memory)."""
+    import sys
+    import types
+
+    from trainyard.execution import ray_env
+
+    module = types.ModuleType("only_here")
+    exec("def factory():\n    return None\n", module.__dict__)
+    module.__file__ = "/nowhere/only_here.py"  # as if on this machine's disk, not the cluster's
+    sys.modules["only_here"] = module
+    ray_env._JOINED[:] = ["the Ray cluster at 10.0.0.1:6379"]
+    try:
+        with pytest.raises(ValueError, match=r"the Ray cluster at 10.0.0.1:6379 cannot import module 'only_here'.*ray job submit --working-dir"):
+            ray_env.check_importable("the model factory", module.factory)
+        ray_env.check_importable("the model factory", lm_factory())  # tests.helpers: the workers import it
+    finally:
+        ray_env._JOINED[:] = []
+        del sys.modules["only_here"]

@@ -33,7 +33,7 @@ from trainyard.engine.shards import full_model_state
 from trainyard.execution.configs import run_config, scaling_config
 from trainyard.execution.contexts import RayTrainContext
 from trainyard.execution.ingest import resolve, run_inputs
-from trainyard.execution.ray_env import check_satisfiable, ensure_ray, verbose
+from trainyard.execution.ray_env import check_importable, check_satisfiable, ensure_ray, verbose
 from trainyard.execution.remote import absolute, check_picklable
 from trainyard.export.run import export_trained
 from trainyard.storage import is_local
@@ -85,6 +85,7 @@ def fit(trainer: Any, train_data: Any, val_data: Any = None, resume_from: Any = 
     )
     for name in ("hooks", "model", "config", "train_data", "val_data"):
         check_picklable(name, getattr(payload, name))
+    check_importable("the model, its config and the hooks", payload.model, payload.config, payload.hooks)
     run = run_config(trainer.run_config, trainer.training_config)
     scaling = scaling_config(trainer.scaling)
     check_satisfiable(

@@ -6,6 +6,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import pickletools
 import re
 import signal
 import socket
@@ -13,6 +14,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 from trainyard._logging import get_logger, say_if_slow, show_logs
 
@@ -137,6 +139,7 @@ def _connect(ray, num_cpus: int | None, py_modules: list[str] | None) -> None:
             ) from None
         if not py_modules:
             _check_trainyard_imports(ray, address, why)
+        _JOINED[:] = [f"the Ray cluster at {address}"]
     else:
         # The dashboard serves the state API that Ray Train's actors poll (the controller at
         # shutdown, its PlacementGroupCleaner every second). They find it by looking for
@@ -151,6 +154,68 @@ def _connect(ray, num_cpus: int | None, py_modules: list[str] | None) -> None:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_port=port, **options)
     if not verbose():
         _filter_worker_output()
+
+
+_JOINED: list[str] = []  # the cluster this process joined (one trainyard did not start), once it has
+
+
+def check_importable(what: str, *objects: Any) -> None:
+    """Ray's workers import the modules `objects` are pickled by reference to (a model
+    factory's, a hook's): refuse, before any work, one that exists only in this process (no
+    file: a worker cannot import it anywhere), and on a cluster this process joined, one its
+    workers cannot import (on other nodes the user's code is not there unless shipped)."""
+    modules = referenced_modules(*objects)
+    for name in sorted(modules):
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "__file__", None) is None and name not in sys.builtin_module_names and not hasattr(module, "__path__"):
+            raise ValueError(
+                f"{what} refer to module {name!r}, which exists only in this process (it has no file): Ray's workers cannot import "
+                "it. Define that code in a .py file the workers can import, or in the script you run (its code is sent by value)"
+            )
+    if not _JOINED:
+        return  # a Ray of this process's own: its workers share this machine and this process's import path
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def missing(names: list[str]) -> list[str]:  # runs in a worker of the cluster
+        return [n for n in names if importlib.util.find_spec(n) is None]
+
+    absent = ray.get(missing.remote(sorted(m for m in modules if m.split(".")[0] not in sys.stdlib_module_names)), timeout=120)
+    if absent:
+        raise ValueError(
+            f"{_JOINED[0]} cannot import module {absent[0]!r}, which {what} refer to: install it on the cluster's nodes, or run "
+            "the script with `ray job submit --working-dir . -- python ...` (the folder travels with the job), or set "
+            "RAY_ADDRESS=local to run on a Ray of this process's own"
+        )
+
+
+def referenced_modules(*objects: Any) -> set[str]:
+    """The modules `objects` refer to by name when Ray pickles them (cloudpickle sends the
+    script's own code by value, and names everything imported from elsewhere)."""
+    from ray import cloudpickle
+
+    found: set[str] = set()
+    for obj in objects:
+        pushed: list[Any] = []  # what each opcode left on top of the stack, as far as it matters here: strings
+        memo: dict[int, Any] = {}
+        for op, arg, _ in pickletools.genops(cloudpickle.dumps(obj)):
+            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
+                pushed.append(arg)
+            elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+                pushed.append(memo.get(int(arg)))
+            elif op.name == "MEMOIZE":
+                memo[len(memo)] = pushed[-1] if pushed else None
+            elif op.name in ("BINPUT", "LONG_BINPUT", "PUT"):
+                memo[int(arg)] = pushed[-1] if pushed else None
+            elif op.name == "STACK_GLOBAL" and len(pushed) >= 2 and isinstance(pushed[-2], str):
+                found.add(pushed[-2])
+                pushed.append(None)
+            elif op.name == "GLOBAL":
+                found.add(str(arg).split(" ")[0])
+                pushed.append(None)
+            else:
+                pushed.append(None)
+    return {m for m in found if m not in ("__main__", "builtins", "copyreg", "__builtin__") and m.split(".")[0] != "ray"}
 
 
 def _check_trainyard_imports(ray, address: str, why: str) -> None:

@@ -35,7 +35,7 @@ from trainyard.engine.telemetry import TELEMETRY_KEYS
 from trainyard.execution.configs import scaling_config, trial_run_config
 from trainyard.execution.contexts import TuneTrialContext
 from trainyard.execution.ingest import is_ray_data, resolve, run_inputs
-from trainyard.execution.ray_env import check_satisfiable, cluster_resources, ensure_ray, verbose
+from trainyard.execution.ray_env import check_importable, check_satisfiable, cluster_resources, ensure_ray, verbose
 from trainyard.execution.remote import absolute, check_picklable, run_name
 from trainyard.hpo.report import trial_number, write_outputs
 from trainyard.hpo.space import SearchSpace, load_search_space
@@ -143,6 +143,7 @@ def sweep(
         task_spec, space, workers_per_trial, bool(resources.get("gpu")), checkpoint_every_epoch,
     )
     check_picklable("model_factory", model_factory)
+    check_importable("the model factory and its config", model_factory, config)
     trainable = tune.with_resources(tune.with_parameters(_trial, payload=payload), resources)
     table = _live_table(space, base.epochs, log_epochs)
     if tune.Tuner.can_restore(sweep_dir):
