@@ -122,7 +122,8 @@ def _closest_option(parser: argparse.ArgumentParser, stray: list[str], args: arg
     return ""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line as `trainyard` reads it (a mistake exits 2 with argparse's message)."""
     parser = _parser()
     # key=value overrides may come after options (`tune SPACE --config C epochs=3`),
     # which argparse's positional collection does not allow: gather them here.
@@ -132,6 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}{_closest_option(parser, stray, args)}")
     if extra:
         args.overrides = [*getattr(args, "overrides", []), *extra]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
     if getattr(args, "verbose", False):
         os.environ["TRAINYARD_LOG_LEVEL"] = "DEBUG"
     from trainyard._logging import command_logs
