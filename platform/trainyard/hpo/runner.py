@@ -157,9 +157,7 @@ def sweep(
                 scheduler=_scheduler(scheduler, base.epochs, f"{sweep_dir}/{SCHEDULER_STATE}"), num_samples=num_samples, metric=space.metric, mode=space.mode,
                 reuse_actors=workers_per_trial == 1,  # a fresh actor per trial costs ~2 s
             ),
-            run_config=tune.RunConfig(
-                name=name, storage_path=storage, callbacks=[table], verbose=0, failure_config=tune.FailureConfig(max_failures=max_failures),
-            ),
+            run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[table], verbose=0, failure_config=tune.FailureConfig(max_failures=max_failures)),
         )
     result = _collect(tuner.fit(), space, base, sweep_dir)
     write_outputs(result)
