@@ -2,8 +2,8 @@
 
 from types import SimpleNamespace
 
-import torch
 import pytest
+import torch
 from trainyard import Trainer, TrainingConfig
 
 from tests.execution.hooks import FailOnce, Unpicklable

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import yaml
 
 from trainyard import _yaml
-from trainyard.engine.fields import VALIDATORS, EXPORT_FORMATS, is_int, plain_scalar, check_optimizer_kwargs
+from trainyard.engine.fields import EXPORT_FORMATS, VALIDATORS, check_optimizer_kwargs, is_int, plain_scalar
 
 # Names of the legacy API (and common short forms) -> the field that replaced them.
 RENAMED_FIELDS = {

@@ -32,9 +32,9 @@ from trainyard.engine.checkpoint import LoadedCheckpoint
 from trainyard.engine.config import TrainingConfig, as_training_config
 from trainyard.engine.context import LocalContext, RunContext
 from trainyard.engine.data.collate import Collator
-from trainyard.engine.evaluation import EarlyStopping
 from trainyard.engine.data.feed import WindowFeed, make_loader, to_device, window_sizes
 from trainyard.engine.data.order import batches_per_epoch, iter_epoch_batches
+from trainyard.engine.evaluation import EarlyStopping
 from trainyard.engine.hooks import Event, HookDispatcher, Observer, TrainingHooks
 from trainyard.engine.metrics import MetricSums
 from trainyard.engine.model_config import model_config_value

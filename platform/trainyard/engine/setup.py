@@ -35,10 +35,10 @@ from torch import nn
 from trainyard.engine import checkpoint as ckpt
 from trainyard.engine import run_folder
 from trainyard.engine.config import TrainingConfig
-from trainyard.engine.fields import optimizer_arguments, optimizer_class
 from trainyard.engine.context import RunContext
 from trainyard.engine.data.inputs import as_dataset
 from trainyard.engine.data.rows import RowSource
+from trainyard.engine.fields import optimizer_arguments, optimizer_class
 from trainyard.engine.model_config import model_config_value
 from trainyard.engine.task import compute_loss
 
