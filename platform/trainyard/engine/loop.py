@@ -6,7 +6,7 @@
 The loop, top to bottom: `run` -> `_setup` (setup.py: data, model, optimizer, AMP, resume)
 -> per epoch `_train_epoch` -> per accumulation window `_window` -> `_micro_step` (forward,
 loss, backward) and `step.optimizer_step` -> `_validate` (evaluation.py, also every
-`eval_every_n_steps`) and `_watch` (early stopping) -> `_checkpoint` (state.py) ->
+`eval_every_n_steps`) and `_watch` (early_stop.py) -> `_checkpoint` (state.py) ->
 `results.build_results`. What changes as it runs is owned by the parts of its `Run`: the
 model call (compiled or eager), the task, the progress, the telemetry; when it saves is the
 `SavePolicy`'s. It talks to where it runs only through the run context (`context.py`) and
@@ -27,14 +27,14 @@ import torch
 from torch import nn
 
 from trainyard._logging import get_logger, show_logs
-from trainyard.engine import evaluation, rng, run_folder, setup, step
+from trainyard.engine import early_stop, evaluation, rng, run_folder, setup, step
 from trainyard.engine.checkpoint import LoadedCheckpoint
 from trainyard.engine.config import TrainingConfig, as_training_config
 from trainyard.engine.context import LocalContext, RunContext
 from trainyard.engine.data.collate import Collator
 from trainyard.engine.data.feed import WindowFeed, make_loader, to_device, window_sizes
 from trainyard.engine.data.order import batches_per_epoch, iter_epoch_batches
-from trainyard.engine.evaluation import EarlyStopping
+from trainyard.engine.early_stop import EarlyStopping
 from trainyard.engine.hooks import Event, HookDispatcher, Observer, TrainingHooks
 from trainyard.engine.metrics import MetricSums
 from trainyard.engine.model_config import model_config_value
@@ -129,7 +129,7 @@ class TrainingLoop:
     def _setup(self, ctx: RunContext, train_data: Any, val_data: Any, resume_from: Any) -> Run:
         cfg = self.training_config
         train_ds, val_ds = setup.datasets(train_data, val_data, ctx, cfg)
-        evaluation.check_measurable(cfg, val_ds is not None)
+        early_stop.check_measurable(cfg, val_ds is not None)
         source = setup.resume_source(ctx, resume_from)
         if source is None:
             rng.seed_everything(cfg.random_seed)  # before the factory: model init is seeded too
@@ -334,7 +334,7 @@ class TrainingLoop:
         watch = run.progress.watch
         if watch is None:
             return
-        evaluation.check_metric_measured(self.training_config, metrics)
+        early_stop.check_metric_measured(self.training_config, metrics)
         reason = watch.update(metrics, self.state.epoch, self.state.global_step)
         if reason is not None:
             if run.ctx.is_main:

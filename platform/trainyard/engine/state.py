@@ -33,7 +33,7 @@ from trainyard.engine import rng, run_folder
 from trainyard.engine.config import TrainingConfig
 from trainyard.engine.context import RunContext
 from trainyard.engine.data.collate import Collator
-from trainyard.engine.evaluation import EarlyStopping
+from trainyard.engine.early_stop import EarlyStopping
 from trainyard.engine.metrics import MetricSums, RunningSums
 from trainyard.engine.model_config import model_config_dict
 from trainyard.engine.setup import ModelCall
