@@ -109,7 +109,8 @@ def test_jobs_train_runs_on_a_cluster_without_trainyard_installed(bare_head, tmp
     logs = job.stdout + job.stderr
     assert job.returncode == 0 and "succeeded" in logs, logs
     assert "[trainyard] epoch 2/2" in logs and "final_loss" in logs
-    assert list((tmp_path / "storage").glob("trainyard-*/checkpoint_e0002_*/COMPLETE"))
+    # named after the command (a resubmission of it resumes the run)
+    assert list((tmp_path / "storage").glob("addition-*/checkpoint_e0002_*/COMPLETE"))
 
 
 def test_jobs_pipeline_runs_the_main_job_on_the_cluster(bare_head, tmp_path):
