@@ -117,7 +117,7 @@ def quiet_exits() -> None:
 
 
 @contextlib.contextmanager
-def say_if_slow(what: str, after: float = 3.0, logger: str = ROOT):
+def say_if_slow(what: str, after: float = 5.0, logger: str = ROOT):
     """Log `what ...` once the block has run for `after` seconds, and how long it took when
     it ends: a step that is usually quick says what is going on when it is not (reading and
     tokenizing a large file, starting Ray), instead of a silent terminal."""
