@@ -199,7 +199,13 @@ def blocks(model: nn.Module, class_names: tuple[str, ...] | None = None) -> list
 def checkpoint_activations(model: nn.Module, class_names: tuple[str, ...] | None = None) -> int:
     """Recompute each block's activations in the backward pass instead of keeping them
     (non-reentrant torch.utils.checkpoint; random state is replayed, so dropout masks and
-    results are the same). Returns how many blocks; refuses a model with none."""
+    results are the same). Returns how many blocks; refuses a model with none. A Hugging Face
+    model is switched through its own switch (it knows its layers): `activation_checkpointing_enable`,
+    `gradient_checkpointing_enable` before transformers 5."""
+    switch = getattr(model, "activation_checkpointing_enable", None) or getattr(model, "gradient_checkpointing_enable", None)
+    if class_names is None and getattr(model, "supports_gradient_checkpointing", False) and switch is not None:
+        switch({"use_reentrant": False})  # its first argument: the kwargs of torch.utils.checkpoint, in both versions
+        return sum(1 for m in model.modules() if getattr(m, "gradient_checkpointing", False) and m is not model)
     found = blocks(model, class_names)
     if not found:
         raise ValueError(

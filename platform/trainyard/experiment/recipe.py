@@ -30,16 +30,19 @@ def model_recipe(spec: ExperimentSpec) -> tuple[Callable[[Any], Any], dict[str, 
     """(builder: model config -> model, the model config, the tokenizer) of a spec.
 
     The model section picks the model: `name` (built-in), `factory: "module:function"`, or
-    `name_or_path` (a local Hugging Face directory, its own tokenizer). Built-in models
+    `name_or_path` (name: hf: a Hugging Face Hub id or local directory, with its own tokenizer;
+    `revision` and `dtype` optional). Built-in models
     get a character tokenizer: `tokenizer: bytes` (the default; every UTF-8 byte),
     `tokenizer: addition` (the default for the addition data) or `tokenizer: {alphabet: "..."}`;
     its vocabulary size and pad id enter the model config unless the section sets them.
     """
     section, data = spec.model, spec.data
     if "name_or_path" in section:
-        tokenizer = hf.load_tokenizer(section["name_or_path"])
+        revision = section.get("revision")
+        builder = hf.model_builder(section["name_or_path"], spec.task, revision, section.get("dtype"))  # checks the id first
+        tokenizer = hf.load_tokenizer(section["name_or_path"], revision)
         config = {"pad_token_id": tokenizer.pad_token_id, **_model_settings(section)}
-        return hf.model_builder(section["name_or_path"], spec.task), config, tokenizer
+        return builder, config, tokenizer
     tokenizer = _tokenizer(section.get("tokenizer"), data)
     defaults = _model_defaults(section)  # every key is there, so sweeps can search model.<any field>
     derived = {**defaults, "vocab_size": tokenizer.vocab_size, "pad_token_id": tokenizer.pad_token_id, **_data_model_config(data)}

@@ -13,14 +13,21 @@ from typing import Any, Callable, Mapping
 from trainyard.data import DATASETS
 from trainyard.models import CONFIGS, MODELS, build_model
 
-NOT_MODEL_CONFIG = ("name", "factory", "name_or_path", "tokenizer")  # model-section keys that choose, not configure
+NOT_MODEL_CONFIG = ("name", "factory", "name_or_path", "tokenizer", "revision", "dtype")  # model-section keys that choose, not configure
 
 
 def check_model_section(model: Mapping[str, Any]) -> None:
     """A built-in model's name and keys, or a factory that imports (a factory's keys and a
     Hugging Face model's are their own)."""
+    if model.get("name") == "hf" and "name_or_path" not in model:
+        raise ValueError("model.name=hf needs name_or_path: a Hugging Face Hub id (e.g. gpt2, org/name) or a local model directory")
     if "name_or_path" in model:
+        if model.get("name", "hf") != "hf":
+            raise ValueError(f"model.name={model['name']!r} with name_or_path: a Hugging Face model is name: hf (or no name); drop one")
         return
+    for key in ("revision", "dtype"):
+        if key in model:
+            raise ValueError(f"model.{key} is for a Hugging Face model (name: hf, name_or_path: ...); a built-in model has no {key}")
     model_builder(dict(model))  # raises for an unknown built-in name, or a factory that cannot be found
     if "factory" not in model:
         _check_keys("model", model, _model_fields(model))
@@ -73,7 +80,7 @@ def model_builder(section: dict[str, Any]) -> Callable[[Any], Any]:
     if name not in MODELS:
         raise ValueError(
             f"unknown model {name!r}: built-in models are {sorted(MODELS)}; give factory: 'module:function', "
-            "or name_or_path: <a local Hugging Face model directory>"
+            "or name: hf with name_or_path: <a Hugging Face Hub id or model directory>"
         )
     return functools.partial(build_model, name)
 

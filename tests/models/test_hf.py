@@ -1,0 +1,102 @@
+"""Hugging Face models by Hub id or directory, through Hugging Face's own cache and offline
+conventions. Nothing is downloaded: a tiny GPT-2 is built from its config and laid out in a
+cache of the test's own (HF_HOME), the way `hf download` leaves one."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+
+transformers = pytest.importorskip("transformers")
+WORDS = ["[PAD]", "[UNK]", "[EOS]", *"the cat sat on a mat dog ran".split()]
+SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"  # a commit hash, as the cache names snapshots
+
+
+def save_tiny_gpt2(directory):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]").save_pretrained(directory)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(WORDS), n_positions=16, n_embd=16, n_layer=2, n_head=2)).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def hf_home(tmp_path_factory):
+    """An HF_HOME whose hub cache holds `tiny-org/tiny-gpt2` at `main`, as a download leaves it."""
+    home = tmp_path_factory.mktemp("hf_home")
+    repo = home / "hub" / "models--tiny-org--tiny-gpt2"
+    save_tiny_gpt2(repo / "snapshots" / SNAPSHOT)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(SNAPSHOT)
+    return home
+
+
+def offline(hf_home):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    return {**env, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
+
+
+SCRIPT = """
+import json, sys
+from trainyard.compat.training import create_model_and_tokenizer, train_model
+spec = {"model": json.loads(sys.argv[1]), "training": {"epochs": 2, "batch_size": 2, "learning_rate": 1e-2, "activation_checkpointing": True}}
+model, tokenizer = create_model_and_tokenizer(spec)
+results = train_model(spec, {"text": ["the cat sat on a mat", "the dog ran", "a cat ran"] * 4}, sys.argv[2])
+print(json.dumps({"model": type(model).__name__, "pad": tokenizer.pad_token_id, "dtype": str(next(model.parameters()).dtype),
+                  "losses": results["metrics_summary"]["train/loss"].tolist()}))
+"""
+
+
+def test_a_hub_id_found_only_in_an_offline_cache_loads_and_trains(hf_home, tmp_path):
+    section = {"name": "hf", "name_or_path": "tiny-org/tiny-gpt2", "revision": "main"}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(section), str(tmp_path / "out")], cwd=ROOT, env=offline(hf_home),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["model"] == "GPT2LMHeadModel" and out["pad"] == 0  # the model and the tokenizer from the same place
+    assert out["losses"][-1] < out["losses"][0]  # it trains, with the model's own gradient checkpointing on
+
+
+def test_a_hub_id_missing_from_an_offline_cache_is_one_line_naming_it(hf_home, tmp_path):
+    config = tmp_path / "hf.yaml"
+    config.write_text("model: {name: hf, name_or_path: nobody/missing-model}\ndata: {name: addition}\n")
+    proc = subprocess.run([sys.executable, "-m", "trainyard.cli.main", "train", str(config)], cwd=tmp_path, env=offline(hf_home),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "Hugging Face model 'nobody/missing-model' is not in the cache" in proc.stderr and "HF_HUB_OFFLINE is set" in proc.stderr
+
+
+def test_dtype_and_gradient_checkpointing_go_through_the_models_own_switches(tmp_path):
+    from trainyard.engine.setup import checkpoint_activations
+    from trainyard.models import hf
+
+    directory = save_tiny_gpt2(tmp_path / "tiny")
+    model = hf.model_builder(str(directory), None, dtype="bfloat16")(None)
+    assert next(model.parameters()).dtype == torch.bfloat16
+    model = hf.model_builder(str(directory), None)(None)
+    checkpointing = lambda: any(getattr(m, "gradient_checkpointing", False) for m in model.modules())  # noqa: E731
+    assert next(model.parameters()).dtype == torch.float32 and not checkpointing()
+    assert checkpoint_activations(model) >= 1 and checkpointing()  # its own switch, not trainyard's block wrapping
+    with pytest.raises(ValueError, match=r"model.dtype='int8' must be one of \['float32', 'bfloat16', 'float16', 'auto'\]"):
+        hf.model_builder(str(directory), None, dtype="int8")
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"name": "hf"}, "model.name=hf needs name_or_path"),
+    ({"name": "gpt", "name_or_path": "gpt2"}, "a Hugging Face model is name: hf"),
+    ({"name": "gpt", "dtype": "bfloat16"}, "model.dtype is for a Hugging Face model"),
+])
+def test_a_model_section_that_mixes_kinds_says_which_it_is(section, message):
+    from trainyard.experiment.sections import check_model_section
+
+    with pytest.raises(ValueError, match=message):
+        check_model_section(section)
