@@ -207,7 +207,7 @@ ENGINE_LARGEST_MODULE = 350  # lines
 # Imported inside functions only: what `import trainyard` / `trainyard.Trainer` must not pay for
 # (Ray, Optuna, torch's distributed and export machinery, torch itself in the torch-free
 # modules, pandas, matplotlib, SQLAlchemy, the optional extras).
-LAZY_BOUNDARY = ("ray", "optuna", "torch", "pyarrow", "pandas", "matplotlib", "sqlalchemy", "onnx", "onnxruntime", "transformers", "peft",
+LAZY_BOUNDARY = ("ray", "optuna", "torch", "pyarrow", "pandas", "matplotlib", "sqlalchemy", "onnx", "onnxruntime", "transformers", "huggingface_hub", "peft",
                  "wandb", "mlflow", "tensorboard", "datasets", "psycopg", "grp", "pwd")
 LAZY_UNITS = ("cli",)  # a command loads what it runs: `trainyard --help` answers without torch
 
