@@ -14,6 +14,7 @@ from trainyard.data import load_builtin
 from trainyard.data.addition import model_config
 from trainyard.data.addition import tokenizer as addition_tokenizer
 from trainyard.data.files import DataFiles
+from trainyard.data.instructions import is_instruction_data, tokenize_instructions
 from trainyard.data.tokenizer import CharTokenizer
 from trainyard.experiment.sections import FILE_OPTIONS, NOT_MODEL_CONFIG, model_builder
 from trainyard.experiment.spec import ExperimentSpec
@@ -127,9 +128,13 @@ def split_dataset(dataset: Any) -> tuple[Any, Any]:
 
 
 def tokenize_text(data: Any, tokenizer: Any, max_len: int | None) -> Any:
-    """Columns with a `text` column and no `input_ids` get `input_ids` from `tokenizer`
+    """Instruction columns (`prompt`/`response`, or `messages`) get `input_ids` and `labels`
+    with the prompt masked (data/instructions.py); columns with a `text` column and no
+    `input_ids` get `input_ids` from `tokenizer`
     (cut at `max_len`); text files get the tokenizer and a `seq_len` (at most `max_len`),
     and are tokenized by Ray Data when the run reads them; anything else is returned as it is."""
+    if is_instruction_data(data):  # prompt/response or messages columns: the loss on the response only
+        return tokenize_instructions(data, tokenizer, max_len)
     if type(data).__name__ == "DataFiles" and data.text_column:
         if data.seq_len and max_len and data.seq_len > max_len:
             raise ValueError(f"data: seq_len={data.seq_len} is longer than the model's context (max_seq_len={max_len}); use seq_len <= {max_len}")
