@@ -100,3 +100,25 @@ def test_a_model_section_that_mixes_kinds_says_which_it_is(section, message):
 
     with pytest.raises(ValueError, match=message):
         check_model_section(section)
+
+
+def test_a_hugging_face_model_comes_out_as_a_model_directory_checked_like_the_other_formats(tmp_path):
+    from trainyard.experiment import build
+
+    directory = save_tiny_gpt2(tmp_path / "tiny")
+    spec = {"model": {"name": "hf", "name_or_path": str(directory)},
+            "training": {"epochs": 1, "batch_size": 2, "learning_rate": 1e-2, "export_bundle": True, "export_formats": ["torchscript"],
+                         "checkpoint_dir": str(tmp_path / "run")}}
+    exp = build(spec, dataset={"text": ["the cat sat on a mat", "the dog ran", "a cat ran"] * 2})
+    trainer = exp.trainer()
+    results = trainer.train(exp.train_data, exp.val_data)
+    bundle = tmp_path / "run" / "export"
+    assert results["export_path"] == str(bundle)
+    parity = json.loads((bundle / "MANIFEST.json").read_text())["parity"]
+    assert set(parity) == {"torchscript", "hf"} and parity["hf"]["max_abs_error"] <= 1e-5  # hf/ added for a Hugging Face model
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(bundle / "hf")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(bundle / "hf")  # the tokenizer is in the directory too
+    ids = torch.tensor([tokenizer("the cat ran")["input_ids"]])
+    trained = trainer.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(reloaded(ids).logits, trained(ids).logits, atol=1e-5)

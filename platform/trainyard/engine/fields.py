@@ -14,7 +14,7 @@ import re
 from typing import Any, Mapping
 
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
-EXPORT_FORMATS = ("onnx", "torchscript", "pt2")
+EXPORT_FORMATS = ("onnx", "torchscript", "pt2", "hf")  # hf: save_pretrained, for Hugging Face models
 AMP_DTYPES = (None, "bfloat16", "float16")
 PARALLELISMS = ("ddp", "fsdp")
 LR_SCHEDULES = ("cosine", "linear", "constant")  # each after warmup_steps of linear warmup

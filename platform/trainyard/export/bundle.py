@@ -4,6 +4,8 @@
     model.onnx             ONNX (torch.export-based exporter), dynamic batch / sequence length
     model.torchscript.pt   TorchScript (traced; deprecated upstream since PyTorch 2.11, kept for TorchServe)
     model.pt2              torch.export's ExportedProgram (`torch.export.load(path).module()`)
+    hf/                    a Hugging Face model's save_pretrained (and its tokenizer): loads with
+                           AutoModelForCausalLM.from_pretrained(bundle / "hf")
     model_config.json  training_config.yaml  task_spec.json
     tokenizer.json or tokenizer/   the tokenizer, when the trainer has one (experiments do)
     inference.py  requirements.txt  README.md  Dockerfile  torchserve/   (from templates/)
@@ -68,6 +70,8 @@ def export_model(
                 _EXPORTERS[fmt](wrapped, example, tmp)
             except Exception as e:  # noqa: BLE001 - report which format failed and why
                 raise RuntimeError(f"export to {fmt} failed ({type(e).__name__}: {e}); drop {fmt!r} from export_formats to skip it") from e
+        if "hf" in formats and hasattr(tokenizer, "save_pretrained"):  # hf/ is a whole model directory: its tokenizer too
+            tokenizer.save_pretrained(str(tmp / "hf"))
         parity = verify(wrapped, tmp, formats, example, tolerance, vocab_size=(model_config or {}).get("vocab_size"))
         _write_metadata(tmp, formats, training_config, task_spec, model_config, example, tokenizer)
         files = {p.relative_to(tmp).as_posix(): describe(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
@@ -152,6 +156,23 @@ def _onnx(model: nn.Module, example: torch.Tensor, out: Path) -> None:
         )
 
 
+def _hf(model: nn.Module, example: torch.Tensor, out: Path) -> None:
+    inner = model.model  # the user's module, inside _LogitsOnly
+    if not hasattr(inner, "save_pretrained"):
+        raise TypeError(f"{type(inner).__name__} is not a Hugging Face model (it has no save_pretrained)")
+    inner.save_pretrained(str(out / "hf"))
+
+
+def _load_hf(bundle: Path):
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(str(bundle / "hf"))
+    classification = any(a.endswith("ForSequenceClassification") for a in config.architectures or ())
+    auto = transformers.AutoModelForSequenceClassification if classification else transformers.AutoModelForCausalLM
+    model = auto.from_pretrained(str(bundle / "hf"), local_files_only=True).eval()
+    return lambda x: model(x).logits
+
+
 def _torchscript(model: nn.Module, example: torch.Tensor, out: Path) -> None:
     with _quiet():
         traced = torch.jit.trace(model, example, check_trace=False)
@@ -164,7 +185,7 @@ def _pt2(model: nn.Module, example: torch.Tensor, out: Path) -> None:
         torch.export.save(program, str(out / "model.pt2"))
 
 
-_EXPORTERS = {"onnx": _onnx, "torchscript": _torchscript, "pt2": _pt2}
+_EXPORTERS = {"onnx": _onnx, "torchscript": _torchscript, "pt2": _pt2, "hf": _hf}
 
 
 def _load_onnx(bundle: Path):
@@ -185,7 +206,7 @@ def _load_pt2(bundle: Path):
     return torch.export.load(str(bundle / "model.pt2")).module()
 
 
-_LOADERS = {"onnx": _load_onnx, "torchscript": _load_torchscript, "pt2": _load_pt2}
+_LOADERS = {"onnx": _load_onnx, "torchscript": _load_torchscript, "pt2": _load_pt2, "hf": _load_hf}
 
 
 class _quiet:

@@ -30,8 +30,11 @@ def export_trained(trainer: Any, data: Any, out_dir: Path, task: str) -> Path:
     example = Collator(trainer.pad_token_id)(samples)["input_ids"]
     spec = trainer.task_spec.to_dict() if trainer.task_spec is not None else {"name": task}
     cfg = trainer.training_config
+    formats = cfg.export_formats
+    if hasattr(trainer.model, "save_pretrained") and "hf" not in formats:
+        formats = (*formats, "hf")  # a Hugging Face model comes out as one too
     return export_model(
-        trainer.model, example, out_dir, cfg.export_formats, tolerance=cfg.export_tolerance,
+        trainer.model, example, out_dir, formats, tolerance=cfg.export_tolerance,
         training_config=cfg.to_dict(), task_spec=spec, model_config=model_config_dict(trainer.config),
         tokenizer=trainer.tokenizer,
     )
