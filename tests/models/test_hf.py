@@ -25,7 +25,9 @@ def save_tiny_gpt2(directory):
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]").save_pretrained(directory)
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(WORDS), n_positions=16, n_embd=16, n_layer=2, n_head=2)).save_pretrained(directory)
+    config = GPT2Config(vocab_size=len(WORDS), n_positions=16, n_embd=16, n_layer=2, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                        bos_token_id=WORDS.index("[EOS]"), eos_token_id=WORDS.index("[EOS]"))  # no dropout: runs compare exactly
+    GPT2LMHeadModel(config).save_pretrained(directory)
     return directory
 
 
@@ -122,3 +124,23 @@ def test_a_hugging_face_model_comes_out_as_a_model_directory_checked_like_the_ot
     trained = trainer.model.eval()
     with torch.no_grad():
         assert torch.allclose(reloaded(ids).logits, trained(ids).logits, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_hugging_face_model_on_two_ray_workers_equals_one_process_with_the_global_batch(ray_session, tmp_path):
+    import ray.train
+    from trainyard.experiment import build
+
+    directory = save_tiny_gpt2(tmp_path / "tiny")
+    text = {"text": ["the cat sat on a mat", "the dog ran", "a cat ran", "the mat sat", "a dog sat on the cat", "the cat"] * 4}
+
+    def run(batch_size, **options):
+        spec = {"model": {"name": "hf", "name_or_path": str(directory)},
+                "training": {"epochs": 2, "batch_size": batch_size, "learning_rate": 1e-2, "random_seed": 3}}
+        exp = build(spec, dataset=(text, text))
+        results = exp.trainer(exp.training_config.replace(checkpoint_dir=str(tmp_path / f"run{batch_size}")), **options).train(exp.train_data, exp.val_data)
+        return results["metrics_summary"][["train/loss", "val/loss"]].values.ravel().tolist()
+
+    one = run(8)
+    two = run(4, scaling=2, run_config=ray.train.RunConfig(storage_path=str(tmp_path / "storage")))
+    assert two == pytest.approx(one, abs=1e-5)  # padded texts, attention masks and all
