@@ -128,19 +128,22 @@ def test_a_hugging_face_model_comes_out_as_a_model_directory_checked_like_the_ot
 
 @pytest.mark.slow
 def test_a_hugging_face_model_on_two_ray_workers_equals_one_process_with_the_global_batch(ray_session, tmp_path):
+    """DDP and FSDP (the model's repeated blocks sharded apart)."""
     import ray.train
     from trainyard.experiment import build
 
     directory = save_tiny_gpt2(tmp_path / "tiny")
     text = {"text": ["the cat sat on a mat", "the dog ran", "a cat ran", "the mat sat", "a dog sat on the cat", "the cat"] * 4}
 
-    def run(batch_size, **options):
+    def run(batch_size, parallelism="ddp", **options):
         spec = {"model": {"name": "hf", "name_or_path": str(directory)},
-                "training": {"epochs": 2, "batch_size": batch_size, "learning_rate": 1e-2, "random_seed": 3}}
+                "training": {"epochs": 2, "batch_size": batch_size, "learning_rate": 1e-2, "random_seed": 3, "parallelism": parallelism}}
         exp = build(spec, dataset=(text, text))
-        results = exp.trainer(exp.training_config.replace(checkpoint_dir=str(tmp_path / f"run{batch_size}")), **options).train(exp.train_data, exp.val_data)
+        folder = str(tmp_path / f"run-{batch_size}-{parallelism}")
+        results = exp.trainer(exp.training_config.replace(checkpoint_dir=folder), **options).train(exp.train_data, exp.val_data)
         return results["metrics_summary"][["train/loss", "val/loss"]].values.ravel().tolist()
 
     one = run(8)
-    two = run(4, scaling=2, run_config=ray.train.RunConfig(storage_path=str(tmp_path / "storage")))
-    assert two == pytest.approx(one, abs=1e-5)  # padded texts, attention masks and all
+    storage = ray.train.RunConfig(storage_path=str(tmp_path / "storage"))
+    assert run(4, scaling=2, run_config=storage) == pytest.approx(one, abs=1e-5)  # padded texts, attention masks and all
+    assert run(4, "fsdp", scaling=2, run_config=storage) == pytest.approx(one, abs=1e-5)
