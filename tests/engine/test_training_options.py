@@ -60,7 +60,8 @@ def test_optimizer_settings_round_trip_through_yaml():
         ({"optimizer": "lbfgs"}, ["needs a closure", "choose one of"]),
         ({"optimizer": "sgd", "optimizer_kwargs": {"momentun": 0.9}}, ["SGD takes no argument 'momentun'", "did you mean 'momentum'"]),
         ({"optimizer_kwargs": {"lr": 0.1}}, ["set lr with the TrainingConfig field 'learning_rate'"]),
-        ({"optimizer": "sgd", "optimizer_kwargs": {"momentum": -1.0}}, ["SGD refused it", "momentum"]),
+        ({"optimizer": "sgd", "optimizer_kwargs": {"momentum": -1.0}}, ["SGD refused it (ValueError", "momentum"]),
+        ({"optimizer_kwargs": {"betas": [0.9]}}, ["AdamW refused it (IndexError"]),  # a traceback from the command line, before
         ({"optimizer_kwargs": {"betas": {"a": 1}}}, ["values must be numbers"]),
         ({"lr_schedule": "cosine_annealing"}, ["lr_schedule", "'cosine', 'linear', 'constant'"]),
         ({"use_lr_schedule": False, "lr_schedule": "linear"}, ["no effect with use_lr_schedule=False"]),

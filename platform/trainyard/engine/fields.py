@@ -73,8 +73,8 @@ def check_optimizer_kwargs(name: str, kwargs: dict[str, Any] | None, learning_ra
             raise _bad("optimizer_kwargs", kwargs, f"{cls.__name__} takes no argument {key!r}; {hint}it takes {accepted}")
     try:
         cls([torch.zeros(1, requires_grad=True)], lr=learning_rate, **optimizer_arguments(kwargs))
-    except (ValueError, TypeError, RuntimeError) as e:
-        raise _bad("optimizer_kwargs", kwargs, f"{cls.__name__} refused it: {e}") from None
+    except Exception as e:  # noqa: BLE001 - whatever the constructor raises (betas=[0.9] is an IndexError), the arguments are bad
+        raise _bad("optimizer_kwargs", kwargs, f"{cls.__name__} refused it ({type(e).__name__}: {e})") from None
 
 
 def optimizer_arguments(kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
