@@ -128,4 +128,4 @@ def test_running_the_same_train_command_again_resumes_its_run_and_fresh_starts_a
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
     assert len(runs) == 3 and all(r.startswith("addition-") for r in runs)
     assert main([*argv, "--fresh", "--name", "x"]) == 2
-    assert "--fresh starts a new run under a new name: it goes with neither --name" in capsys.readouterr().err
+    assert "--fresh starts a new run under a new name of its own: drop --name (or --fresh)" in capsys.readouterr().err

@@ -288,7 +288,7 @@ def _train(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers {args.workers}: give 0 (this process) or a number of Ray Train workers")
     log = get_logger("trainyard.cli")
     if args.fresh and (args.resume or args.name):
-        raise ValueError(f"--fresh starts a new run under a new name: it goes with neither {'--resume' if args.resume else '--name'}")
+        raise ValueError(f"--fresh starts a new run under a new name of its own: drop {'--resume' if args.resume else '--name'} (or --fresh)")
     args.named = args.fresh or args.name is not None  # the rerun must name the run (a derived name derives again)
     args.name = args.name or _default_run_name(args)  # named here, so that a stopped run can say how to resume it
     interrupt = _stop_on_interrupt() if not args.workers else None
