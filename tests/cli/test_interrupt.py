@@ -95,4 +95,4 @@ def test_a_stopped_ray_run_says_how_to_resume_and_the_command_does(tmp_path, sig
     lines = re.findall(r"resumed from (\S+)", resumed.stderr)
     # One line, not one per rank; from the newest checkpoint the stopped run kept, whether or
     # not Ray Train had registered it before the stop (it resumed epochs earlier).
-    assert lines == [max(left)], (sorted(left), resumed.stderr[-3000:])
+    assert lines == [max(left)], f"kept {sorted(left)}; the rerun said:\n{resumed.stderr[-6000:]}"  # whole, not a truncated repr
