@@ -1,12 +1,13 @@
 """The engine loop in Ray Train workers: same results, Ray checkpoints, fault tolerance."""
 
+import json
 from types import SimpleNamespace
 
 import pytest
 import torch
 from trainyard import Trainer, TrainingConfig
 
-from tests.execution.hooks import FailOnce, Unpicklable
+from tests.execution.hooks import FailOnce, RecordRows, Unpicklable
 from tests.helpers import VOCAB, lm_factory, lm_samples
 
 pytestmark = pytest.mark.slow
@@ -92,12 +93,20 @@ def test_exhausted_failure_budget_raises_with_the_worker_traceback(ray_session, 
     assert "boom from rank 1 at step 2" in text and "Traceback" in text and "on_batch_end" in text
 
 
-def test_rerunning_a_named_run_resumes_from_its_latest_checkpoint(ray_session, in_process_batch_8, tmp_path):
+@pytest.mark.parametrize("recorded", [True, False], ids=["recorded-by-ray", "only-in-the-folder"])
+def test_rerunning_a_named_run_resumes_from_its_latest_checkpoint(ray_session, in_process_batch_8, tmp_path, recorded):
     hook = FailOnce(str(tmp_path / "marker"), rank=0, epoch=3, step=9, how="raise")
     with pytest.raises(Exception, match="boom"):
         Trainer(lm_factory(dropout=0.0), CONFIG, settings(), hooks=hook, scaling=2, run_config=run_config(tmp_path, name="rerun")).train(DATA, VAL)
-    # A new driver, same RunConfig(name, storage_path): Ray hands back the epoch-2 checkpoint.
-    results = Trainer(lm_factory(dropout=0.0), CONFIG, settings(), hooks=hook, scaling=2, run_config=run_config(tmp_path, name="rerun")).train(DATA, VAL)
+    if not recorded:  # a driver stopped after a checkpoint's upload, before Ray recorded it
+        (tmp_path / "storage" / "rerun" / "checkpoint_manager_snapshot.json").unlink()
+    # A new driver, same RunConfig(name, storage_path): the epoch-2 checkpoint, not a new start
+    # (which wrote over the kept checkpoints). The rerun's hooks see only epoch 3.
+    rows = tmp_path / "rows"
+    rows.mkdir()
+    hooks = [hook, RecordRows(str(rows))]
+    results = Trainer(lm_factory(dropout=0.0), CONFIG, settings(), hooks=hooks, scaling=2, run_config=run_config(tmp_path, name="rerun")).train(DATA, VAL)
+    assert {json.loads(line)[0] for f in rows.iterdir() for line in f.read_text().splitlines()} == {3}
     assert epoch_losses(results) == pytest.approx(epoch_losses(in_process_batch_8), abs=1e-6)
     assert [e["val/loss"] for e in results["eval_history"]] == pytest.approx([e["val/loss"] for e in in_process_batch_8["eval_history"]], abs=1e-6)
     assert results["run_dir"].endswith("rerun")
