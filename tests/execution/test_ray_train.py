@@ -158,6 +158,7 @@ def test_a_joined_cluster_is_asked_whether_it_can_import_the_users_modules(ray_s
     import types
 
     from trainyard.execution import ray_env
+    from trainyard.execution.remote import dumps
 
     module = types.ModuleType("only_here")
     exec("def factory():\n    return None\n", module.__dict__)
@@ -166,8 +167,8 @@ def test_a_joined_cluster_is_asked_whether_it_can_import_the_users_modules(ray_s
     ray_env._JOINED[:] = ["the Ray cluster at 10.0.0.1:6379"]
     try:
         with pytest.raises(ValueError, match=r"the Ray cluster at 10.0.0.1:6379 cannot import module 'only_here'.*ray job submit --working-dir"):
-            ray_env.check_importable("the model factory", module.factory)
-        ray_env.check_importable("the model factory", lm_factory())  # tests.helpers: the workers import it
+            ray_env.check_importable("the model factory", dumps(module.factory))
+        ray_env.check_importable("the model factory", dumps(lm_factory()))  # tests.helpers: the workers import it
     finally:
         ray_env._JOINED[:] = []
         del sys.modules["only_here"]

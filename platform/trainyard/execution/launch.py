@@ -90,9 +90,8 @@ def fit(trainer: Any, train_data: Any, val_data: Any = None, resume_from: Any = 
         resume_from=absolute(resume_from),
         tokenizer=trainer.tokenizer,
     )
-    for name in ("hooks", "model", "config", "train_data", "val_data"):
-        check_picklable(name, getattr(payload, name))
-    check_importable("the model, its config and the hooks", payload.model, payload.config, payload.hooks)
+    pickled = {name: check_picklable(name, getattr(payload, name)) for name in ("hooks", "model", "config", "train_data", "val_data")}
+    check_importable("the model, its config and the hooks", pickled["model"], pickled["config"], pickled["hooks"])
     scaling = scaling_config(trainer.scaling)
     check_satisfiable(
         {key: total / scaling.max_workers for key, total in scaling.total_resources.items()}, scaling.max_workers,

@@ -159,12 +159,13 @@ def _connect(ray, num_cpus: int | None, py_modules: list[str] | None) -> None:
 _JOINED: list[str] = []  # the cluster this process joined (one trainyard did not start), once it has
 
 
-def check_importable(what: str, *objects: Any) -> None:
-    """Ray's workers import the modules `objects` are pickled by reference to (a model
-    factory's, a hook's): refuse, before any work, one that exists only in this process (no
-    file: a worker cannot import it anywhere), and on a cluster this process joined, one its
-    workers cannot import (on other nodes the user's code is not there unless shipped)."""
-    modules = referenced_modules(*objects)
+def check_importable(what: str, *pickled: bytes) -> None:
+    """Ray's workers import the modules objects are pickled by reference to (a model
+    factory's, a hook's; `pickled`: as `remote.check_picklable` returns them): refuse, before
+    any work, one that exists only in this process (no file: a worker cannot import it
+    anywhere), and on a cluster this process joined, one its workers cannot import (on other
+    nodes the user's code is not there unless shipped)."""
+    modules = referenced_modules(*pickled)
     for name in sorted(modules):
         module = sys.modules.get(name)
         if module is not None and getattr(module, "__file__", None) is None and name not in sys.builtin_module_names and not hasattr(module, "__path__"):
@@ -189,16 +190,14 @@ def check_importable(what: str, *objects: Any) -> None:
         )
 
 
-def referenced_modules(*objects: Any) -> set[str]:
-    """The modules `objects` refer to by name when Ray pickles them (cloudpickle sends the
+def referenced_modules(*pickled: bytes) -> set[str]:
+    """The modules objects refer to by name in their pickles (Ray's cloudpickle sends the
     script's own code by value, and names everything imported from elsewhere)."""
-    from ray import cloudpickle
-
     found: set[str] = set()
-    for obj in objects:
+    for data in pickled:
         pushed: list[Any] = []  # what each opcode left on top of the stack, as far as it matters here: strings
         memo: dict[int, Any] = {}
-        for op, arg, _ in pickletools.genops(cloudpickle.dumps(obj)):
+        for op, arg, _ in pickletools.genops(data):
             if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
                 pushed.append(arg)
             elif op.name in ("BINGET", "LONG_BINGET", "GET"):

@@ -27,10 +27,11 @@ def absolute(value: Any) -> Any:
     return value
 
 
-def check_picklable(name: str, value: Any) -> None:
-    """Objects sent to Ray's processes must pickle; say which one does not, and why."""
+def check_picklable(name: str, value: Any) -> bytes:
+    """Objects sent to Ray's processes must pickle; say which one does not, and why. The
+    pickle, for `ray_env.check_importable` to read."""
     try:
-        dumps(value)
+        return dumps(value)
     except Exception as e:  # noqa: BLE001 - any pickling failure
         what = ", ".join(type(h).__name__ for h in value) if name == "hooks" else type(value).__name__
         raise TypeError(

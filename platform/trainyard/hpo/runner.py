@@ -142,8 +142,7 @@ def sweep(
         model_factory, config, train_data, val_data, base.replace(checkpoint_every_n_steps=None),
         task_spec, space, workers_per_trial, bool(resources.get("gpu")), checkpoint_every_epoch,
     )
-    check_picklable("model_factory", model_factory)
-    check_importable("the model factory and its config", model_factory, config)
+    check_importable("the model factory and its config", check_picklable("model_factory", model_factory), check_picklable("config", config))
     trainable = tune.with_resources(tune.with_parameters(_trial, payload=payload), resources)
     table = _live_table(space, base.epochs, log_epochs)
     if tune.Tuner.can_restore(sweep_dir):
