@@ -64,6 +64,32 @@ def test_rays_noise_after_a_good_run_is_dropped_and_everything_else_kept():
     assert without_noise(batch) == [batch[0], "final_loss 1.3788; checkpoint /runs/x", "Traceback (most recent call last):", "ValueError: bad"]
 
 
+def test_a_workers_lines_reach_the_user_once_each_and_none_is_lost_for_looking_alike():
+    """Ray's deduplication dropped a second run's (or a restarted worker's) epoch lines as
+    '[repeated 2x across cluster]', lines equal but for their numbers."""
+    from trainyard.execution.ray_env import SameLineOnce, filtered
+
+    now = [0.0]
+    printed = []
+    emit = filtered(lambda batch: printed.append((batch["pid"], batch["lines"])), SameLineOnce(window_s=5, clock=lambda: now[0]))
+    warning = "UserWarning: the same from every rank"
+    emit({"pid": 1, "lines": ["[trainyard] epoch 1/3 | train/loss 3.211", warning]})
+    emit({"pid": 2, "lines": [warning, "Failed to stop PlacementGroupCleaner gracefully."]})  # a copy and noise: nothing
+    now[0] = 1.0
+    emit({"pid": 3, "lines": ["[trainyard] epoch 1/3 | train/loss 3.108"]})  # alike, but another run's line
+    emit({"pid": 1, "lines": [warning]})  # the same process saying it again is a new message
+    now[0] = 7.0
+    emit({"pid": 2, "lines": [warning]})  # long after: said again
+    assert printed == [(1, ["[trainyard] epoch 1/3 | train/loss 3.211", warning]), (3, ["[trainyard] epoch 1/3 | train/loss 3.108"]),
+                       (1, [warning]), (2, [warning])]
+
+
+def test_rays_own_deduplication_is_off_once_connected(ray_session):
+    from ray._private import ray_logging
+
+    assert ray_logging.RAY_DEDUP_LOGS is False
+
+
 def test_with_an_autoscaler_configured_requests_are_left_to_it(ray_session, monkeypatch):
     from ray._private import state as ray_state
     from trainyard.execution.ray_env import check_satisfiable

@@ -13,6 +13,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ _PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 _QUIET_ENV = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
     "RAY_AIR_NEW_OUTPUT": "0",
-    "RAY_DEDUP_LOGS": "1",
+    "RAY_DEDUP_LOGS": "0",  # SameLineOnce does it without losing lines
 }
 
 
@@ -294,22 +295,55 @@ def without_noise(lines: list[str]) -> list[str]:
 
 
 def _filter_worker_output() -> None:
-    """Wrap Ray's printer of worker output on this driver with `without_noise`."""
+    """Wrap Ray's printer of worker output on this driver with `without_noise` and
+    `SameLineOnce`, in place of Ray's own deduplication."""
     try:
+        from ray._private import ray_logging
         from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
     except ImportError:
         return
-
-    def filtered(handle):
-        def emit(data):
-            lines = without_noise(list(data.get("lines", ())))
-            if lines:
-                handle({**data, "lines": lines})
-
-        return emit
-
+    # Ray merges lines from different processes that are equal once every word holding a
+    # digit is dropped: the epoch lines of a restarted worker, or of a second run within
+    # seconds, vanished into "[repeated 2x across cluster] (Ray deduplicates logs by
+    # default. Set RAY_DEDUP_LOGS=0 ...)". Read when Ray is imported: too early to set.
+    ray_logging.RAY_DEDUP_LOGS = False
+    once = SameLineOnce()
     with dispatcher._lock:
-        dispatcher.handlers = [(name, filtered(h) if name == "ray_print_logs" else h) for name, h in dispatcher.handlers]
+        dispatcher.handlers = [(name, filtered(h, once) if name == "ray_print_logs" else h) for name, h in dispatcher.handlers]
+
+
+def filtered(handle, once: SameLineOnce):
+    """`handle` (Ray's printer of one batch of a worker's lines) given the batch less noise
+    and less lines another process printed just before."""
+    def emit(data):
+        lines = once(data.get("pid"), without_noise(list(data.get("lines", ()))))
+        if lines:
+            handle({**data, "lines": lines})
+
+    return emit
+
+
+class SameLineOnce:
+    """Drops a line whose very text another process printed within `window_s` (the same
+    warning from every rank); a line that differs in any character, a number included,
+    is kept."""
+
+    def __init__(self, window_s: float = 5.0, clock=time.monotonic):
+        self.window_s, self.clock = window_s, clock
+        self.recent: dict[str, tuple[Any, float]] = {}  # line -> (the process that printed it, when)
+
+    def __call__(self, source: Any, lines: list[str]) -> list[str]:
+        now = self.clock()
+        if len(self.recent) > 10_000:
+            self.recent = {k: v for k, v in self.recent.items() if now - v[1] < self.window_s}
+        kept = []
+        for line in lines:
+            seen = self.recent.get(line)
+            if seen is not None and seen[0] != source and now - seen[1] < self.window_s and line.strip():
+                continue
+            self.recent[line] = (source, now)
+            kept.append(line)
+        return kept
 
 
 def cluster_resources() -> dict[str, float]:
