@@ -71,13 +71,6 @@ def fit(trainer: Any, train_data: Any, val_data: Any = None, resume_from: Any = 
     check_before_ray(resume_from)
     ensure_ray()
     training_config = trainer.training_config
-    run = run_config(trainer.run_config, training_config)
-    folder = Path(run.storage_path, run.name)
-    if resume_from is None and is_local(run.storage_path) and run_folder.latest_valid(folder) is not None:
-        # A named run's folder can hold finished checkpoints that Ray's record of the run
-        # lacks (its driver was stopped between the upload and the record): resuming from
-        # Ray's alone started over and wrote over them. Ray's is still taken when newer.
-        resume_from = folder
     train_data, val_data = run_inputs(train_data, val_data, trainer.config, trainer.task_spec, on_ray=True)
     payload = _Payload(
         model=trainer.model_or_factory,
@@ -92,6 +85,13 @@ def fit(trainer: Any, train_data: Any, val_data: Any = None, resume_from: Any = 
     )
     pickled = {name: check_picklable(name, getattr(payload, name)) for name in ("hooks", "model", "config", "train_data", "val_data")}
     check_importable("the model, its config and the hooks", pickled["model"], pickled["config"], pickled["hooks"])
+    run = run_config(trainer.run_config, training_config)  # it makes the run's folder: after every check of the inputs
+    folder = Path(run.storage_path, run.name)
+    if resume_from is None and is_local(run.storage_path) and run_folder.latest_valid(folder) is not None:
+        # A named run's folder can hold finished checkpoints that Ray's record of the run
+        # lacks (its driver was stopped between the upload and the record): resuming from
+        # Ray's alone started over and wrote over them. Ray's is still taken when newer.
+        payload.resume_from = str(folder)
     scaling = scaling_config(trainer.scaling)
     check_satisfiable(
         {key: total / scaling.max_workers for key, total in scaling.total_resources.items()}, scaling.max_workers,
