@@ -27,7 +27,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "job_queue": ("experiment", "trainer", "execution", "engine", "storage"),
     "hpo": ("experiment", "trainer", "execution", "data", "engine", "storage"),
     "experiment": ("trainer", "execution", "data", "models", "engine", "storage"),
-    "trainer": ("execution", "export", "engine", "storage"),
+    "trainer": ("execution", "export", "models", "engine", "storage"),
     "execution": ("export", "data", "models", "engine", "storage"),
     "export": ("data", "engine"),
     "data": ("engine",),

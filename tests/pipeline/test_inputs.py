@@ -15,7 +15,7 @@ CONFIG, SPACE = str(ROOT / "jobs" / "configs" / "addition.yaml"), str(ROOT / "tu
     (["model.d_modle=3"], "model.d_modle is not a model setting here: did you mean model.d_model?"),
     (["--name", "../../x"], "run name '../../x' must be one folder name"),  # it wrote outside the output directory
     (["--name", "/abs/x"], "run name '/abs/x' must be one folder name"),
-    (["source.x=1"], "override 'source.x=1': section 'source' is not one of model, data, training, final"),
+    (["source.x=1"], "override 'source.x=1': section 'source' is not one of model, data, training, peft, final"),
 ])
 def test_a_bad_input_is_one_line_before_any_work(tmp_path, capsys, argv, message):
     from trainyard.cli.main import main

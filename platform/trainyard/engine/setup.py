@@ -41,6 +41,7 @@ from trainyard.engine.data.rows import RowSource
 from trainyard.engine.fields import optimizer_arguments, optimizer_class
 from trainyard.engine.model_config import model_config_value
 from trainyard.engine.task import compute_loss
+from trainyard.engine.trainable import load_model_state
 
 
 def datasets(train_data: Any, val_data: Any, ctx: RunContext, cfg: TrainingConfig) -> tuple[Any, Any]:
@@ -172,13 +173,6 @@ def build_model(model_or_factory: nn.Module | Callable[[], nn.Module]) -> nn.Mod
     if not isinstance(model, nn.Module):
         raise TypeError(f"the model factory returned {type(model).__name__}, not a torch.nn.Module")
     return model
-
-
-def load_model_state(model: nn.Module, loaded: ckpt.LoadedCheckpoint) -> None:
-    try:
-        model.load_state_dict(loaded.model)
-    except RuntimeError as e:
-        raise ckpt.CheckpointError(f"checkpoint {loaded.path} does not fit this model: {' '.join(str(e).split())}") from e  # PyTorch's lines, on one
 
 
 def blocks(model: nn.Module, class_names: tuple[str, ...] | None = None) -> list[nn.Module]:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from trainyard.engine.checkpoint import CheckpointError
+from trainyard.engine.trainable import checkpointed_names
 
 # Exactly the globals a DCP index refers to: the classes torch.distributed.checkpoint.metadata
 # defines (not the names it imports: `os`, `torch`, `dataclass`, ...), the storage record of
@@ -146,9 +147,11 @@ def _state(model: nn.Module, optimizer: Any, grads: bool) -> dict[str, Any]:
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    state = {"model": model_sd, "optimizer": optim_sd}
+    names = checkpointed_names(model)  # a model with adapters: only its trainable parameters
+    state = {"model": model_sd if names is None else {k: v for k, v in model_sd.items() if k in names}, "optimizer": optim_sd}
     if grads:  # mid-accumulation: the gradients so far, in the same shards as the parameters
-        state["grads"] = {name: p.grad if p.grad is not None else torch.zeros_like(p) for name, p in model.named_parameters()}
+        state["grads"] = {name: p.grad if p.grad is not None else torch.zeros_like(p) for name, p in model.named_parameters()
+                          if names is None or name in names}
     return state
 
 
@@ -163,7 +166,7 @@ def save_state(directory: Path, model: nn.Module, optimizer: Any, grads: bool) -
 def load_state(directory: Path, model: nn.Module, optimizer: Any, grads: bool) -> None:
     """Read a sharded checkpoint into the live `model` and `optimizer`, resharded to how they
     are laid out now (sharded over any number of ranks, or whole)."""
-    from torch.distributed.checkpoint.state_dict import set_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
     # DCP fills an optimizer's empty state with a zero-lr step before reading into it, unless
     # gradients exist. A checkpoint saved before the first optimizer step (mid-way through the
@@ -178,9 +181,10 @@ def load_state(directory: Path, model: nn.Module, optimizer: Any, grads: bool) -
                 placeholders.add(id(p))
     state = _state(model, optimizer, grads)
     _read(state, directory)
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    whole = checkpointed_names(model) is None
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"], options=StateDictOptions(strict=whole))
     for name, p in model.named_parameters():
-        if grads:
+        if grads and name in state["grads"]:
             p.grad = state["grads"][name]
         elif id(p) in placeholders:
             p.grad = None
@@ -189,9 +193,11 @@ def load_state(directory: Path, model: nn.Module, optimizer: Any, grads: bool) -
 def full_model_state(directory: Path, model: nn.Module) -> dict[str, torch.Tensor]:
     """The whole model's state dict from a sharded checkpoint, in this process alone (the
     driver, after an FSDP run)."""
-    state = {"model": {k: v.clone() for k, v in model.state_dict().items()}}
+    whole = {k: v.clone() for k, v in model.state_dict().items()}
+    names = checkpointed_names(model)  # a model with adapters: the checkpoint holds the trainable ones, read into the rest
+    state = {"model": {k: v for k, v in whole.items() if names is None or k in names}}
     _read(state, directory, no_dist=True)
-    return state["model"]
+    return {**whole, **state["model"]}
 
 
 def _read(state: dict[str, Any], directory: Path, no_dist: bool = False) -> None:

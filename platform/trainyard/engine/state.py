@@ -39,6 +39,7 @@ from trainyard.engine.model_config import model_config_dict
 from trainyard.engine.setup import ModelCall
 from trainyard.engine.task import TaskChoice, TaskSpec
 from trainyard.engine.telemetry import RunTelemetry
+from trainyard.engine.trainable import checkpointed_names
 
 # Changing any of these in the middle of an epoch would change which samples the rest of
 # the epoch sees, so a mid-epoch resume refuses it.
@@ -163,10 +164,12 @@ def save_checkpoint(
     try:
         if run.ctx.shards_state:  # every rank writes its part
             meta["sharded_grads"] = mid_window
+            meta["model_state"] = "whole" if checkpointed_names(run.raw_model) is None else "trainable"
             write = lambda directory: run.ctx.save_state(directory, run.raw_model, run.optimizer, grads=mid_window)  # noqa: E731
             path = ckpt.save_sharded(run.run_dir, name, write, extra, meta, run.ctx.gather, run.ctx.is_main)
         else:
-            path = ckpt.save(run.run_dir, name, run.raw_model.state_dict(), run.optimizer.state_dict(), extra, meta)
+            model_state, meta["model_state"] = checkpointed_model_state(run.raw_model)
+            path = ckpt.save(run.run_dir, name, model_state, run.optimizer.state_dict(), extra, meta)
     except ckpt.CheckpointError as e:  # the run stops here: say where it can go on from
         last = run.progress.last_checkpoint
         where = f"its last good checkpoint is {last}, which a rerun resumes from" if last else "no checkpoint of it was saved yet"
@@ -174,6 +177,15 @@ def save_checkpoint(
     run.progress.last_checkpoint = path
     run_folder.prune(run.run_dir, cfg.keep_last_n_checkpoints, protect=path)
     return path
+
+
+def checkpointed_model_state(model: nn.Module) -> tuple[dict[str, Any], str]:
+    """What of the model a checkpoint holds, and which: "whole", or "trainable" (see
+    `engine.trainable`)."""
+    names = checkpointed_names(model)
+    if names is None:
+        return model.state_dict(), "whole"
+    return {k: v for k, v in model.state_dict().items() if k in names}, "trainable"
 
 
 def checkpoint_position(run: Run, state: TrainState, cfg: TrainingConfig, task_spec: TaskSpec | None, model_config: Any) -> Path | None:

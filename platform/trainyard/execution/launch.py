@@ -30,6 +30,7 @@ from trainyard.engine import checkpoint as ckpt
 from trainyard.engine import run_folder
 from trainyard.engine.loop import TrainingLoop
 from trainyard.engine.shards import full_model_state
+from trainyard.engine.trainable import load_model_state
 from trainyard.execution.configs import run_config, scaling_config
 from trainyard.execution.contexts import RayTrainContext
 from trainyard.execution.ingest import resolve, run_inputs
@@ -175,5 +176,8 @@ def _final_model(model_or_factory: Any, checkpoint: Any):
     model = model_or_factory if isinstance(model_or_factory, nn.Module) else model_or_factory()
     with checkpoint.as_directory() as d:
         loaded = ckpt.load(d)
-        model.load_state_dict(full_model_state(Path(d), model) if loaded.sharded else loaded.model)
+        if loaded.sharded:
+            model.load_state_dict(full_model_state(Path(d), model))
+        else:
+            load_model_state(model, loaded)
     return model

@@ -20,6 +20,7 @@ from trainyard.engine.hooks import TrainingHooks
 from trainyard.engine.task import TaskSpec
 from trainyard.experiment.recipe import data_recipe, model_recipe, tokenize_text
 from trainyard.experiment.spec import ExperimentSpec, as_spec
+from trainyard.models.adapters import adapter_builder
 from trainyard.trainer import Trainer
 
 
@@ -45,6 +46,7 @@ class Experiment:
         """The Trainer of this experiment (`training_config` replaces the spec's)."""
         trainer = Trainer(self.model_factory, self.model_config, training_config or self.training_config, self.task_spec, hooks=hooks, scaling=scaling, run_config=run_config)
         trainer.tokenizer = self.tokenizer  # into the export bundle, so that it takes text
+        trainer.merge_adapters = (self.spec.peft or {}).get("merge_adapters", True)
         return trainer
 
 
@@ -54,6 +56,8 @@ def build(config: Any, dataset: Any = None, base_dir: Path | None = None) -> Exp
     and tokenized as `train_model` describes), else the spec's data section."""
     spec = as_spec(config)
     builder, model_config, tokenizer = model_recipe(spec)
+    if spec.peft is not None:
+        builder = adapter_builder(builder, spec.peft, spec.task)
     train, val = data_recipe(spec, dataset, base_dir)
     max_len = model_config.get("max_seq_len")
     return Experiment(

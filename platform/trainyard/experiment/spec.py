@@ -5,6 +5,7 @@ parsed and checked once, where it enters.
     data:     {name: addition, train_size: 20000}        # built-in, or train: x.parquet, val: y.parquet
     task:     language_modeling                          # optional; auto-detected if absent
     training: {learning_rate: 3.0e-3, epochs: 5}         # any TrainingConfig field
+    peft:     {method: lora, r: 16, alpha: 32}           # adapters (trainyard.models.adapters)
     final:    {epochs: 10}                               # `trainyard run`: the final training's changes
     source:   {sweep: ..., trial_id: ...}                # provenance (a sweep's winner), informational
 
@@ -25,12 +26,13 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from trainyard import _yaml
-from trainyard.storage import relative_to
 from trainyard.engine.config import TrainingConfig
 from trainyard.engine.task import TaskSpec
 from trainyard.experiment.sections import check_data_section, check_model_section
+from trainyard.models.adapters import check_section
+from trainyard.storage import relative_to
 
-SECTIONS = ("model", "data", "task", "training", "final", "source")  # source: provenance, informational
+SECTIONS = ("model", "data", "task", "training", "peft", "final", "source")  # source: provenance, informational
 MODEL_PREFIX = "model."  # a parameter named model.<key> sets the model section's <key>
 
 
@@ -50,6 +52,11 @@ class ExperimentSpec:
     @property
     def data(self) -> dict[str, Any]:
         return dict(self.sections.get("data") or {})
+
+    @property
+    def peft(self) -> dict[str, Any] | None:
+        """The adapters' settings, or None: the whole model trains."""
+        return dict(self.sections["peft"]) if self.sections.get("peft") is not None else None
 
     @property
     def task(self) -> str | None:
@@ -95,7 +102,7 @@ def parse_spec(spec: Mapping[str, Any], where: str = "the experiment config") ->
     if unknown:
         raise ValueError(f"{where}: unknown section(s) {sorted(unknown)}; sections are {list(SECTIONS)}")
     sections = {k: v for k, v in spec.items()}
-    for name in ("model", "data", "training", "final", "source"):
+    for name in ("model", "data", "training", "peft", "final", "source"):
         if sections.get(name) is not None and not isinstance(sections[name], Mapping):
             raise ValueError(f"the {name} section must be a mapping, got {sections[name]!r}")
     training = TrainingConfig.from_dict(sections.get("training") or {})
@@ -107,6 +114,8 @@ def parse_spec(spec: Mapping[str, Any], where: str = "the experiment config") ->
         TaskSpec(name=sections["task"])
     check_model_section(sections.get("model") or {})
     check_data_section(sections.get("data") or {})
+    if sections.get("peft") is not None:
+        check_section(sections["peft"])
     return ExperimentSpec(sections, training)
 
 
@@ -144,7 +153,7 @@ def apply_overrides(spec: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
         if not dot:
             section, field = "training", key
         if section not in SECTIONS or section in ("task", "source"):
-            raise ValueError(f"override {item!r}: section {section!r} is not one of model, data, training, final")
+            raise ValueError(f"override {item!r}: section {section!r} is not one of model, data, training, peft, final")
         if spec.get(section) is None:  # absent, or written empty (`training:`)
             spec[section] = {}
         elif not isinstance(spec[section], Mapping):

@@ -36,6 +36,7 @@ from torch import nn
 from trainyard.data.tokenizer import CharTokenizer
 from trainyard.engine.checkpoint import atomic_directory, describe
 from trainyard.engine.task import extract_logits
+from trainyard.engine.trainable import has_adapters
 
 
 class _LogitsOnly(nn.Module):
@@ -58,10 +59,17 @@ def export_model(
     task_spec: dict | None = None,
     model_config: dict | None = None,
     tokenizer: Any = None,
+    merge_adapters: bool = True,
 ) -> Path:
-    """Write an export bundle for `model` into `out_dir` (replaced atomically)."""
+    """Write an export bundle for `model` into `out_dir` (replaced atomically). A model with
+    adapters (PEFT) is exported with them merged into its weights, a plain model of its base's
+    architecture; with `merge_adapters=False` as it is (`hf/` then holds the adapters alone,
+    which load onto the base they were trained on)."""
     out_dir = Path(out_dir)
-    wrapped = _LogitsOnly(copy.deepcopy(model).cpu().eval())
+    model = copy.deepcopy(model).cpu().eval()
+    if has_adapters(model) and merge_adapters:
+        model = model.merge_and_unload()
+    wrapped = _LogitsOnly(model)
     example = example_input.cpu()
     with atomic_directory(out_dir) as tmp:
         torch.save(model.state_dict(), tmp / "model.pt")
@@ -166,6 +174,16 @@ def _hf(model: nn.Module, example: torch.Tensor, out: Path) -> None:
 def _load_hf(bundle: Path):
     import transformers
 
+    if (bundle / "hf" / "adapter_config.json").is_file():  # adapters alone: onto their base, as peft loads them
+        import peft
+
+        base = json.loads((bundle / "hf" / "adapter_config.json").read_text())
+        classification = base.get("task_type") == "SEQ_CLS"
+        auto = peft.AutoPeftModelForSequenceClassification if classification else peft.AutoPeftModelForCausalLM
+        with warnings.catch_warnings():  # peft asks transformers' deprecated is_gradient_checkpointing
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
+            model = auto.from_pretrained(str(bundle / "hf")).eval()
+        return lambda x: model(input_ids=x).logits
     config = transformers.AutoConfig.from_pretrained(str(bundle / "hf"))
     classification = any(a.endswith("ForSequenceClassification") for a in config.architectures or ())
     auto = transformers.AutoModelForSequenceClassification if classification else transformers.AutoModelForCausalLM

@@ -36,7 +36,7 @@ def export_trained(trainer: Any, data: Any, out_dir: Path, task: str) -> Path:
     return export_model(
         trainer.model, example, out_dir, formats, tolerance=cfg.export_tolerance,
         training_config=cfg.to_dict(), task_spec=spec, model_config=model_config_dict(trainer.config),
-        tokenizer=trainer.tokenizer,
+        tokenizer=trainer.tokenizer, merge_adapters=getattr(trainer, "merge_adapters", True),
     )
 
 

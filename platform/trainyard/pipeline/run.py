@@ -34,6 +34,7 @@ from trainyard._trust import make_private_dir
 from trainyard.engine.checkpoint import load
 from trainyard.engine.results import results_as_json
 from trainyard.engine.run_folder import resolve
+from trainyard.engine.trainable import load_model_state
 from trainyard.execution.ingest import run_inputs
 from trainyard.experiment import build
 from trainyard.experiment.spec import ExperimentSpec, load_spec
@@ -179,7 +180,7 @@ def _export(pipeline: Pipeline, search: Any) -> dict[str, Any]:
     final = pipeline.stages["final"]
     exp = build(best_spec(pipeline, search))
     model = exp.model_factory()
-    model.load_state_dict(load(resolve(final["checkpoint_path"])).model)
+    load_model_state(model, load(resolve(final["checkpoint_path"])))
     trainer = exp.trainer()
     trainer.model = model
     # files read by Ray Data: the bundle's parity samples come from its blocks

@@ -1,0 +1,171 @@
+"""LoRA and other PEFT adapters on Hugging Face models: only the adapters train, only they
+are checkpointed, a resume is exact, and the model comes out whole (merged) or as adapters.
+Tiny GPT-2 and Llama-architecture models are built from their configs: nothing is downloaded."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.models.test_hf import WORDS, save_tiny_gpt2
+
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+TEXT = {"text": ["the cat sat on a mat", "the dog ran", "a cat ran", "the mat sat", "a dog sat on the cat", "the cat"] * 4}
+LORA = {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["c_attn"]}
+
+
+def save_tiny_llama(directory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    save_tiny_gpt2(directory)  # its tokenizer; the model below replaces the GPT-2
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, max_position_embeddings=16, pad_token_id=0, bos_token_id=2, eos_token_id=2)
+    for stale in ("model.safetensors", "config.json", "generation_config.json"):
+        (directory / stale).unlink(missing_ok=True)
+    LlamaForCausalLM(config).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    return save_tiny_gpt2(tmp_path_factory.mktemp("models") / "gpt2")
+
+
+def experiment(model_dir, tmp_path, peft_section=LORA, **training):
+    from trainyard.experiment import build
+
+    spec = {"model": {"name": "hf", "name_or_path": str(model_dir)}, "peft": peft_section,
+            "training": {"epochs": 2, "batch_size": 4, "learning_rate": 1e-2, "random_seed": 3, "checkpoint_dir": str(tmp_path / "run"), **training}}
+    return build(spec, dataset=(TEXT, TEXT))
+
+
+def test_only_the_adapters_train_and_only_they_are_checkpointed(gpt2_dir, tmp_path):
+    exp = experiment(gpt2_dir, tmp_path)
+    trainer = exp.trainer()
+    base = {k: v.clone() for k, v in transformers.AutoModelForCausalLM.from_pretrained(gpt2_dir).state_dict().items()}
+    results = trainer.train(exp.train_data, exp.val_data)
+    losses = results["metrics_summary"]["train/loss"].tolist()
+    assert losses[1] < losses[0]
+    trained = trainer.model.get_base_model().state_dict()
+    lora = {k for k in trained if "lora_" in k}
+    assert lora and all(torch.equal(trained[k], base[k]) for k in base if k in trained)  # the base never moved
+    checkpoint = sorted((tmp_path / "run").glob("checkpoint_e0002_*"))[0]
+    saved = torch.load(checkpoint / "model.pt", weights_only=True)
+    assert set(saved) == {k for k, p in trainer.model.named_parameters() if p.requires_grad} and all("lora_" in k for k in saved)
+    assert sum(v.numel() for v in saved.values()) < sum(v.numel() for v in base.values()) / 5  # small: the base is not in it
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["model_state"] == "trainable"
+
+
+def test_a_run_stopped_mid_epoch_resumes_bit_exactly_from_its_adapters(gpt2_dir, tmp_path):
+    from trainyard import TrainingHooks
+
+    class StopAfter(TrainingHooks):
+        def on_batch_end(self, trainer, batch, outputs):
+            if (trainer.state.epoch, trainer.state.batch_in_epoch) == (1, 3):
+                trainer.request_stop("stopped by the test")
+
+    whole = experiment(gpt2_dir, tmp_path / "whole")
+    expected = whole.trainer().train(whole.train_data, whole.val_data)
+    exp = experiment(gpt2_dir, tmp_path / "cut")
+    exp.trainer(hooks=[StopAfter()]).train(exp.train_data, exp.val_data)
+    (stopped,) = (tmp_path / "cut" / "run").glob("checkpoint_e0001_b*")
+    assert "_b0000003" in stopped.name
+    resumed = experiment(gpt2_dir, tmp_path / "cut").trainer().train(exp.train_data, exp.val_data, resume_from=str(tmp_path / "cut" / "run"))
+    assert resumed["loss_history"] == expected["loss_history"]  # bit for bit
+    assert resumed["metrics_summary"]["val/loss"].tolist() == expected["metrics_summary"]["val/loss"].tolist()
+
+
+def test_a_tiny_llama_with_lora_exports_a_merged_model_that_loads_with_auto_classes(tmp_path):
+    directory = save_tiny_llama(tmp_path / "llama")
+    exp = experiment(directory, tmp_path, {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}, export_bundle=True, export_formats=["onnx"])
+    trainer = exp.trainer()
+    results = trainer.train(exp.train_data, exp.val_data)
+    bundle = tmp_path / "run" / "export"
+    parity = json.loads((bundle / "MANIFEST.json").read_text())["parity"]
+    assert results["export_path"] == str(bundle) and set(parity) == {"onnx", "hf"}
+    assert not (bundle / "hf" / "adapter_config.json").exists()  # merged: a plain Llama
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(bundle / "hf")
+    assert type(reloaded).__name__ == "LlamaForCausalLM" and not any("lora" in k for k in reloaded.state_dict())
+    ids = torch.tensor([[3, 4, 5, 6, 7]])
+    with torch.no_grad():
+        assert torch.allclose(reloaded(ids).logits, trainer.model.eval()(input_ids=ids).logits, atol=1e-5)
+        base = transformers.AutoModelForCausalLM.from_pretrained(directory)
+        assert not torch.allclose(base(ids).logits, reloaded(ids).logits, atol=1e-4)  # the adapters' training is in it
+
+
+def test_adapters_kept_apart_load_onto_their_base(gpt2_dir, tmp_path):
+    exp = experiment(gpt2_dir, tmp_path, {**LORA, "merge_adapters": False}, epochs=1, export_bundle=True, export_formats=["hf"])
+    trainer = exp.trainer()
+    trainer.train(exp.train_data, exp.val_data)
+    hf = tmp_path / "run" / "export" / "hf"
+    assert (hf / "adapter_config.json").is_file() and not (hf / "model.safetensors").exists()  # the adapters alone
+    loaded = peft.AutoPeftModelForCausalLM.from_pretrained(hf)
+    ids = torch.tensor([[3, 4, 5]])
+    with torch.no_grad():
+        assert torch.allclose(loaded(input_ids=ids).logits, trainer.model.eval()(input_ids=ids).logits, atol=1e-5)
+
+
+def test_the_python_api_takes_a_peft_config_for_a_model_or_a_factory(gpt2_dir, tmp_path):
+    from trainyard import Trainer, TrainingConfig
+    from trainyard.models import hf
+
+    samples = [{"input_ids": [3, 4, 5, 6, 7, 8]}, {"input_ids": [4, 5, 6, 7]}] * 4
+    config = TrainingConfig(epochs=1, batch_size=4, learning_rate=1e-2, checkpoint_dir=str(tmp_path / "a"))
+    factory = hf.model_builder(str(gpt2_dir), None)
+    for model in (factory(None), lambda: factory(None)):
+        trainer = Trainer(model, {"pad_token_id": 0}, config.replace(checkpoint_dir=str(tmp_path / str(id(model)))),
+                          peft_config=peft.LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True))
+        trainer.train(samples)
+        assert {n for n, p in trainer.model.named_parameters() if p.requires_grad} and all(
+            "lora_" in n for n, p in trainer.model.named_parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"method": "lora", "rank": 4}, r"peft.rank is not a setting of lora: did you mean peft.r\?"),
+    ({"method": "lorra"}, r"peft.method='lorra' is not a PEFT method: did you mean 'lora'\?"),
+    ({"alpah": 8}, r"peft.alpah is not a setting of lora: did you mean peft.alpha\?"),
+    ({"r": 4, "target_modules": ["q_proj"]}, r"peft.target_modules=.*names no module of GPT2LMHeadModel: its layers are named \[.*'c_attn'"),
+])
+def test_a_bad_peft_setting_is_one_line_naming_it(gpt2_dir, tmp_path, section, message):
+    with pytest.raises(ValueError, match=message):
+        experiment(gpt2_dir, tmp_path, section).model_factory()
+
+
+def test_a_checkpoint_of_other_adapters_is_refused_naming_the_cause(gpt2_dir, tmp_path):
+    from trainyard.engine.checkpoint import CheckpointError
+
+    exp = experiment(gpt2_dir, tmp_path, epochs=1)
+    exp.trainer().train(exp.train_data, exp.val_data)
+    other = experiment(gpt2_dir, tmp_path / "other", {**LORA, "target_modules": ["c_fc"]})
+    with pytest.raises(CheckpointError, match="holds the trainable parameters of a model with adapters, and has parameters this model lacks"):
+        other.trainer().train(other.train_data, other.val_data, resume_from=str(tmp_path / "run"))
+
+
+@pytest.mark.slow
+def test_lora_on_two_ray_workers_equals_one_process_and_checkpoints_only_adapters(ray_session, gpt2_dir, tmp_path):
+    """DDP, and FSDP (the blocks sharded apart, each with its frozen weights and adapters)."""
+    import ray.train
+
+    def run(batch_size, parallelism="ddp", **options):
+        exp = experiment(gpt2_dir, tmp_path / f"{batch_size}-{parallelism}", batch_size=batch_size, parallelism=parallelism)
+        results = exp.trainer(**options).train(exp.train_data, exp.val_data)
+        return results["metrics_summary"][["train/loss", "val/loss"]].values.ravel().tolist(), results
+
+    one, _ = run(8)
+    storage = ray.train.RunConfig(storage_path=str(tmp_path / "storage"))
+    ddp, results = run(4, scaling=2, run_config=storage)
+    assert ddp == pytest.approx(one, abs=1e-5)
+    saved = torch.load(f"{results['checkpoint_path']}/model.pt", weights_only=True)
+    assert saved and all("lora_" in k for k in saved)
+    fsdp, results = run(4, "fsdp", scaling=2, run_config=storage)
+    assert fsdp == pytest.approx(one, abs=1e-5)
+    from trainyard.engine.shards import read_metadata
+
+    keys = read_metadata((Path(results["checkpoint_path"]) / ".metadata").read_bytes(), "test").state_dict_metadata
+    model_keys = [k for k in keys if k.startswith("model.")]
+    assert model_keys and all("lora_" in k for k in model_keys)  # the frozen base is not in the shards either
+
