@@ -190,3 +190,42 @@ def test_the_seed_004_train_model_takes_a_ray_dataset(ray_session, tmp_path):
     results = train_model(spec, dataset=ray_dataset(DATA), output_dir=tmp_path / "out")
     assert len(results["loss_history"]) == 7  # 54 rows in batches of 8
     assert math.isfinite(results["final_loss"])
+
+
+def test_instruction_files_train_as_the_same_rows_in_memory_do_and_pack_with_their_labels(ray_session, tmp_path):
+    """prompt/response and messages rows in JSON lines and Parquet, tokenized by Ray Data
+    with the prompt masked: unpacked, the very rows (and losses) of the in-memory path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from trainyard.data.instructions import tokenize_instructions
+    from trainyard.execution.ingest import ingest
+    from trainyard.experiment import build
+
+    pairs = {"prompt": [f"{i}+{i + 1}=" for i in range(12)], "response": [str(2 * i + 1) for i in range(12)]}
+    chats = [[{"role": "user", "content": p}, {"role": "assistant", "content": r}] for p, r in zip(pairs["prompt"], pairs["response"])]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in zip(*pairs.values())))
+    pq.write_table(pa.table({"messages": chats}), tmp_path / "chats.parquet")
+    model = {"name": "gpt", "d_model": 16, "n_layers": 1, "n_heads": 2, "max_seq_len": 32}
+    training = {"epochs": 2, "batch_size": 4, "random_seed": 1, "learning_rate": 1e-2}
+
+    def spec(train, **data):
+        return {"model": model, "data": {"train": str(tmp_path / train), **data}, "training": {**training, "checkpoint_dir": str(tmp_path / train / "..")}}
+
+    in_memory = build({"model": model, "training": training}, dataset=pairs)
+    for name, rows in (("chats.parquet", {"messages": chats}), ("pairs.jsonl", pairs)):
+        exp = build({**spec(name, pack=False), "training": {**training, "checkpoint_dir": str(tmp_path / f"run-{name}")}})
+        source = ingest(exp.train_data, "train_data", pad_token_id=exp.tokenizer.pad_token_id)
+        expected = tokenize_instructions(rows, exp.tokenizer, 32)
+        got = [source[i] for i in range(len(source))]
+        assert [r["input_ids"].tolist() for r in got] == expected["input_ids"] and [r["labels"].tolist() for r in got] == expected["labels"]
+    from_file = exp.trainer().train(exp.train_data)  # the pairs' file
+    memory = in_memory.trainer(in_memory.training_config.replace(checkpoint_dir=str(tmp_path / "memory"))).train(in_memory.train_data)
+    assert from_file["loss_history"] == pytest.approx(memory["loss_history"], abs=1e-6)
+    packed = build(spec("pairs.jsonl", seq_len=8))
+    source = ingest(packed.train_data, "train_data")
+    rows = source.__getitems__(list(range(len(source))))
+    expected = tokenize_instructions(pairs, packed.tokenizer, None)
+    flat_ids, flat_labels = sum(expected["input_ids"], []), sum(expected["labels"], [])
+    assert rows["input_ids"].shape == (len(flat_ids) // 8, 8)  # blocks of seq_len, no padding
+    assert rows["input_ids"].flatten().tolist() == flat_ids[: rows["input_ids"].numel()]
+    assert rows["labels"].flatten().tolist() == flat_labels[: rows["labels"].numel()]  # the prompts still masked, in place

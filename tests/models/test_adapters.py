@@ -169,3 +169,20 @@ def test_lora_on_two_ray_workers_equals_one_process_and_checkpoints_only_adapter
     model_keys = [k for k in keys if k.startswith("model.")]
     assert model_keys and all("lora_" in k for k in model_keys)  # the frozen base is not in the shards either
 
+
+@pytest.mark.slow
+def test_the_fine_tuning_example_config_trains_adapters_from_instruction_files(ray_session, gpt2_dir, tmp_path, monkeypatch, capsys):
+    """jobs/configs/finetune_lora.yaml as a user runs it, with the Hub's gpt2 swapped for the tiny local one."""
+    from trainyard.cli.main import main
+
+    from tests.conftest import ROOT
+
+    monkeypatch.chdir(tmp_path)
+    code = main(["train", str(ROOT / "jobs" / "configs" / "finetune_lora.yaml"), f"model.name_or_path={gpt2_dir}", "epochs=1"])
+    assert code == 0, capsys.readouterr().err
+    (run,) = (tmp_path / "runs").iterdir()
+    (checkpoint,) = run.glob("checkpoint_e0001_*")
+    saved = torch.load(checkpoint / "model.pt", weights_only=True)
+    assert saved and all("lora_" in k for k in saved)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(run / "export" / "hf")
+    assert type(reloaded).__name__ == "GPT2LMHeadModel"

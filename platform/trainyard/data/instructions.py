@@ -7,7 +7,8 @@ Each row becomes `input_ids` (prompt, then response and the end token) and `labe
 over the prompt, so only response tokens are targets, counted by the loss exactly as any
 labelled tokens are. A conversation's response is its last message, which must be the
 assistant's; the tokenizer's chat template lays the conversation out where it has one,
-else `role: content` lines. Rows are padded per batch, not packed.
+else `role: content` lines. Rows are padded per batch; files of such rows may also be packed
+(`pack_rows`), as Ray Data reads them (`trainyard.execution.ingest`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,21 @@ def tokenize_instructions(data: Mapping[str, Any], tokenizer: Any, max_len: int 
         input_ids.append(ids)
         labels.append(targets)
     return {"input_ids": input_ids, "labels": labels, **{k: v for k, v in data.items() if k not in used}}
+
+
+def has_instruction_columns(columns: Sequence[str]) -> bool:
+    """Whether a table with these columns holds instruction or chat rows (not tokenized yet)."""
+    return "input_ids" not in columns and any(set(group) <= set(columns) for group in INSTRUCTION_COLUMNS)
+
+
+def pack_rows(input_ids: list[list[int]], labels: list[list[int]], seq_len: int) -> tuple[list[list[int]], list[list[int]]]:
+    """The rows concatenated and cut into `seq_len` blocks, the labels alongside (the last
+    partial block is dropped). A block may start inside a row; a row's first label is its
+    prompt's, -100, so no token is learnt across two rows."""
+    ids = [i for row in input_ids for i in row]
+    targets = [t for row in labels for t in row]
+    blocks = len(ids) // seq_len
+    return ([ids[b * seq_len : (b + 1) * seq_len] for b in range(blocks)], [targets[b * seq_len : (b + 1) * seq_len] for b in range(blocks)])
 
 
 def _text(value: Any, column: str, row: int) -> str:

@@ -9,7 +9,8 @@ store, never from a pickled payload.
   driver): executed once into Arrow blocks in the object store, in a fixed order, and
   handed to the engine as a `BlockSource`, which reads the rows a batch needs straight
   from those blocks (zero-copy). Every rank and every trial reads the same blocks.
-- Text (`text_column=`) is tokenized, cut or packed into `seq_len` blocks by Ray Data
+- Text (`text_column=`), and instruction or chat rows (`prompt`/`response`, `messages`: the
+  prompt masked), are tokenized, cut or packed into `seq_len` blocks by Ray Data
   transforms, on the way into the object store.
 - In-memory columns (tensors, dicts, Arrow, HF datasets): validated here, then put into the
   object store once as Arrow blocks, read like a Ray Dataset's. A map-style dataset of the
@@ -37,6 +38,7 @@ import pyarrow.parquet as pq
 
 from trainyard._logging import say_if_slow
 from trainyard.data.files import DataFiles
+from trainyard.data.instructions import has_instruction_columns, pack_rows, tokenize_instructions
 from trainyard.engine.config import SHUFFLE_CHUNK_ROWS
 from trainyard.engine.data.inputs import as_dataset
 from trainyard.engine.data.rows import RowSource, is_list_type, local_paths
@@ -96,7 +98,7 @@ def ingest(data: Any, name: str, pad_token_id: int | None = None, context: int |
         return data
     if isinstance(data, DataFiles):
         dataset = read(data.paths, name, data.format)
-        if data.text_column:
+        if data.tokenizer is not None:
             dataset = tokenize(dataset, name, data.tokenizer, data.text_column, data.seq_len, data.pack)
         return blocks(dataset, name, pad_token_id, context)
     if _is_paths(data):
@@ -187,18 +189,34 @@ def read(paths: Any, name: str, format: str | None = None) -> Any:
         raise ValueError(f"{name}: reading the data failed: {_bad_file(files, format) or ''}{_root_cause(e)}") from e
 
 
-def tokenize(dataset: Any, name: str, tokenizer: Any, text_column: str = "text", seq_len: int | None = None, pack: bool = True) -> Any:
-    """Tokens from a text column, as Ray Data transforms: each text becomes its tokens
-    (with <bos>/<eos> where the tokenizer has them); packed, the texts of a batch are
+def tokenize(dataset: Any, name: str, tokenizer: Any, text_column: str | None = "text", seq_len: int | None = None, pack: bool = True) -> Any:
+    """Tokens from a text column, or from instruction or chat columns (`prompt`/`response`,
+    `messages`: `labels` -100 over the prompt), as Ray Data transforms. Each text becomes
+    its tokens (with <bos>/<eos> where the tokenizer has them); packed, the rows of a batch are
     concatenated and cut into `seq_len` blocks (the batch's last partial block is dropped,
-    as LLM pretraining does); unpacked, each text is cut at `seq_len`."""
-    if pack and not seq_len:
-        raise ValueError(f"{name}: packing cuts the text into blocks of seq_len tokens; set seq_len (e.g. seq_len: 128)")
+    as LLM pretraining does); unpacked, each is cut at `seq_len`. Files that hold `input_ids`
+    already, and no `text_column`, are left as they are."""
     found = _quiet(dataset).schema().names  # reading the schema runs the dataset's first block
+    instructions = has_instruction_columns(found)
+    if text_column is None and not instructions:
+        return dataset
+    if pack and not seq_len:
+        raise ValueError(f"{name}: packing cuts the {'rows' if instructions else 'text'} into blocks of seq_len tokens; "
+                         "set seq_len (e.g. seq_len: 128), or pack: false")
+    if instructions:
+        options = {"tokenizer": tokenizer, "seq_len": seq_len, "pack": pack}
+        return dataset.map_batches(_tokenize_instruction_batch, fn_kwargs=options, batch_format="pyarrow", batch_size=1024)
     if text_column not in found:
         raise ValueError(f"{name}: no text column {text_column!r}; the columns are {sorted(found)} (set text_column)")
     options = {"tokenizer": tokenizer, "text_column": text_column, "seq_len": seq_len, "pack": pack}
     return dataset.map_batches(_tokenize_batch, fn_kwargs=options, batch_format="pyarrow", batch_size=1024)
+
+
+def _tokenize_instruction_batch(batch: Any, tokenizer: Any, seq_len: int | None, pack: bool) -> Any:
+    columns = [c for c in ("prompt", "response", "messages") if c in batch.schema.names]
+    rows = tokenize_instructions({c: batch.column(c).to_pylist() for c in columns}, tokenizer, None if pack else seq_len)
+    ids, labels = pack_rows(rows["input_ids"], rows["labels"], seq_len) if pack else (rows["input_ids"], rows["labels"])
+    return pa.table({"input_ids": pa.array(ids, pa.list_(pa.int64())), "labels": pa.array(labels, pa.list_(pa.int64()))})
 
 
 def _tokenize_batch(batch: Any, tokenizer: Any, text_column: str, seq_len: int | None, pack: bool) -> Any:

@@ -131,11 +131,12 @@ def tokenize_text(data: Any, tokenizer: Any, max_len: int | None) -> Any:
     """Instruction columns (`prompt`/`response`, or `messages`) get `input_ids` and `labels`
     with the prompt masked (data/instructions.py); columns with a `text` column and no
     `input_ids` get `input_ids` from `tokenizer`
-    (cut at `max_len`); text files get the tokenizer and a `seq_len` (at most `max_len`),
-    and are tokenized by Ray Data when the run reads them; anything else is returned as it is."""
+    (cut at `max_len`); data files get the tokenizer and a `seq_len` (at most `max_len`), and
+    their text or instruction rows are tokenized by Ray Data when the run reads them;
+    anything else is returned as it is."""
     if is_instruction_data(data):  # prompt/response or messages columns: the loss on the response only
         return tokenize_instructions(data, tokenizer, max_len)
-    if type(data).__name__ == "DataFiles" and data.text_column:
+    if type(data).__name__ == "DataFiles" and tokenizer is not None:  # text, or instruction rows: Ray Data tokenizes them
         if data.seq_len and max_len and data.seq_len > max_len:
             raise ValueError(f"data: seq_len={data.seq_len} is longer than the model's context (max_seq_len={max_len}); use seq_len <= {max_len}")
         return dataclasses.replace(data, tokenizer=tokenizer, seq_len=data.seq_len or max_len)
