@@ -186,3 +186,28 @@ def test_the_fine_tuning_example_config_trains_adapters_from_instruction_files(r
     assert saved and all("lora_" in k for k in saved)
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(run / "export" / "hf")
     assert type(reloaded).__name__ == "GPT2LMHeadModel"
+
+
+@pytest.mark.slow
+def test_a_sweep_searches_the_adapters_rank_and_its_best_config_keeps_it(ray_session, gpt2_dir, tmp_path):
+    import yaml
+    from trainyard.experiment import as_spec
+    from trainyard.hpo.experiments import sweep_experiment
+
+    spec = {"model": {"name": "hf", "name_or_path": str(gpt2_dir)}, "peft": LORA,
+            "training": {"epochs": 1, "batch_size": 4, "learning_rate": 1e-2, "random_seed": 3}}
+    space = {"metric": "val/loss", "mode": "min", "params": {"peft.r": {"choice": [2, 6]}, "peft.alpha": {"choice": [8]}}}
+    result = sweep_experiment(spec, space, dataset=(TEXT, TEXT), num_samples=2, scheduler="none", storage_path=tmp_path, name="ranks", seed=0)
+    ranks = set()
+    for checkpoint in tmp_path.glob("ranks/*/checkpoint_*/model.pt"):
+        saved = torch.load(checkpoint, weights_only=True)
+        ranks |= {v.shape[0] for k, v in saved.items() if "lora_A" in k}  # each trial built its own rank's adapters
+    assert ranks == {2, 6}
+    best = yaml.safe_load((Path(result.path) / "best_config.yaml").read_text())
+    assert best["peft"]["r"] == result.best_params["peft.r"] and best["peft"]["target_modules"] == ["c_attn"]
+    as_spec(best)  # a config that loads again
+
+    with pytest.raises(ValueError, match="the space searches 'peft.r', but the experiment has no peft section"):
+        sweep_experiment({**spec, "peft": None}, space, dataset=(TEXT, TEXT), num_samples=1, storage_path=tmp_path)
+    with pytest.raises(ValueError, match="the method and the export are not searched"):
+        sweep_experiment(spec, {"params": {"peft.method": {"choice": ["lora"]}}}, dataset=(TEXT, TEXT), num_samples=1, storage_path=tmp_path)

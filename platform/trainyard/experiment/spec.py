@@ -34,6 +34,7 @@ from trainyard.storage import relative_to
 
 SECTIONS = ("model", "data", "task", "training", "peft", "final", "source")  # source: provenance, informational
 MODEL_PREFIX = "model."  # a parameter named model.<key> sets the model section's <key>
+ADAPTER_PREFIX = "peft."  # and peft.<key> the peft section's
 
 
 @dataclass(frozen=True)
@@ -72,11 +73,15 @@ class ExperimentSpec:
 
     def with_params(self, params: Mapping[str, Any]) -> "ExperimentSpec":
         """This spec with a sampled point's values: `model.<key>` into the model section,
-        the rest into training."""
+        `peft.<key>` into the peft section, the rest into training."""
         sections = copy.deepcopy(dict(self.sections))
-        training = {k: v for k, v in params.items() if not k.startswith(MODEL_PREFIX)}
+        training = {k: v for k, v in params.items() if not k.startswith((MODEL_PREFIX, ADAPTER_PREFIX))}
         model = {k[len(MODEL_PREFIX) :]: v for k, v in params.items() if k.startswith(MODEL_PREFIX)}
+        adapters = {k[len(ADAPTER_PREFIX) :]: v for k, v in params.items() if k.startswith(ADAPTER_PREFIX)}
         sections["training"] = {**(sections.get("training") or {}), **training}
+        if adapters:
+            sections["peft"] = {**(sections.get("peft") or {}), **adapters}
+            check_section(sections["peft"])
         if model:
             sections["model"] = {**(sections.get("model") or {}), **model}
             check_model_section(sections["model"])

@@ -14,6 +14,7 @@ from trainyard.data.fingerprint import fingerprint
 from trainyard.experiment import build
 from trainyard.hpo.report import write_best_experiment
 from trainyard.hpo.runner import SweepResult, sweep
+from trainyard.hpo.space import ADAPTER_PREFIX, SearchSpace, load_search_space
 
 
 def sweep_experiment(spec: Any, space: Any, dataset: Any = None, **options: Any) -> SweepResult:
@@ -21,6 +22,11 @@ def sweep_experiment(spec: Any, space: Any, dataset: Any = None, **options: Any)
     `space`; `dataset` replaces its data section; `options` are `sweep`'s (num_samples,
     scheduler, storage_path, name, ...). The result carries the data's fingerprint."""
     exp = build(spec, dataset)
+    space = space if isinstance(space, SearchSpace) else load_search_space(space)
+    searched = [p.name for p in space.params if p.name.startswith(ADAPTER_PREFIX)]
+    if searched and exp.spec.peft is None:
+        raise ValueError(f"the space searches {searched[0]!r}, but the experiment has no peft section: add one "
+                         "(e.g. peft: {method: lora, r: 8, target_modules: [...]}) or drop the peft.* parameters")
     result = sweep(
         exp.model_builder, exp.model_config, exp.train_data, exp.val_data,
         space=space, training_config=exp.training_config, task_spec=exp.task_spec, **options,

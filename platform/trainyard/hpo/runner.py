@@ -257,7 +257,7 @@ def _check_model_values(space: SearchSpace, model_factory: Callable, config: Any
         if not p.is_model:
             continue
         for value in p.sample_values():
-            model_config = _with_overrides(config, {p.name[len("model.") :]: value})
+            model_config = _with_overrides(config, space.split({p.name: value})[1])
             try:
                 with torch.device("meta"):
                     model_factory(model_config)

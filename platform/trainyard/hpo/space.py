@@ -30,6 +30,10 @@ MODES = ("min", "max")
 _NOT_SEARCHABLE = {"checkpoint_dir", "checkpoint_every_n_steps", "wandb_project", "device", "export_bundle", "export_formats", "export_tolerance"}
 
 
+ADAPTER_PREFIX = "peft."  # a parameter named peft.<key> sets the adapters' <key> (`peft` section)
+ADAPTER_KEY = "peft"  # where a trial's model config carries them to the adapters' builder
+
+
 @dataclass(frozen=True)
 class Param:
     name: str
@@ -38,7 +42,8 @@ class Param:
 
     @property
     def is_model(self) -> bool:
-        return self.name.startswith("model.")
+        """Whether it goes to the model factory: a model config key, or an adapter setting."""
+        return self.name.startswith(("model.", ADAPTER_PREFIX))
 
     def sample_values(self) -> list[Any]:
         """Values at the edges of the range (or every choice), for type checks."""
@@ -81,8 +86,11 @@ class SearchSpace:
 
     def split(self, sampled: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """(TrainingConfig overrides, model config overrides) of one sampled point."""
-        training = {k: v for k, v in sampled.items() if not k.startswith("model.")}
+        training = {k: v for k, v in sampled.items() if not k.startswith(("model.", ADAPTER_PREFIX))}
         model = {k[len("model.") :]: v for k, v in sampled.items() if k.startswith("model.")}
+        adapters = {k[len(ADAPTER_PREFIX) :]: v for k, v in sampled.items() if k.startswith(ADAPTER_PREFIX)}
+        if adapters:  # read by the adapters' builder (trainyard.models.adapters), under this one key
+            model[ADAPTER_KEY] = adapters
         return training, model
 
     def check_model_keys(self, model_config: Mapping[str, Any] | None) -> None:
@@ -91,7 +99,7 @@ class SearchSpace:
             return
         for p in self.params:
             key = p.name[len("model.") :]
-            if p.is_model and key not in model_config:
+            if p.name.startswith("model.") and key not in model_config:
                 close = difflib.get_close_matches(key, [str(k) for k in model_config], n=1)
                 hint = f"; did you mean 'model.{close[0]}'?" if close else f"; the model config has {sorted(model_config)}"
                 raise ValueError(f"{self.source}: parameter {p.name!r} is not a key of the model config{hint}")
@@ -123,7 +131,10 @@ def load_search_space(source: str | Path | Mapping[str, Any]) -> SearchSpace:
 
 def _param(source: str, key: str, spec: Any) -> Param:
     where = f"{source}: parameter {key!r}"
-    if not key.startswith("model."):
+    if key.startswith(ADAPTER_PREFIX):
+        if key in (ADAPTER_PREFIX, ADAPTER_PREFIX + "method", ADAPTER_PREFIX + "merge_adapters"):
+            raise ValueError(f"{where}: name a setting of the adapters after 'peft.' (r, alpha, dropout, ...); the method and the export are not searched")
+    elif not key.startswith("model."):
         if key not in FIELD_NAMES:
             close = difflib.get_close_matches(key, FIELD_NAMES, n=1)
             hint = f"did you mean {close[0]!r}?" if close else "TrainingConfig fields, or model.<key> for the model config"

@@ -24,6 +24,7 @@ from torch import nn
 ALIASES = {"alpha": "lora_alpha", "dropout": "lora_dropout"}
 _OTHER_NAMES = {"rank": "r", "lora_r": "r", "lora_rank": "r", "target_layers": "target_modules", "modules": "target_modules"}  # other libraries' words
 OWN_KEYS = ("method", "merge_adapters")  # ours, not the PEFT config's
+SEARCHED = "peft"  # the model config key under which a sweep's trial hands over its peft.* values (hpo.space.ADAPTER_KEY)
 
 
 def _peft():
@@ -112,5 +113,8 @@ def with_adapters_of(factory: Callable[[], nn.Module], section: Any, task: str |
 
 
 def _build_with_adapters(builder: Callable[[Any], nn.Module], section: Any, task: str | None, model_config: Any) -> nn.Module:
+    if isinstance(model_config, Mapping) and SEARCHED in model_config:  # a sweep's trial: its peft.* values
+        model_config = dict(model_config)
+        section = {**section, **model_config.pop(SEARCHED)}
     return with_adapters(builder(model_config), section, task)
 
