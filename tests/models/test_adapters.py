@@ -146,12 +146,17 @@ def test_a_checkpoint_of_other_adapters_is_refused_naming_the_cause(gpt2_dir, tm
 
 
 @pytest.mark.slow
-def test_lora_on_two_ray_workers_equals_one_process_and_checkpoints_only_adapters(ray_session, gpt2_dir, tmp_path):
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_lora_on_two_ray_workers_equals_one_process_and_checkpoints_only_adapters(ray_session, gpt2_dir, tmp_path, architecture):
     """DDP, and FSDP (the blocks sharded apart, each with its frozen weights and adapters)."""
     import ray.train
 
+    model_dir, lora = gpt2_dir, LORA
+    if architecture == "llama":
+        model_dir, lora = save_tiny_llama(tmp_path / "llama"), {**LORA, "target_modules": ["q_proj", "v_proj", "down_proj"]}
+
     def run(batch_size, parallelism="ddp", **options):
-        exp = experiment(gpt2_dir, tmp_path / f"{batch_size}-{parallelism}", batch_size=batch_size, parallelism=parallelism)
+        exp = experiment(model_dir, tmp_path / f"{batch_size}-{parallelism}", lora, batch_size=batch_size, parallelism=parallelism)
         results = exp.trainer(**options).train(exp.train_data, exp.val_data)
         return results["metrics_summary"][["train/loss", "val/loss"]].values.ravel().tolist(), results
 
