@@ -8,26 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.models.test_hf import WORDS, save_tiny_gpt2
+from tests.models.test_hf import save_tiny_gpt2, save_tiny_llama
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
 TEXT = {"text": ["the cat sat on a mat", "the dog ran", "a cat ran", "the mat sat", "a dog sat on the cat", "the cat"] * 4}
 LORA = {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["c_attn"]}
-
-
-def save_tiny_llama(directory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    save_tiny_gpt2(directory)  # its tokenizer; the model below replaces the GPT-2
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=1, max_position_embeddings=16, pad_token_id=0, bos_token_id=2, eos_token_id=2)
-    for stale in ("model.safetensors", "config.json", "generation_config.json"):
-        (directory / stale).unlink(missing_ok=True)
-    LlamaForCausalLM(config).save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")

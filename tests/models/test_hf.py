@@ -31,6 +31,19 @@ def save_tiny_gpt2(directory):
     return directory
 
 
+def save_tiny_llama(directory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    save_tiny_gpt2(directory)  # its tokenizer; the model below replaces the GPT-2
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, max_position_embeddings=16, pad_token_id=0, bos_token_id=2, eos_token_id=2)
+    for stale in ("model.safetensors", "config.json", "generation_config.json"):
+        (directory / stale).unlink(missing_ok=True)
+    LlamaForCausalLM(config).save_pretrained(directory)
+    return directory
+
+
 @pytest.fixture(scope="module")
 def hf_home(tmp_path_factory):
     """An HF_HOME whose hub cache holds `tiny-org/tiny-gpt2` at `main`, as a download leaves it."""
@@ -127,12 +140,13 @@ def test_a_hugging_face_model_comes_out_as_a_model_directory_checked_like_the_ot
 
 
 @pytest.mark.slow
-def test_a_hugging_face_model_on_two_ray_workers_equals_one_process_with_the_global_batch(ray_session, tmp_path):
-    """DDP and FSDP (the model's repeated blocks sharded apart)."""
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_a_hugging_face_model_on_two_ray_workers_equals_one_process_with_the_global_batch(ray_session, tmp_path, architecture):
+    """DDP and FSDP (the model's repeated blocks sharded apart), a GPT-2 and a Llama."""
     import ray.train
     from trainyard.experiment import build
 
-    directory = save_tiny_gpt2(tmp_path / "tiny")
+    directory = (save_tiny_gpt2 if architecture == "gpt2" else save_tiny_llama)(tmp_path / "tiny")
     text = {"text": ["the cat sat on a mat", "the dog ran", "a cat ran", "the mat sat", "a dog sat on the cat", "the cat"] * 4}
 
     def run(batch_size, parallelism="ddp", **options):
