@@ -3,6 +3,8 @@
     hf     in-process: trainyard's Trainer vs the Hugging Face Trainer, a tiny GPT2LMHeadModel
            (2 layers, 128 wide, vocab 512, sequences of 64, batch 16, fused AdamW 3e-4,
            clipping 1.0, constant LR, the same batch order); each run in a fresh process
+    lora   the same, fine-tuning LoRA adapters (peft, r=8, alpha 16, on c_attn and c_fc) with
+           the same LoraConfig on both sides
     ray    on Ray Train, 1 and 2 workers: trainyard's Trainer(scaling=N) vs a stock TorchTrainer
            whose hand-written train_func does the same work (prepare_model, a distributed
            sampler, the same optimizer, a checkpoint reported every epoch)
@@ -13,7 +15,7 @@
 One thread per process; rounds interleaved with the order alternating; medians. Prints a
 table and writes benchmarks/results/peers.json.
 
-    python benchmarks/peers.py [--rounds 3] [--only hf ray tune]
+    python benchmarks/peers.py [--rounds 3] [--only hf lora ray tune]
 """
 
 from __future__ import annotations
@@ -38,6 +40,14 @@ from measure import hand_written_step, peak_rss_mb  # noqa: E402
 
 HF = {"n_layer": 2, "n_embd": 128, "n_head": 4, "vocab_size": 512, "n_positions": 64, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
 SEQ, BATCH, LR = 64, 16, 3e-4
+LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["c_attn", "c_fc"], "fan_in_fan_out": True}
+LORA_LR = 1e-3
+
+
+def _lora_config():
+    from peft import LoraConfig
+
+    return LoraConfig(task_type="CAUSAL_LM", **LORA)
 
 
 # -- hf: in-process, against the Hugging Face Trainer ---------------------------------------------
@@ -57,11 +67,15 @@ def _hf_setup(steps: int):
     return data, order, model
 
 
-def child_hf_trainer(steps: int) -> dict:
+def child_hf_trainer(steps: int, lora: bool = False) -> dict:
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     data, order, model = _hf_setup(steps)
+    if lora:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, _lora_config())
 
     class Ordered(torch.utils.data.Dataset):  # trainyard's batch order, so the losses can be compared
         def __len__(self):
@@ -85,7 +99,7 @@ def child_hf_trainer(steps: int) -> dict:
 
     losses, ends = [], []
     args = TrainingArguments(
-        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, learning_rate=LR, num_train_epochs=1, weight_decay=0.0,
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, learning_rate=LORA_LR if lora else LR, num_train_epochs=1, weight_decay=0.0,
         max_grad_norm=1.0, lr_scheduler_type="constant", report_to=[], save_strategy="no", logging_strategy="no",
         disable_tqdm=True, use_cpu=True, seed=0, dataloader_num_workers=0,
     )
@@ -94,7 +108,7 @@ def child_hf_trainer(steps: int) -> dict:
     return {"ends": ends, "wall": time.perf_counter() - start, "losses": losses, "peak_rss_mb": peak_rss_mb()}
 
 
-def child_trainyard(steps: int) -> dict:
+def child_trainyard(steps: int, lora: bool = False) -> dict:
     from trainyard import Trainer, TrainingConfig, TrainingHooks
 
     data, _order, model = _hf_setup(steps)
@@ -104,14 +118,19 @@ def child_trainyard(steps: int) -> dict:
             ends.append(time.perf_counter())
 
     ends = []
-    tc = TrainingConfig(learning_rate=LR, batch_size=BATCH, epochs=1, weight_decay=0.0, max_grad_norm=1.0, use_lr_schedule=False,
+    tc = TrainingConfig(learning_rate=LORA_LR if lora else LR, batch_size=BATCH, epochs=1, weight_decay=0.0, max_grad_norm=1.0, use_lr_schedule=False,
                         random_seed=0, checkpoint_dir=tempfile.mkdtemp(), keep_last_n_checkpoints=1)
     start = time.perf_counter()
-    results = Trainer(model, {"pad_token_id": None}, tc, task_spec="language_modeling", hooks=Clock()).train({"input_ids": data})
+    trainer = Trainer(model, {"pad_token_id": None}, tc, task_spec="language_modeling", hooks=Clock(), peft_config=_lora_config() if lora else None)
+    results = trainer.train({"input_ids": data})
     return {"ends": ends, "wall": time.perf_counter() - start, "losses": results["loss_history"], "peak_rss_mb": peak_rss_mb()}
 
 
-def compare_hf(args) -> dict:
+def compare_lora(args) -> dict:
+    return compare_hf(args, lora=True)
+
+
+def compare_hf(args, lora: bool = False) -> dict:
     times = {"trainyard": [], "hf": []}
     walls = {"trainyard": [], "hf": []}
     rss = {"trainyard": [], "hf": []}
@@ -119,7 +138,7 @@ def compare_hf(args) -> dict:
     for r in range(args.rounds):
         losses = {}
         for which in (("trainyard", "hf") if r % 2 == 0 else ("hf", "trainyard")):
-            out = _child(f"{which}", args.steps)
+            out = _child(f"{which}{'-lora' if lora else ''}", args.steps)
             times[which] += [b - a for a, b in zip(out["ends"][args.warmup :], out["ends"][args.warmup + 1 :])]
             walls[which].append(out["wall"])
             rss[which].append(out["peak_rss_mb"])
@@ -344,10 +363,12 @@ def len_steps(results: dict) -> int:
 
 def table(results: dict) -> str:
     lines = ["| comparison | measure | trainyard | peer | ratio |", "| --- | --- | --- | --- | --- |"]
-    if "hf" in results:
-        h = results["hf"]
+    for key, label in (("hf", "in-process vs HF Trainer"), ("lora", "LoRA fine-tuning vs HF Trainer + peft")):
+        if key not in results:
+            continue
+        h = results[key]
         lines += [
-            f"| in-process vs HF Trainer | step time | {h['step_ms']['trainyard']:.1f} ms | {h['step_ms']['hf']:.1f} ms | {h['step_ratio']:.2f} |",
+            f"| {label} | step time | {h['step_ms']['trainyard']:.1f} ms | {h['step_ms']['hf']:.1f} ms | {h['step_ratio']:.2f} |",
             f"| | epoch wall (trainyard also writes an epoch checkpoint) | {h['epoch_wall_s']['trainyard']:.2f} s | {h['epoch_wall_s']['hf']:.2f} s | {h['wall_ratio']:.2f} |",
             f"| | peak RSS | {h['peak_rss_mb']['trainyard']:.0f} MB | {h['peak_rss_mb']['hf']:.0f} MB | {h['rss_ratio']:.2f} |",
             f"| | per-step losses (HF's normaliser corrected) | | | first step {h['first_step_loss_diff']:.1e}, max over {len_steps(results)} steps {h['max_abs_loss_diff']:.1e} |",
@@ -374,16 +395,17 @@ def main() -> int:
     p.add_argument("--tune-rounds", type=int, default=2)
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--only", nargs="*", choices=["hf", "ray", "tune"], default=["hf", "ray", "tune"])
-    p.add_argument("--child", choices=["hf", "trainyard"], help=argparse.SUPPRESS)
+    p.add_argument("--only", nargs="*", choices=["hf", "lora", "ray", "tune"], default=["hf", "lora", "ray", "tune"])
+    p.add_argument("--child", choices=["hf", "trainyard", "hf-lora", "trainyard-lora"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        print(json.dumps((child_hf_trainer if args.child == "hf" else child_trainyard)(args.steps)))
+        child = child_hf_trainer if args.child.startswith("hf") else child_trainyard
+        print(json.dumps(child(args.steps, lora=args.child.endswith("-lora"))))
         return 0
     results = {}
     for name in args.only:
         start = time.perf_counter()
-        results[name] = {"hf": compare_hf, "ray": compare_ray, "tune": compare_tune}[name](args)
+        results[name] = {"hf": compare_hf, "lora": compare_lora, "ray": compare_ray, "tune": compare_tune}[name](args)
         print(f"{name} done in {time.perf_counter() - start:.0f}s", flush=True)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "peers.json").write_text(json.dumps(results, indent=1))
