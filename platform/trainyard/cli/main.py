@@ -234,7 +234,7 @@ def _default_run_name(args: argparse.Namespace) -> str:
     """The run a `train` command trains: the command's own (a rerun resumes it), or with
     --fresh a new one; says so when a rerun resumes."""
     from trainyard._logging import get_logger
-    from trainyard.cli.runners import command_run_name
+    from trainyard.cli.runners import command_run_name, run_folder
     from trainyard.engine.run_folder import latest_valid
     from trainyard.engine.setup import run_id
     from trainyard.experiment import load_spec
@@ -245,7 +245,7 @@ def _default_run_name(args: argparse.Namespace) -> str:
     spec = load_spec(args.config, args.overrides)
     name = command_run_name(args.config, spec, args.workers)
     storage = args.storage_path or default_storage()
-    run_dir = (Path(spec.training.checkpoint_dir) if spec.training.checkpoint_dir and not args.workers else Path(storage, name)).resolve()
+    run_dir = run_folder(spec, name, args.workers, storage)
     if args.resume is None and is_local(storage) and latest_valid(run_dir) is not None:
         get_logger("trainyard.cli").info("this command's run %s has checkpoints: resuming it (--fresh starts a new run)", run_dir)
     return name

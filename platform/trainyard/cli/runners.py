@@ -32,7 +32,7 @@ def run_experiment(
     name = name or (f"{Path(config_path).stem}-{run_id()}" if fresh else command_run_name(config_path, spec, workers))
     exp = build(spec)
     if not workers:
-        run_dir = Path(exp.training_config.checkpoint_dir or Path(storage_path or default_storage(), folder_name(name))).resolve()
+        run_dir = run_folder(spec, name, workers, storage_path)
         if resume_from is None and not fresh and latest_valid(run_dir) is not None:
             resume_from = run_dir  # its newest valid checkpoint; the loop says which
         training_config = exp.training_config.replace(checkpoint_dir=str(run_dir))
@@ -46,6 +46,14 @@ def run_experiment(
     ensure_ray(py_modules=[str(ship_source)] if ship_source else None)
     trainer = exp.trainer(hooks=hooks, scaling=scaling_config(workers, use_gpu=gpu), run_config=run)
     return trainer.train(exp.train_data, exp.val_data, resume_from=resume_from)
+
+
+def run_folder(spec: Any, name: str, workers: int, storage_path: str | None = None) -> Path:
+    """Where a `train` command's run keeps its checkpoints: in this process (workers=0) the
+    spec's `checkpoint_dir` if it has one, else `<storage>/<name>` (on Ray too)."""
+    if spec.training.checkpoint_dir and not workers:
+        return Path(spec.training.checkpoint_dir).resolve()
+    return Path(storage_path or default_storage(), folder_name(name)).resolve()
 
 
 def command_run_name(config_path: str | Path, spec: Any, workers: int) -> str:
