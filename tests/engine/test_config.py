@@ -57,7 +57,7 @@ BAD_VALUES = [
     ("checkpoint_every_n_steps", 0),
     ("keep_last_n_checkpoints", 0),
     ("optimizer", 3), ("optimizer", "adamww"), ("optimizer", "lbfgs"), ("optimizer", "muon"), ("optimizer_kwargs", [0.9]), ("optimizer_kwargs", {"betas": {}}),
-    ("lr_schedule", "exponential"), ("eval_every_n_steps", 0), ("early_stopping_metric", "val/bleu"),
+    ("lr_schedule", "exponential"), ("eval_every_n_steps", 0), ("train_metrics_every_n_steps", 0), ("early_stopping_metric", "val/bleu"),
     ("early_stopping_patience", 0), ("early_stopping_mode", "lowest"), ("early_stopping_min_delta", -0.1),
 ]
 

@@ -185,3 +185,43 @@ def test_exact_match_is_reported_for_answers_not_for_free_text(tmp_path):
     answers = [{"input_ids": ids, "labels": torch.cat([torch.full((5,), -100), ids[5:]])} for ids in DATA]
     marked, _ = run(tmp_path / "answers", epochs=1, data=answers, val=answers[:6])
     assert {"train/exact_match", "val/exact_match"} <= set(marked["metrics_summary"].columns)
+
+
+# -- training metrics at an interval ---------------------------------------------------------
+
+
+def test_training_accuracy_is_measured_on_every_nth_step_and_the_training_itself_is_unchanged(tmp_path):
+    """Steps 0 and 3 of each 7-step epoch (N=3, with 2 micro-batches a step: the same global
+    batches as N=3 at batch 8) measure accuracy; every step's loss counts as before."""
+    from trainyard import TrainingHooks
+    from trainyard.engine.task import IGNORE_INDEX, prepare_targets
+
+    class Record(TrainingHooks):
+        def __init__(self):
+            self.steps = {}
+
+        def on_batch_end(self, trainer, batch, outputs):
+            targets = prepare_targets("language_modeling", batch, None)
+            valid = targets != IGNORE_INDEX
+            hits = int(((outputs["logits"].argmax(-1) == targets) & valid).sum())
+            step = (trainer.state.epoch, (trainer.state.batch_in_epoch - 1) // 2)
+            hit, count = self.steps.get(step, (0, 0))
+            self.steps[step] = (hit + hits, count + int(valid.sum()))
+
+    every, _ = run(tmp_path / "every", train_metrics_every_n_steps=1, batch_size=2, gradient_accumulation_steps=2)
+    record = Record()
+    sampled, _ = run(tmp_path / "sampled", hooks=[record], train_metrics_every_n_steps=3, batch_size=2, gradient_accumulation_steps=2)
+    assert sampled["loss_history"] == every["loss_history"]  # measuring is not training: the same run, bit for bit
+    for key in ("train/loss", "val/loss", "val/accuracy"):
+        assert sampled["metrics_summary"][key].tolist() == every["metrics_summary"][key].tolist()
+    for epoch, accuracy in zip(sampled["metrics_summary"]["epoch"], sampled["metrics_summary"]["train/accuracy"]):
+        measured = [record.steps[(epoch, s)] for s in range(0, 7, 3)]  # steps 0, 3, 6 of the epoch
+        assert accuracy == pytest.approx(sum(h for h, _ in measured) / sum(c for _, c in measured), rel=1e-9)
+    assert sampled["metrics_summary"]["train/accuracy"].tolist() != every["metrics_summary"]["train/accuracy"].tolist()
+
+
+def test_a_run_stopped_mid_epoch_resumes_with_the_same_sampled_training_accuracy(tmp_path):
+    whole, _ = run(tmp_path / "whole", train_metrics_every_n_steps=2)
+    run(tmp_path / "cut", hooks=StopAt(2, 3), train_metrics_every_n_steps=2)
+    resumed, _ = run(tmp_path / "cut", resume_from=str(tmp_path / "cut"), train_metrics_every_n_steps=2)
+    assert resumed["metrics_summary"]["train/accuracy"].tolist() == whole["metrics_summary"]["train/accuracy"].tolist()

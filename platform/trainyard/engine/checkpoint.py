@@ -203,7 +203,7 @@ def _check_contents(loaded: LoadedCheckpoint) -> None:
     for field, kind in (("train_size", int), ("world_size", int), ("training_config", dict), ("history", dict), ("epoch_sums", dict)):
         if not isinstance(s[field], kind) or isinstance(s[field], bool):
             raise bad(field, f"is {s[field]!r}, not a {kind.__name__}")
-    if not set(s["epoch_sums"]) <= {"loss", "count", "correct", "seq_correct", "num_seqs"} or not all(
+    if not set(s["epoch_sums"]) <= {"loss", "count", "correct", "seq_correct", "num_seqs", "scored"} or not all(
             isinstance(v, (int, float)) for v in s["epoch_sums"].values()):  # fmt: skip
         raise bad("epoch_sums", f"is {s['epoch_sums']!r}")
     if s["window"] is not None and (not isinstance(s["window"], dict) or set(s["window"]) != {"count", "loss"}):

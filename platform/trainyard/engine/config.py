@@ -78,6 +78,10 @@ class TrainingConfig:
     checkpoint_every_n_steps: int | None = None  # None: at each epoch end only
     keep_last_n_checkpoints: int | None = 3  # None keeps all
     eval_every_n_steps: int | None = None  # validate every N optimizer steps too; None: at each epoch end only
+    # Token accuracy and exact match of the training batches, measured on every Nth optimizer
+    # step of an epoch (its first included): the other steps compute the loss alone. 1: every
+    # step. Validation measures every batch.
+    train_metrics_every_n_steps: int = 10
     early_stopping_metric: str | None = None  # e.g. "val/loss": stop when it stops improving; None: never
     early_stopping_patience: int = 3  # evaluations without improvement before stopping
     early_stopping_mode: str | None = None  # "min" or "max"; None: min for loss/perplexity, max for accuracy/exact_match

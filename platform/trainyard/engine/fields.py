@@ -258,6 +258,7 @@ VALIDATORS = {
     "checkpoint_every_n_steps": _optional_positive_int,
     "keep_last_n_checkpoints": _optional_positive_int,
     "eval_every_n_steps": _optional_positive_int,
+    "train_metrics_every_n_steps": _positive_int,
     "early_stopping_metric": _metric,
     "early_stopping_patience": _positive_int,
     "early_stopping_mode": _one_of(EARLY_STOPPING_MODES),

@@ -218,24 +218,25 @@ class TrainingLoop:
         state, ctx, progress = self.state, run.ctx, run.progress
         window = feed.next_window()
         if progress.window is not None:  # resuming inside this window
-            window_count, window_loss = self._scalar(run, progress.window["count"]), self._scalar(run, progress.window["loss"])
+            window_count, window_loss = step.scalar(run, progress.window["count"]), step.scalar(run, progress.window["loss"])
             progress.window = None
         else:
             # Normalise by the targets of the whole step, over all ranks: batch b x accum k
             # then equals batch b*k, and N workers equal one with N times the batch. The
             # count was summed with the previous step's loss where that step prefetched it.
             summed = feed.summed_count
-            window_count = summed if summed is not None else ctx.sum_tensor(self._scalar(run, sum(b.count for b in window)))
-            window_loss = self._scalar(run, 0.0)
+            window_count = summed if summed is not None else ctx.sum_tensor(step.scalar(run, sum(b.count for b in window)))
+            window_loss = step.scalar(run, 0.0)
         feed.summed_count = None
         scale = ctx.world_size / window_count.clamp(min=1)
+        score = step.measures_predictions(self.training_config, state.batch_in_epoch)
         run.telemetry.count_flops(run.raw_model, window[0].tensors, run.forward_kwargs, run.autocast, ctx.shards_state)
         run.telemetry.window_begins(compiling=run.call.pending)
         for i, batch in enumerate(window):
             self.hooks.fire(Event.BATCH_BEGIN, self, batch.tensors)
             last = i == len(window) - 1
             with contextlib.nullcontext() if last else ctx.no_sync(run.call.model):
-                stats, logits, output = self._micro_step(run, batch.tensors, batch.targets, scale)
+                stats, logits, output = self._micro_step(run, batch.tensors, batch.targets, scale, score)
             window_loss += stats.loss_sum.detach()
             progress.running.add(stats, batch.count)
             run.telemetry.batch(batch.samples, batch.count, batch.input_tokens, batch.seq_len)
@@ -262,39 +263,34 @@ class TrainingLoop:
         upcoming = feed.upcoming_count()
         if upcoming is None:
             return run.ctx.sum_tensor(window_loss)
-        loss, feed.summed_count = run.ctx.sum_tensor(torch.stack([window_loss, self._scalar(run, upcoming)]))
+        loss, feed.summed_count = run.ctx.sum_tensor(torch.stack([window_loss, step.scalar(run, upcoming)]))
         return loss
 
-    @staticmethod
-    def _scalar(run: Run, value: float) -> torch.Tensor:
-        # torch.full writes on the device; torch.tensor(value, device=...) waits to copy from pageable host memory
-        return torch.full((), float(value), dtype=run.progress.running.sums["loss"].dtype, device=run.ctx.device)
-
-    def _micro_step(self, run: Run, batch: dict, target: torch.Tensor, scale: float):
-        """Forward, loss (a sum, scaled to the step's target count), backward."""
+    def _micro_step(self, run: Run, batch: dict, target: torch.Tensor, scale: float, score: bool):
+        """Forward, loss (a sum, scaled to the step's target count; `score`: and accuracy's counts), backward."""
         if run.call.pending:
-            return self._first_compiled_step(run, batch, target, scale)
+            return self._first_compiled_step(run, batch, target, scale, score)
         with run.autocast():
             output = run.call.model(batch["input_ids"], **{k: batch[k] for k in run.forward_kwargs if k in batch})
         logits = extract_logits(output)
         if not run.task.confirmed:
             self._confirm_task(run, logits)
-        stats = run.call.loss_fn(run.task.name, logits, target)
+        stats = run.call.loss_fn(run.task.name, logits, target, score)
         loss = stats.loss_sum * scale
         (run.scaler.scale(loss) if run.scaler is not None else loss).backward()
         return stats, logits, output
 
-    def _first_compiled_step(self, run: Run, batch: dict, target: torch.Tensor, scale: float):
+    def _first_compiled_step(self, run: Run, batch: dict, target: torch.Tensor, scale: float, score: bool):
         # torch.compile fails lazily, at the first call: try it once, fall back to eager.
         run.call.pending = False
         rng_state = torch.get_rng_state()
         try:
-            return self._micro_step(run, batch, target, scale)
+            return self._micro_step(run, batch, target, scale, score)
         except Exception as e:  # noqa: BLE001 - any compiler failure means "no compile here"
             run.call.fall_back(e)
             torch.set_rng_state(rng_state)
             run.optimizer.zero_grad(set_to_none=True)
-            return self._micro_step(run, batch, target, scale)
+            return self._micro_step(run, batch, target, scale, score)
 
     def _confirm_task(self, run: Run, logits: torch.Tensor) -> None:
         run.task.confirm(logits)

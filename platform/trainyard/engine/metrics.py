@@ -22,23 +22,30 @@ class MetricSums:
     """Running sums over an epoch (or evaluation) that make up its metrics."""
 
     loss: float = 0.0
-    count: int = 0
+    count: int = 0  # targets
     correct: int = 0
     seq_correct: int = 0
     num_seqs: int = 0
+    scored: int = 0  # targets of the batches whose predictions were measured (accuracy's denominator)
+
+    @classmethod
+    def saved(cls, sums: dict[str, Any]) -> "MetricSums":
+        """From a checkpoint's sums; one saved before `scored` existed measured every batch."""
+        return cls(**{"scored": sums.get("count", 0), **sums})
 
     def add(self, stats, count: int) -> None:
         self.loss += float(stats.loss_sum.detach())
         self.count += count
         if stats.correct is not None:
             self.correct += int(stats.correct)
+            self.scored += count
         if stats.seq_correct is not None:
             self.seq_correct += int(stats.seq_correct)
         self.num_seqs += int(stats.num_seqs)
 
     def reduced(self, ctx) -> "MetricSums":
         """Summed over the ranks of `ctx` (a RunContext)."""
-        return MetricSums(*ctx.all_reduce_sum([self.loss, self.count, self.correct, self.seq_correct, self.num_seqs]))
+        return MetricSums(*ctx.all_reduce_sum([self.loss, self.count, self.correct, self.seq_correct, self.num_seqs, self.scored]))
 
     def metrics(self, prefix: str, task: str, answers: bool = True) -> dict[str, float]:
         """`{prefix}/loss`, perplexity, accuracy (not for regression), exact_match (language
@@ -48,7 +55,7 @@ class MetricSums:
         loss = self.loss / self.count if self.count else float("nan")
         out = {key("loss"): loss, key("perplexity"): exp_or_inf(loss)}
         if task != "regression":
-            out[key("accuracy")] = self.correct / self.count if self.count else float("nan")
+            out[key("accuracy")] = self.correct / self.scored if self.scored else float("nan")
         if task == "language_modeling" and answers:
             out[key("exact_match")] = self.seq_correct / self.num_seqs if self.num_seqs else float("nan")
         return out
@@ -62,11 +69,12 @@ class RunningSums:
 
     def __init__(self, start: MetricSums, device: torch.device):
         dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-        self.count = start.count  # host: counted from the batch before it reaches the device
+        self.count, self.scored = start.count, start.scored  # host: counted from the batch before it reaches the device
         self.sums = {name: torch.full((), float(getattr(start, name)), dtype=dtype, device=device) for name in _DEVICE_FIELDS}
 
     def add(self, stats, count: int) -> None:
         self.count += count
+        self.scored += count if stats.correct is not None else 0
         self.sums["loss"] += stats.loss_sum.detach()
         for name in ("correct", "seq_correct"):
             if getattr(stats, name) is not None:
@@ -75,7 +83,7 @@ class RunningSums:
 
     def host(self) -> MetricSums:
         loss, *counts = torch.stack([self.sums[name] for name in _DEVICE_FIELDS]).tolist()
-        return MetricSums(loss, self.count, *(int(c) for c in counts))
+        return MetricSums(loss, self.count, *(int(c) for c in counts), scored=self.scored)
 
 
 _DEVICE_FIELDS = ("loss", "correct", "seq_correct", "num_seqs")

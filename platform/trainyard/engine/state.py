@@ -277,7 +277,7 @@ def restore(run: Run, loaded: ckpt.LoadedCheckpoint) -> TrainState:
     own = ranks[run.ctx.rank] if ranks and len(ranks) == run.ctx.world_size else s
     # own["window"]: saved mid-window, what this rank has summed of it
     history = {"evals": [], "learning_rate": [], **s["history"]}  # older checkpoints kept neither
-    run.progress = Progress(history=history, epoch_sums=MetricSums(**own["epoch_sums"]), window=own["window"], last_checkpoint=loaded.path)
+    run.progress = Progress(history=history, epoch_sums=MetricSums.saved(own["epoch_sums"]), window=own["window"], last_checkpoint=loaded.path)
     if loaded.extra.get("grads") is not None:  # sharded gradients were read with the sharded state
         for p, g in zip(run.raw_model.parameters(), loaded.extra["grads"]):
             p.grad = None if g is None else g.to(p.device)

@@ -89,3 +89,16 @@ def check_cut_window(run: Run, state: TrainState, window_loss: torch.Tensor) -> 
             f"accumulation window); no checkpoint was written for this state (the last good one is {run.progress.last_checkpoint}). "
             "Lower learning_rate, set max_grad_norm, or check the data for invalid values"
         )
+
+
+def measures_predictions(cfg: TrainingConfig, batch_in_epoch: int) -> bool:
+    """Whether the step starting at `batch_in_epoch` measures accuracy and exact match: every
+    `train_metrics_every_n_steps`-th optimizer step of the epoch, its first included. The same
+    steps on every rank and at any accumulation, so runs that equal each other still do."""
+    return (batch_in_epoch // cfg.gradient_accumulation_steps) % cfg.train_metrics_every_n_steps == 0
+
+
+def scalar(run: Run, value: float) -> torch.Tensor:
+    """`value` on the run's device, in the dtype its sums are kept in. torch.full writes on the
+    device; torch.tensor(value, device=...) waits to copy from pageable host memory."""
+    return torch.full((), float(value), dtype=run.progress.running.sums["loss"].dtype, device=run.ctx.device)

@@ -171,19 +171,25 @@ class BatchStats:
     """Sums over one batch, reduced later into epoch metrics."""
 
     loss_sum: torch.Tensor  # differentiable
-    correct: torch.Tensor | None  # targets predicted right
+    correct: torch.Tensor | None  # targets predicted right; None: not measured (a loss-only step)
     seq_correct: torch.Tensor | None  # sequences with every target right (LM exact match)
     num_seqs: int | torch.Tensor  # sequences with targets (a device tensor for LM: never read per batch)
 
 
-def compute_loss(name: str, logits: torch.Tensor, targets: torch.Tensor) -> BatchStats:
+def compute_loss(name: str, logits: torch.Tensor, targets: torch.Tensor, score: bool = True) -> BatchStats:
+    """The loss sum of a batch and, with `score`, what accuracy and exact match count (the
+    predictions: an argmax over the logits, the largest read of the step after the loss)."""
     if name == "language_modeling":
-        with torch.no_grad():  # on the logits as computed (bf16 under AMP): half the bytes to read
-            predicted = logits.argmax(-1)
+        predicted = None
+        if score:
+            with torch.no_grad():  # on the logits as computed (bf16 under AMP): half the bytes to read
+                predicted = logits.argmax(-1)
         logits = logits.float()
         loss_sum = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
         )
+        if predicted is None:
+            return BatchStats(loss_sum, None, None, 0)
         with torch.no_grad():
             valid = targets != IGNORE_INDEX
             hit = (predicted == targets) & valid
@@ -197,6 +203,8 @@ def compute_loss(name: str, logits: torch.Tensor, targets: torch.Tensor) -> Batc
     logits = logits.float()
     if name == "classification":
         loss_sum = F.cross_entropy(logits, targets, reduction="sum")
+        if not score:
+            return BatchStats(loss_sum, None, None, targets.shape[0])
         with torch.no_grad():
             correct = (logits.argmax(-1) == targets).sum()
         return BatchStats(loss_sum, correct, None, targets.shape[0])
