@@ -37,6 +37,7 @@ def _plant(run_dir, host, pid, age_s=0.0):
     os.utime(run_dir / CLAIM, (time.time() - age_s,) * 2)
 
 
+@pytest.mark.slow  # two trainyard commands in their own processes
 def test_two_commands_into_one_folder_one_trains_and_the_other_is_told_at_once(tmp_path):
     folder = tmp_path / "ck"
     # The first trains for ~10 s (0.4 s an epoch), longer than the second takes to start

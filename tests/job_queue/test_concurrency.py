@@ -22,6 +22,7 @@ JobQueue(sys.argv[1])
 """
 
 
+@pytest.mark.slow  # many processes at once
 def test_a_new_database_opens_from_many_processes_at_once(jobs_db):
     url = jobs_db
     start = time.time() + 3
@@ -124,6 +125,7 @@ def test_concurrent_submissions_from_many_processes_against_a_running_cluster(ra
     assert {r.state for r in rows} <= {"cancelled", "completed"}  # each ran, or was stopped as asked
 
 
+@pytest.mark.slow  # submitting processes of their own
 def test_with_ray_unreachable_every_submission_raises_at_once_and_leaves_no_row(tmp_path):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
