@@ -115,7 +115,8 @@ def test_the_python_api_takes_a_peft_config_for_a_model_or_a_factory(gpt2_dir, t
     ({"method": "lora", "rank": 4}, r"peft.rank is not a setting of lora: did you mean peft.r\?"),
     ({"method": "lorra"}, r"peft.method='lorra' is not a PEFT method: did you mean 'lora'\?"),
     ({"alpah": 8}, r"peft.alpah is not a setting of lora: did you mean peft.alpha\?"),
-    ({"r": 4, "target_modules": ["q_proj"]}, r"peft.target_modules=.*names no module of GPT2LMHeadModel: its layers are named \[.*'c_attn'"),
+    ({"r": 4, "target_modules": ["q_proj"]}, r"peft.target_modules=\['q_proj'\] names no layer of GPT2LMHeadModel: its layers are named \[.*'c_attn'"),
+    ({"r": -1, "target_modules": ["c_attn"]}, r"peft: LoraConfig cannot be added to GPT2LMHeadModel \(ValueError: `r` should be a positive integer"),
 ])
 def test_a_bad_peft_setting_is_one_line_naming_it(gpt2_dir, tmp_path, section, message):
     with pytest.raises(ValueError, match=message):
@@ -130,6 +131,21 @@ def test_a_checkpoint_of_other_adapters_is_refused_naming_the_cause(gpt2_dir, tm
     other = experiment(gpt2_dir, tmp_path / "other", {**LORA, "target_modules": ["c_fc"]})
     with pytest.raises(CheckpointError, match="holds the trainable parameters of a model with adapters, and has parameters this model lacks"):
         other.trainer().train(other.train_data, other.val_data, resume_from=str(tmp_path / "run"))
+    whole = experiment(gpt2_dir, tmp_path / "whole", None)  # the same model without adapters
+    with pytest.raises(CheckpointError, match="holds only adapter weights \\(peft\\), and this model has no adapters: build it with the peft settings"):
+        whole.trainer().train(whole.train_data, whole.val_data, resume_from=str(tmp_path / "run"))
+
+
+def test_a_model_that_is_not_a_hugging_face_one_must_name_its_target_layers(tmp_path):
+    from trainyard.experiment import build
+
+    spec = {"model": {"name": "gpt", "d_model": 16, "n_layers": 1, "n_heads": 2}, "data": {"name": "addition", "train_size": 8, "val_size": 4},
+            "peft": {"r": 2}}
+    with pytest.raises(ValueError, match=r"peft.target_modules is needed for GPT \(not a Hugging Face model\): name the layers to adapt; "
+                                         r"its layers are named \['head', 'pos', 'proj', 'qkv', 'tok'\]"):
+        build(spec).model_factory()
+    model = build({**spec, "peft": {"r": 2, "target_modules": ["qkv"]}}).model_factory()
+    assert {n for n, p in model.named_parameters() if p.requires_grad} and all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
 
 
 @pytest.mark.slow

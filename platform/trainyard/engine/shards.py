@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from trainyard.engine.checkpoint import CheckpointError
-from trainyard.engine.trainable import checkpointed_names
+from trainyard.engine.trainable import checkpointed_names, state_kind
 
 # Exactly the globals a DCP index refers to: the classes torch.distributed.checkpoint.metadata
 # defines (not the names it imports: `os`, `torch`, `dataclass`, ...), the storage record of
@@ -181,8 +181,8 @@ def load_state(directory: Path, model: nn.Module, optimizer: Any, grads: bool) -
                 placeholders.add(id(p))
     state = _state(model, optimizer, grads)
     _read(state, directory)
-    whole = checkpointed_names(model) is None
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"], options=StateDictOptions(strict=whole))
+    strict = state_kind(model) == "whole"  # else the trainable parameters alone
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"], options=StateDictOptions(strict=strict))
     for name, p in model.named_parameters():
         if grads and name in state["grads"]:
             p.grad = state["grads"][name]

@@ -39,7 +39,7 @@ from trainyard.engine.model_config import model_config_dict
 from trainyard.engine.setup import ModelCall
 from trainyard.engine.task import TaskChoice, TaskSpec
 from trainyard.engine.telemetry import RunTelemetry
-from trainyard.engine.trainable import checkpointed_names
+from trainyard.engine.trainable import checkpointed_names, state_kind
 
 # Changing any of these in the middle of an epoch would change which samples the rest of
 # the epoch sees, so a mid-epoch resume refuses it.
@@ -164,7 +164,7 @@ def save_checkpoint(
     try:
         if run.ctx.shards_state:  # every rank writes its part
             meta["sharded_grads"] = mid_window
-            meta["model_state"] = "whole" if checkpointed_names(run.raw_model) is None else "trainable"
+            meta["model_state"] = state_kind(run.raw_model)
             write = lambda directory: run.ctx.save_state(directory, run.raw_model, run.optimizer, grads=mid_window)  # noqa: E731
             path = ckpt.save_sharded(run.run_dir, name, write, extra, meta, run.ctx.gather, run.ctx.is_main)
         else:
@@ -180,12 +180,10 @@ def save_checkpoint(
 
 
 def checkpointed_model_state(model: nn.Module) -> tuple[dict[str, Any], str]:
-    """What of the model a checkpoint holds, and which: "whole", or "trainable" (see
-    `engine.trainable`)."""
+    """What of the model a checkpoint holds, and which kind of state that is (`engine.trainable`)."""
     names = checkpointed_names(model)
-    if names is None:
-        return model.state_dict(), "whole"
-    return {k: v for k, v in model.state_dict().items() if k in names}, "trainable"
+    state = model.state_dict()
+    return (state if names is None else {k: v for k, v in state.items() if k in names}), state_kind(model)
 
 
 def checkpoint_position(run: Run, state: TrainState, cfg: TrainingConfig, task_spec: TaskSpec | None, model_config: Any) -> Path | None:

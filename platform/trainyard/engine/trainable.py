@@ -23,19 +23,26 @@ def checkpointed_names(model: nn.Module) -> set[str] | None:
     return {name for name, p in model.named_parameters() if p.requires_grad}
 
 
+def state_kind(model: nn.Module) -> str:
+    """What a checkpoint of `model` holds: "whole", or "trainable" (its trainable parameters)."""
+    return "whole" if not has_adapters(model) else "trainable"
+
+
 def load_model_state(model: nn.Module, loaded: ckpt.LoadedCheckpoint) -> None:
     """The checkpoint's weights into `model`: all of them, or, where the checkpoint holds only
     the trainable parameters (a model with adapters), every one of those."""
+    names = checkpointed_names(model)
     partial = loaded.state.get("model_state") == "trainable"
-    if partial and checkpointed_names(model) is None:
-        raise ckpt.CheckpointError(f"checkpoint {loaded.path} holds only the adapters of a model with adapters (peft), and this model has "
-                                   "none: build it with the peft settings it was trained with")
+    if partial and names is None:
+        raise ckpt.CheckpointError(f"checkpoint {loaded.path} holds only adapter weights (peft), and this model has no adapters: "
+                                   "build it with the peft settings it was trained with (a peft section, or peft_config=)")
     try:
         missing, unexpected = model.load_state_dict(loaded.model, strict=not partial)
     except RuntimeError as e:
         raise ckpt.CheckpointError(f"checkpoint {loaded.path} does not fit this model: {' '.join(str(e).split())}") from e  # PyTorch's lines, on one
-    absent = sorted((checkpointed_names(model) or set()) & set(missing))
-    if partial and (unexpected or absent):
-        what = f"has parameters this model lacks: {unexpected[:3]}" if unexpected else f"lacks trainable parameters of this model: {absent[:3]}"
-        raise ckpt.CheckpointError(f"checkpoint {loaded.path} holds the trainable parameters of a model with adapters, and {what}; "
-                                   "resume with the peft settings it was trained with")
+    if partial:
+        absent = sorted(names & set(missing))
+        if unexpected or absent:
+            what = f"has parameters this model lacks: {unexpected[:3]}" if unexpected else f"lacks trainable parameters of this model: {absent[:3]}"
+            raise ckpt.CheckpointError(f"checkpoint {loaded.path} holds the trainable parameters of a model with adapters, and {what}; "
+                                       "resume with the peft settings it was trained with")

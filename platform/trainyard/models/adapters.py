@@ -82,24 +82,35 @@ def peft_config(section: Any, task: str | None = None, hugging_face: bool = True
 
 
 def with_adapters(model: nn.Module, config: Any, task: str | None = None) -> nn.Module:
-    """`model` with PEFT adapters added (its own weights frozen); a `target_modules` that
-    matches nothing says which module names there are."""
+    """`model` with PEFT adapters added (its own weights frozen). What peft refuses is one line
+    naming the setting; a `target_modules` that matches nothing, or none given for a model
+    that is not a Hugging Face one, lists the model's layer names."""
     peft = _peft()
     hugging_face = hasattr(model, "save_pretrained")
     config = peft_config(config, task, hugging_face)
     if not hugging_face and getattr(config, "task_type", None) is not None:
         config = dataclasses.replace(config, task_type=None)  # the task wrappers call a Hugging Face model's keywords
+    targets = getattr(config, "target_modules", None)
+    if not hugging_face and hasattr(config, "target_modules") and not targets:  # peft guesses only for Hugging Face models
+        raise ValueError(f"peft.target_modules is needed for {type(model).__name__} (not a Hugging Face model): name the layers "
+                         f"to adapt; its layers are named {_layer_names(model)}")
     try:
         with warnings.catch_warnings():  # two lines of peft's and transformers' own business, per process
             warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False")  # GPT-2's Conv1D: peft sets it right
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
             return peft.get_peft_model(model, config)
-    except ValueError as e:
-        if "target modules" not in str(e).lower():
-            raise
-        kinds = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Embedding, nn.Conv1d)) or type(m).__name__ == "Conv1D"})
-        raise ValueError(f"peft.target_modules={getattr(config, 'target_modules', None)!r} names no module of {type(model).__name__}: "
-                         f"its layers are named {kinds}") from None
+    except (ValueError, TypeError, KeyError) as e:
+        if "target modules" in str(e).lower():
+            given = sorted(targets) if isinstance(targets, (set, list, tuple)) else targets
+            raise ValueError(f"peft.target_modules={given!r} names no layer of {type(model).__name__}: its layers are named "
+                             f"{_layer_names(model)}") from None
+        raise ValueError(f"peft: {type(config).__name__} cannot be added to {type(model).__name__} ({type(e).__name__}: {e})") from None
+
+
+def _layer_names(model: nn.Module) -> list[str]:
+    """The names `target_modules` can match: the last part of each adaptable layer's name."""
+    names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Embedding, nn.Conv1d)) or type(m).__name__ == "Conv1D"}
+    return sorted(n for n in names if not n.isdigit())  # a Sequential's numbered children: named by their parent
 
 
 def adapter_builder(builder: Callable[[Any], nn.Module], section: Any, task: str | None) -> Callable[[Any], nn.Module]:
