@@ -177,8 +177,8 @@ def _load_hf(bundle: Path):
     if (bundle / "hf" / "adapter_config.json").is_file():  # adapters alone: onto their base, as peft loads them
         import peft
 
-        base = json.loads((bundle / "hf" / "adapter_config.json").read_text())
-        classification = base.get("task_type") == "SEQ_CLS"
+        adapters = json.loads((bundle / "hf" / "adapter_config.json").read_text())
+        classification = adapters.get("task_type") == "SEQ_CLS"
         auto = peft.AutoPeftModelForSequenceClassification if classification else peft.AutoPeftModelForCausalLM
         with warnings.catch_warnings():  # peft asks transformers' deprecated is_gradient_checkpointing
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
