@@ -39,7 +39,8 @@ def test_only_the_adapters_train_and_only_they_are_checkpointed(gpt2_dir, tmp_pa
     assert losses[1] < losses[0]
     trained = trainer.model.get_base_model().state_dict()
     lora = {k for k in trained if "lora_" in k}
-    assert lora and all(torch.equal(trained[k], base[k]) for k in base if k in trained)  # the base never moved
+    frozen = {k.replace(".base_layer.", "."): v for k, v in trained.items() if "lora_" not in k}  # an adapted layer keeps its weight in base_layer
+    assert lora and set(frozen) == set(base) and all(torch.equal(frozen[k], base[k]) for k in base)  # the base never moved, adapted layers included
     checkpoint = sorted((tmp_path / "run").glob("checkpoint_e0002_*"))[0]
     saved = torch.load(checkpoint / "model.pt", weights_only=True)
     assert set(saved) == {k for k, p in trainer.model.named_parameters() if p.requires_grad} and all("lora_" in k for k in saved)
