@@ -235,10 +235,20 @@ def _accuracy_plot(results: dict, path: Path) -> bool:
         ax.plot(*zip(*points), marker="o", linestyle="--" if train else "-", color=colours[key.split("/")[1]],
                 markerfacecolor="white" if train else None, label=label)
     ax.set(xlabel="epoch", ylabel="percent", title="Accuracy and exact match", ylim=(0, 100))
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    _epoch_ticks(ax, epochs)
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(figure, path)
+
+
+def _epoch_ticks(ax: Any, epochs: list[Any]) -> None:
+    """Whole epochs on the x axis: each one where there are few (one epoch drew ticks at
+    0.96 ... 1.04), else whole numbers only."""
+    shown = sorted({e for e in epochs if e is not None})
+    if len(shown) <= 12:
+        ax.set_xticks(shown)
+    else:
+        ax.xaxis.get_major_locator().set_params(integer=True)
 
 
 def _per_epoch_plot(key: str, title: str, ylabel: str, scale: float = 1.0):
@@ -253,7 +263,7 @@ def _per_epoch_plot(key: str, title: str, ylabel: str, scale: float = 1.0):
         ax.set(xlabel="epoch", ylabel=ylabel, title=title)
         ax.set_ylim(bottom=0)
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        _epoch_ticks(ax, epochs)
         ax.grid(alpha=0.3)
         return _save(figure, path)
 
