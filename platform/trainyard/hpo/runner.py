@@ -348,11 +348,16 @@ def _resumable_asha(base: type, state_file: str) -> type:
     against empty rungs and pruned other trials than an uninterrupted one. This one keeps its
     rungs, and every decision it took, in `state_file` beside Tune's own state: a trial that
     reports an epoch again after the restore gets the decision it got the first time.
-    (Defined here so that importing this module does not import Ray.)"""
+
+    A trial whose results reached this file but not Tune's own state (Tune saves its state
+    every few seconds; a kill in between) is unknown to the restored sweep, which starts it
+    again under another id with the same suggestion. Its old entries are dropped on load: kept,
+    they would count that trial twice in its rungs and prune differently than an uninterrupted
+    sweep. (Defined here so that importing this module does not import Ray.)"""
 
     class ResumableASHA(base):
         def on_trial_result(self, tune_controller, trial, result):
-            self._load()
+            self._load(tune_controller)
             key = f"{trial.trial_id}:{result.get(self._time_attr)}"
             if key not in self._decisions:
                 self._decisions[key] = super().on_trial_result(tune_controller, trial, result)
@@ -360,19 +365,20 @@ def _resumable_asha(base: type, state_file: str) -> type:
             return self._decisions[key]
 
         def on_trial_complete(self, tune_controller, trial, result):
-            self._load()
+            self._load(tune_controller)
             super().on_trial_complete(tune_controller, trial, result)
             self._save()
 
-        def _load(self) -> None:
+        def _load(self, tune_controller) -> None:
             if getattr(self, "_decisions", None) is not None:
                 return
             text = read_text(state_file)
             state = json.loads(text) if text else {"rungs": [], "decisions": {}}
+            known = {t.trial_id for t in tune_controller.get_trials()}
             for bracket, rungs in zip(self._brackets, state["rungs"]):
                 for (_, recorded), saved in zip(bracket._rungs, rungs):
-                    recorded.update(saved)
-            self._decisions = state["decisions"]
+                    recorded.update({trial_id: value for trial_id, value in saved.items() if trial_id in known})
+            self._decisions = {key: d for key, d in state["decisions"].items() if key.rsplit(":", 1)[0] in known}
 
         def _save(self) -> None:
             rungs = [[recorded for _, recorded in bracket._rungs] for bracket in self._brackets]
