@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP); 0 trains in this process")
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker")
     parser.add_argument("--name", default=None, help="run name: rerunning with the same name resumes it")
-    parser.add_argument("--storage-path", default=None, help="where checkpoints persist (local dir, s3://, gs://)")
+    parser.add_argument("--storage", "--storage-path", dest="storage", default=None,
+                        help="where runs persist: a local or shared path, s3://, gs:// (default: $TRAINYARD_STORAGE, else ~/trainyard-runs in a job)")
     parser.add_argument("--verbose", action="store_true", help="show Ray's own logs")
     args = parser.parse_args(argv)
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         gpu=args.gpu,
         name=args.name,
-        storage_path=args.storage_path,
+        storage_path=args.storage,
         ship_source=ROOT / "platform" / "trainyard" if SHIP_SOURCE else None,
     )
     print(f"final_loss {results['final_loss']:.4f}; checkpoint {results['checkpoint_path']}")

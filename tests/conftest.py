@@ -98,3 +98,48 @@ def jobs_db(request, tmp_path):
     with psycopg.connect(host=host, user="postgres", dbname="postgres", autocommit=True) as c:
         c.execute(f"CREATE DATABASE {name}")
     return f"postgresql://postgres@/{name}?host={host}"
+
+
+class Bucket:
+    """One bucket on the session's S3 endpoint: `uri(...)` for locations in it, `keys(...)`
+    for what is there."""
+
+    def __init__(self, client, name: str):
+        self.client, self.name = client, name
+
+    def uri(self, *parts: str) -> str:
+        return "/".join([f"s3://{self.name}", *parts])
+
+    def keys(self, prefix: str = "") -> list[str]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=prefix)
+        return sorted(o["Key"] for page in pages for o in page.get("Contents", []) if not o["Key"].endswith("/"))  # not folder markers
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 HTTP endpoint for the session: moto's server on loopback and a free port,
+    reached only through AWS's own variables (set for this process and what it starts)."""
+    moto_server = pytest.importorskip("moto.server", reason="moto[server]: pip install -e '.[dev]'")
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                      AWS_DEFAULT_REGION="us-east-1")
+    import boto3
+
+    yield boto3.client("s3")
+    server.stop()
+    for key, value in saved.items():
+        os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+
+
+@pytest.fixture
+def bucket(s3_endpoint, request):
+    """A new, empty bucket on the session's S3 endpoint, for this test alone."""
+    name = f"test-{abs(hash(request.node.nodeid)) % 10**10}"
+    s3_endpoint.create_bucket(Bucket=name)
+    return Bucket(s3_endpoint, name)

@@ -33,7 +33,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "data": ("engine",),
     "models": ("engine",),
     "engine": (),
-    "report": (),  # report.html / report.md of any run, training or sweep directory (reads their files)
+    "report": ("storage",),  # report.html / report.md of any run, training or sweep directory (reads their files)
     "storage": (),  # where runs keep their outputs: local paths and URIs, told apart in one place
     "__init__": ("trainer", "engine"),  # trainyard/__init__.py: public names, loaded lazily
 }

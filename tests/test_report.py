@@ -59,6 +59,23 @@ def test_a_section_without_data_is_left_out_not_drawn_empty(trained, tmp_path):
     assert {p.name for p in (run / "report").glob("*.png")} == {"loss.png", "accuracy.png", "learning_rate.png"}
 
 
+def test_a_run_in_object_storage_is_reported_there(trained, bucket, capsys):
+    from trainyard import storage
+    from trainyard.cli.main import main
+
+    with storage.staged(bucket.uri("runs", "tiny")) as out:  # the run, as a Ray run on S3 leaves it
+        shutil.copytree(trained, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("report"))
+    assert main(["report", "tiny", "--storage", bucket.uri("runs")]) == 0
+    assert capsys.readouterr().out.strip() == f"report: {bucket.uri('runs', 'tiny', 'report', 'report.html')}"
+    written = {k.rsplit("/", 1)[1] for k in bucket.keys("runs/tiny/report/")}
+    assert written == {"report.html", "report.md", "loss.png", "accuracy.png", "learning_rate.png", "grad_norm.png", "throughput.png"}
+    html = storage.read_text(bucket.uri("runs", "tiny", "report", "report.html"))
+    assert "<h1>trainyard train tiny</h1>" in html and f"<code>{bucket.uri('runs', 'tiny')}</code>" in html
+    assert "trainyard-download" not in html  # the local copy it was drawn from is nowhere in it
+    assert main(["report", bucket.uri("runs", "other")]) == 2
+    assert f"{bucket.uri('runs', 'other')}: no run is there" in capsys.readouterr().err
+
+
 def test_report_of_a_directory_with_nothing_to_report_says_what_it_expected(tmp_path, capsys):
     from trainyard.cli.main import main
 

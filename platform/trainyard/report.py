@@ -13,6 +13,7 @@ import base64
 import html
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from trainyard._logging import get_logger
+from trainyard.storage import downloaded, exists, is_uri, join, staged
 
 log = get_logger("trainyard.report")
 SWEEP_PLOTS = {  # file in the sweep directory -> caption
@@ -38,35 +40,67 @@ class Section:
     images: list[tuple[str, str]] = field(default_factory=list)  # (file name in report/, caption)
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write RUN_DIR/report/{report.html, report.md, *.png}; returns report.html's path."""
-    run_dir = Path(run_dir).expanduser().resolve()
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir} is not a directory: give the run directory a trainyard command printed")
-    out = run_dir / "report"
+# What a report is drawn from: these files, in the run's folder or one folder down (sweep/,
+# export/). A run in object storage has only these downloaded, not its checkpoints.
+_INPUTS = {"pipeline.json", "lineage.json", "results.json", "trials.csv", "MANIFEST.json", *SWEEP_PLOTS}
+
+
+def write_report(run_dir: str | Path) -> str:
+    """Write RUN_DIR/report/{report.html, report.md, *.png}; returns report.html's location.
+    RUN_DIR is a local path or a URI (`s3://bucket/runs/x`: the report is uploaded beside it)."""
+    if is_uri(run_dir):
+        run = os.fspath(run_dir).rstrip("/")
+        if not exists(run):
+            raise FileNotFoundError(f"{run}: no run is there: give the run location a trainyard command printed")
+        with downloaded(run, keep=lambda rel: rel.split("/")[-1] in _INPUTS and rel.count("/") <= 1) as local, staged(join(run, "report")) as out:
+            _write(local, out, run)
+        return join(run, "report", "report.html")
+    local = Path(run_dir).expanduser().resolve()
+    if not local.is_dir():
+        raise FileNotFoundError(f"{local} is not a directory: give the run directory a trainyard command printed")
+    out = local / "report"
     out.mkdir(exist_ok=True)
+    _write(local, out, str(local))
+    return str(out / "report.html")
+
+
+def _write(run_dir: Path, out: Path, shown: str) -> None:
+    """The report of the run whose files are in `run_dir` (`shown`: its location, as the report
+    names it), written into `out`."""
     started = time.perf_counter()
-    title, sections = _sections(run_dir, out)
+    title, sections = _sections(run_dir, out, shown)
     if not sections:
         raise FileNotFoundError(
-            f"{run_dir} holds nothing to report: expected pipeline.json (trainyard run), results.json (trainyard train) "
+            f"{shown} holds nothing to report: expected pipeline.json (trainyard run), results.json (trainyard train) "
             "or trials.csv (trainyard tune)"
         )
     for section in sections:  # the report is a stage of the run too: its own time, as far as drawing it took
         if section.title == "Stages" and "report" not in [row[0] for row in section.tables[0][1]]:
             section.tables[0][1].append(["report", f"{time.perf_counter() - started:.1f}", "(this report)"])
-    (out / "report.md").write_text(_markdown(title, run_dir, sections))
-    (out / "report.html").write_text(_html(title, run_dir, sections, out))
-    return out / "report.html"
+    (out / "report.md").write_text(_markdown(title, shown, sections))
+    (out / "report.html").write_text(_html(title, shown, sections, out))
 
 
-def _sections(run_dir: Path, out: Path) -> tuple[str, list[Section]]:
+def _here(recorded: str, shown: str, run_dir: Path) -> Path:
+    """A folder a run recorded (its sweep's, its export's) where this report reads it: inside a
+    downloaded run, its copy there."""
+    if is_uri(recorded) and recorded.rstrip("/").startswith(shown + "/"):
+        return run_dir / recorded.rstrip("/")[len(shown) + 1 :]
+    return Path(recorded)
+
+
+def _sections(run_dir: Path, out: Path, shown: str) -> tuple[str, list[Section]]:
+    name = shown.rstrip("/").rsplit("/", 1)[-1]
+
+    def here(recorded: str) -> Path:
+        return _here(recorded, shown, run_dir)
+
     if (run_dir / "pipeline.json").is_file():
         state = json.loads((run_dir / "pipeline.json").read_text())
         stages = state.get("stages", {})
         sections = []
         if "sweep" in stages:
-            sections.append(_sweep_section(Path(stages["sweep"]["path"]), out, stages["sweep"]))
+            sections.append(_sweep_section(here(stages["sweep"]["path"]), out, stages["sweep"], stages["sweep"]["path"]))
         if "final" in stages:
             sections += _training_sections(stages["final"], out, "Final training")
         if "export" in stages:
@@ -74,23 +108,23 @@ def _sections(run_dir: Path, out: Path) -> tuple[str, list[Section]]:
         sections.append(_stages_section(stages))
         if (run_dir / "lineage.json").is_file():
             sections.append(_lineage_section(json.loads((run_dir / "lineage.json").read_text())))
-        return f"trainyard run {run_dir.name}", sections
+        return f"trainyard run {name}", sections
     if (run_dir / "results.json").is_file():
         results = json.loads((run_dir / "results.json").read_text())
         sections = _training_sections(results, out, "Training")
-        if results.get("export_path") and (Path(results["export_path"]) / "MANIFEST.json").is_file():
-            manifest = json.loads((Path(results["export_path"]) / "MANIFEST.json").read_text())
+        if results.get("export_path") and (here(results["export_path"]) / "MANIFEST.json").is_file():
+            manifest = json.loads((here(results["export_path"]) / "MANIFEST.json").read_text())
             sections.append(_export_section({"path": results["export_path"], "parity": manifest.get("parity", {})}))
-        return f"trainyard train {run_dir.name}", sections
+        return f"trainyard train {name}", sections
     if (run_dir / "trials.csv").is_file():
-        return f"trainyard tune {run_dir.name}", [_sweep_section(run_dir, out, None)]
+        return f"trainyard tune {name}", [_sweep_section(run_dir, out, None, shown)]
     return "", []
 
 
 # -- sections -------------------------------------------------------------------------------
 
 
-def _sweep_section(sweep_dir: Path, out: Path, outcome: dict | None) -> Section:
+def _sweep_section(sweep_dir: Path, out: Path, outcome: dict | None, shown: str | None) -> Section:
     import pandas as pd
 
     section = Section("Sweep")
@@ -113,7 +147,7 @@ def _sweep_section(sweep_dir: Path, out: Path, outcome: dict | None) -> Section:
         if (sweep_dir / name).is_file():
             shutil.copyfile(sweep_dir / name, out / f"sweep_{name}")
             section.images.append((f"sweep_{name}", caption))
-    section.text.append(f"Sweep directory: {sweep_dir}")
+    section.text.append(f"Sweep directory: {shown or sweep_dir}")
     return section
 
 
@@ -320,7 +354,7 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _markdown(title: str, run_dir: Path, sections: list[Section]) -> str:
+def _markdown(title: str, run_dir: str, sections: list[Section]) -> str:
     lines = [f"# {title}", "", f"Run directory: `{run_dir}`. Written {time.strftime('%Y-%m-%d %H:%M')}.", ""]
     for s in sections:
         lines += [f"## {s.title}", ""]
@@ -342,7 +376,7 @@ th{background:#f3f3f3}figure{margin:0}img{max-width:100%}figcaption{color:#555;f
 .wide{overflow-x:auto}.plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(440px,1fr));gap:1.2em;margin:1em 0}"""
 
 
-def _html(title: str, run_dir: Path, sections: list[Section], out: Path) -> str:
+def _html(title: str, run_dir: str, sections: list[Section], out: Path) -> str:
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{_CSS}</style></head><body>",
              f"<h1>{e(title)}</h1><p>Run directory: <code>{e(str(run_dir))}</code>. Written {time.strftime('%Y-%m-%d %H:%M')}.</p>"]

@@ -1,5 +1,7 @@
 """`trainyard run`'s inputs are checked before anything starts, each mistake one line."""
 
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import ROOT
@@ -42,5 +44,5 @@ def test_the_same_command_finds_its_run_and_another_gets_its_own(tmp_path, monke
     for overrides in (["epochs=2"], ["epochs=2"], ["epochs=3"]):
         with pytest.raises(KeyboardInterrupt):
             run.run_pipeline(CONFIG, SPACE, overrides, output_dir=tmp_path)
-    assert seen[0] == seen[1] != seen[2] and seen[0].name.startswith("addition-")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({seen[0].name, seen[2].name})
+    assert seen[0] == seen[1] != seen[2] and Path(seen[0]).name.startswith("addition-")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({Path(seen[0]).name, Path(seen[2]).name})

@@ -106,8 +106,8 @@ def test_the_final_training_uses_the_best_params_and_the_final_section(uninterru
     assert json.loads((run / "export" / "model_config.json").read_text())["d_model"] == best["model.d_model"]
 
 
-def _kill_when(argv, run: Path, ready, timeout=300) -> None:
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _kill_when(argv, run: Path, ready, timeout=300, cwd: Path = ROOT) -> None:
+    proc = subprocess.Popen(argv, cwd=cwd, env=env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None and not ready():
         time.sleep(0.05)
@@ -158,3 +158,41 @@ def test_a_different_command_under_a_used_name_is_refused_and_the_run_kept(unint
         run_pipeline(ROOT / CONFIG, ROOT / SPACE, overrides, samples=int(option("--samples")), workers=int(option("--workers")),
                      max_concurrent=1, output_dir=run.parent, name="whole")
     assert (run / "pipeline.json").read_text() == before
+
+
+def test_on_object_storage_everything_is_kept_there_and_a_rerun_elsewhere_finishes_it(uninterrupted, bucket, tmp_path):
+    """`--storage s3://...`: every artifact in the bucket and nothing in the working directory;
+    killed in the final training, the same command from another directory (as on another
+    machine: only the URI in common) finishes with the uninterrupted result."""
+    import io
+
+    from trainyard import storage
+
+    whole, _ = uninterrupted
+    here = [str(ROOT / word) if word in (CONFIG, SPACE) else word for word in MAIN]
+    argv = [sys.executable, "-m", "trainyard.cli.main", "run", *here, *TINY, "--storage", bucket.uri("runs"), "--name", "s3run"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    _kill_when(argv, first, lambda: any("/checkpoint_e0001_" in k for k in bucket.keys("runs/s3run/final/")), cwd=first)
+    assert not any(k.startswith("runs/s3run/export/") for k in bucket.keys()), "killed in the final training"
+
+    proc = subprocess.run(argv, cwd=second, env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "resuming; done already: sweep" in proc.stdout + proc.stderr
+    assert f"run {bucket.uri('runs', 's3run')}" in proc.stdout
+    assert list(first.iterdir()) == [] and list(second.iterdir()) == [], "nothing under the working directory"
+
+    keys = bucket.keys("runs/s3run/")
+    for wanted in ("pipeline.json", "lineage.json", "sweep/trials.csv", "sweep/best_config.yaml", "sweep/trial_curves.png", "export/MANIFEST.json",
+                   "export/model.onnx", "report/report.html", "report/report.md", "report/loss.png"):
+        assert f"runs/s3run/{wanted}" in keys, wanted
+    done, want = json.loads(storage.read_text(bucket.uri("runs", "s3run", "pipeline.json")))["stages"], stages(whole)
+    assert done["sweep"]["best_params"] == want["sweep"]["best_params"] and done["sweep"]["trials"] == want["sweep"]["trials"]
+    for got, expected in zip(done["final"]["metrics_summary"], want["final"]["metrics_summary"], strict=True):
+        assert got["val/loss"] == pytest.approx(expected["val/loss"], abs=1e-6) and got["train/loss"] == pytest.approx(expected["train/loss"], abs=1e-6)
+    assert done["final"]["checkpoint_path"].startswith(bucket.uri("runs", "s3run", "final", "checkpoint_e0006_"))
+    lineage = json.loads(storage.read_text(bucket.uri("runs", "s3run", "lineage.json")))
+    assert lineage["checkpoint"] == done["final"]["checkpoint_path"] and lineage["sweep_path"] == bucket.uri("runs", "s3run", "sweep")
+    obj = bucket.client.get_object(Bucket=bucket.name, Key="runs/s3run/export/model.pt")
+    ours, theirs = torch.load(io.BytesIO(obj["Body"].read()), weights_only=True), torch.load(whole / "export" / "model.pt", weights_only=True)
+    assert all(torch.allclose(ours[k], theirs[k], atol=1e-6) for k in theirs)

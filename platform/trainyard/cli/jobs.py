@@ -37,6 +37,9 @@ def add_parser(sub) -> None:
         if job_id:
             parser.add_argument("id", help="the job's id (trainyard jobs list shows them)")
         parser.add_argument("--db", default=None, help=f"database URL (default: $TRAINYARD_JOBS_DB, else {DEFAULT_DB})")
+        parser.add_argument("--storage", default=None, metavar="PATH",
+                            help="where the jobs' checkpoints and logs go: a local or shared path (default: $TRAINYARD_STORAGE/jobs, "
+                                 "else beside the database file)")
         return parser
 
     submit = verb("submit", "submit an experiment config as a job, and follow it to its end", job_id=False)
@@ -57,7 +60,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from trainyard.job_queue import JobQueue
 
-    queue = JobQueue(args.db or os.environ.get("TRAINYARD_JOBS_DB") or DEFAULT_DB)
+    queue = JobQueue(args.db or os.environ.get("TRAINYARD_JOBS_DB") or DEFAULT_DB, storage_path=args.storage)
     try:
         return _VERBS[args.verb](queue, args)
     except KeyError as e:  # an unknown id: the queue's message names the database and the fix

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from trainyard.cli import jobs
-from trainyard.storage import is_local
+from trainyard.storage import exists, join, write_text
 
 
 class _Help(argparse.HelpFormatter):
@@ -57,7 +57,7 @@ def _add_train(sub: Any) -> None:
     train.add_argument("--gpu", action="store_true", help="with --workers: one GPU per worker")
     train.add_argument("--fresh", action="store_true", help="start a new run (by default running the same command again resumes its run)")
     train.add_argument("--name", default=None, help="run name, its folder under the storage (default: derived from the command)")
-    train.add_argument("--storage-path", default=None, help="where runs persist (default runs/)")
+    add_storage(train, "--storage-path")
     train.add_argument("--results", default=None, help="write the results (JSON) here")
     train.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show debug logs and Ray's own logs")
 
@@ -74,7 +74,7 @@ def _add_tune(sub: Any) -> None:
     tune.add_argument("--workers-per-trial", type=int, default=1, help="> 1: each trial is a Ray Train run")
     tune.add_argument("--gpus-per-trial", type=float, default=0, help="e.g. 0.5 packs two trials per GPU")
     tune.add_argument("--name", default=None, help="sweep name: the same name resumes an interrupted sweep")
-    tune.add_argument("--storage-path", default=None, help="where the sweep directory goes (default runs/)")
+    add_storage(tune, "--storage-path")
     tune.add_argument("--seed", type=int, default=0, help="the searcher's seed")
     tune.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show Ray's own logs")
 
@@ -92,14 +92,25 @@ def _add_run(sub: Any) -> None:
     run.add_argument("--scheduler", default="asha", choices=["asha", "median", "none"], help="what stops poor trials early")
     run.add_argument("--seed", type=int, default=0, help="the searcher's seed")
     run.add_argument("--name", default=None, help="run name (default: derived from the command, so rerunning it resumes)")
-    run.add_argument("--output-dir", default=None, help="where the run directory goes (default runs/)")
+    add_storage(run, "--output-dir")
     run.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show debug logs and Ray's own logs")
 
 
 def _add_report(sub: Any) -> None:
     """`trainyard report RUN_DIR`: report.html and report.md."""
     report = sub.add_parser("report", help="write report.html and report.md for a run, training or sweep directory")
-    report.add_argument("run_dir", help="a directory a trainyard command printed")
+    report.add_argument("run_dir", help="a run's location a trainyard command printed (a path or a URI), or a run's name under --storage")
+    add_storage(report)
+
+
+def add_storage(parser: argparse.ArgumentParser, *older: str) -> None:
+    """`--storage URI`, on every command: where runs keep everything they must keep (`older`:
+    the option's earlier names, still taken)."""
+    parser.add_argument(
+        "--storage", *older, dest="storage", default=None, metavar="URI",
+        help="where runs persist: a local or shared path, or a URI (s3://bucket/prefix, gs://...; S3-compatible endpoints "
+             "and credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...) (default: $TRAINYARD_STORAGE, else runs/)",
+    )
 
 
 def _closest_option(parser: argparse.ArgumentParser, stray: list[str], args: argparse.Namespace) -> str:
@@ -167,7 +178,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.command == "report":
             from trainyard.report import write_report
 
-            print(f"report: {write_report(args.run_dir)}")
+            print(f"report: {write_report(_report_target(args))}")
             return 0
     except KeyboardInterrupt as e:
         print(f"trainyard: {_stopped_how(e)}{_how_to_resume(args)}", file=sys.stderr)
@@ -224,7 +235,7 @@ def _how_to_resume(args: argparse.Namespace) -> str:
     if args.command == "train" and args.workers:
         return f": run {args.name} keeps its checkpoints; resume it with: {_same_command(args)}"
     if args.command == "tune":
-        storage = ["--storage-path", args.storage_path] if args.storage_path else []
+        storage = ["--storage", args.storage] if args.storage else []
         again = ["trainyard", "tune", args.space, "--config", args.config, *args.overrides, "--name", args.name, *storage]
         return f": the sweep keeps its finished trials; resume it with: {shlex.join(again)}"
     return ""
@@ -244,7 +255,7 @@ def _default_run_name(args: argparse.Namespace) -> str:
         return f"{Path(args.config).stem}-{run_id()}"
     spec = load_spec(args.config, args.overrides)
     name = command_run_name(args.config, spec, args.workers)
-    storage = args.storage_path or default_storage()
+    storage = args.storage or default_storage()
     run_dir = run_folder(spec, name, args.workers, storage)
     if args.resume is None and is_local(storage) and latest_valid(run_dir) is not None:
         get_logger("trainyard.cli").info("this command's run %s has checkpoints: resuming it (--fresh starts a new run)", run_dir)
@@ -256,7 +267,7 @@ def _same_command(args: argparse.Namespace) -> str:
     again = ["trainyard", "train", args.config, *args.overrides]
     again += ["--workers", str(args.workers)] if args.workers else []
     again += ["--name", args.name] if args.named else []
-    again += ["--storage-path", args.storage_path] if args.storage_path else []
+    again += ["--storage", args.storage] if args.storage else []
     return shlex.join(again)
 
 
@@ -299,7 +310,7 @@ def _train(args: argparse.Namespace) -> int:
             workers=args.workers,
             gpu=args.gpu,
             name=args.name,
-            storage_path=args.storage_path,
+            storage_path=args.storage,
             resume_from=args.resume,
             fresh=args.fresh,
             hooks=[interrupt] if interrupt else None,
@@ -320,10 +331,10 @@ def _train(args: argparse.Namespace) -> int:
     out = results_as_json(results)
     if args.results:
         Path(args.results).write_text(json.dumps(out, indent=1, default=str))
-    if results.get("run_dir") and is_local(results["run_dir"]) and Path(results["run_dir"]).is_dir():
+    if results.get("run_dir") and exists(results["run_dir"]):
         from trainyard.report import write_report
 
-        (Path(results["run_dir"]) / "results.json").write_text(json.dumps(out, indent=1, default=str))
+        write_text(join(results["run_dir"], "results.json"), json.dumps(out, indent=1, default=str))
         log.info("report: %s", write_report(results["run_dir"]))
     return 0
 
@@ -391,22 +402,31 @@ def _tune(args: argparse.Namespace) -> int:
         workers_per_trial=args.workers_per_trial,
         gpus_per_trial=args.gpus_per_trial,
         name=args.name,
-        storage_path=args.storage_path,
+        storage_path=args.storage,
         seed=args.seed,
     )
-    if is_local(result.path):
-        from trainyard.report import write_report
+    from trainyard.report import write_report
 
-        write_report(result.path)
+    write_report(result.path)
     import yaml
 
     number = result.dataframe.set_index("trial").loc[result.best_trial, "number"]
     print(f"# best {result.metric} = {result.best_metrics.get(result.metric)!r} ({result.mode}), trial {number}; sweep in {result.path}")
-    best_file = Path(result.path) / "best_config.yaml"
-    if is_local(result.path) and best_file.is_file():
+    best_file = join(result.path, "best_config.yaml")
+    if exists(best_file):
         print(f"# {best_file}: the experiment with these values filled in; train it with:\n#   trainyard train {best_file}")
     print(yaml.safe_dump(dict(result.best_params), sort_keys=False), end="")  # the values the search chose, as its space names them
     return 0
+
+
+def _report_target(args: argparse.Namespace) -> str:
+    """The run `trainyard report` reports: RUN_DIR as given (a path or a URI), or with
+    --storage the run of that name there."""
+    from trainyard.storage import folder_name
+
+    if args.storage:
+        return join(args.storage, folder_name(args.run_dir, "run name (with --storage, give the run's name)"))
+    return args.run_dir
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -414,7 +434,7 @@ def _run(args: argparse.Namespace) -> int:
 
     pipeline = run_pipeline(
         args.config, args.space, args.overrides, samples=args.samples, workers=args.workers, gpu=args.gpu,
-        max_concurrent=args.max_concurrent, scheduler=args.scheduler, seed=args.seed, name=args.name, output_dir=args.output_dir,
+        max_concurrent=args.max_concurrent, scheduler=args.scheduler, seed=args.seed, name=args.name, storage=args.storage,
     )
     print("\n".join(summary(pipeline)))
     return 0

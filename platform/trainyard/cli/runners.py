@@ -8,7 +8,7 @@ from typing import Any, Sequence
 from trainyard.engine.run_folder import latest_valid
 from trainyard.engine.setup import run_id
 from trainyard.experiment import build, load_spec
-from trainyard.storage import command_digest, default_storage, folder_name
+from trainyard.storage import command_digest, default_storage, folder_name, is_uri, join
 
 
 def run_experiment(
@@ -48,21 +48,29 @@ def run_experiment(
     return trainer.train(exp.train_data, exp.val_data, resume_from=resume_from)
 
 
-def run_folder(spec: Any, name: str, workers: int, storage_path: str | None = None) -> Path:
+def run_folder(spec: Any, name: str, workers: int, storage_path: str | None = None) -> str:
     """Where a `train` command's run keeps its checkpoints: in this process (workers=0) the
-    spec's `checkpoint_dir` if it has one, else `<storage>/<name>` (on Ray too)."""
+    spec's `checkpoint_dir` if it has one, else `<storage>/<name>` (on Ray too; a URI there).
+    An in-process run writes to local disk: a URI storage is refused for it, saying what works."""
     if spec.training.checkpoint_dir and not workers:
-        return Path(spec.training.checkpoint_dir).resolve()
-    return Path(storage_path or default_storage(), folder_name(name)).resolve()
+        return str(Path(spec.training.checkpoint_dir).resolve())
+    storage = storage_path or default_storage()
+    if is_uri(storage) and not workers:
+        raise ValueError(
+            f"storage {storage}: a run in this process writes its checkpoints to local disk; train on Ray workers "
+            "(--workers N), which write to that storage, or give a local or shared-filesystem path"
+        )
+    return join(storage, folder_name(name))
 
 
 def command_run_name(config_path: str | Path, spec: Any, workers: int) -> str:
-    """`<config file's stem>-<8 hex>`, from the config as resolved (overrides applied) and the
+    """`<config file's stem>-<8 hex>`, from the config as resolved (overrides applied; not the
+    file's place: the same command from another checkout or machine names the same run) and the
     worker count (it sets the global batch): the same command names the same run. How long to
     train (`epochs`, `early_stopping_patience`) is left out: raising it trains the run further."""
     resolved = spec.to_dict()
     training = {k: v for k, v in (resolved.get("training") or {}).items() if k not in ("epochs", "early_stopping_patience")}
-    inputs = {"config": str(Path(config_path).resolve()), "spec": {**resolved, "training": training}, "workers": workers}
+    inputs = {"spec": {**resolved, "training": training}, "workers": workers}  # what the file says, not where it is
     return f"{Path(config_path).stem}-{command_digest(inputs)}"
 
 

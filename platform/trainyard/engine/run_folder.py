@@ -18,20 +18,21 @@ from pathlib import Path
 from trainyard.engine.checkpoint import MARKER, STATE_JSON, TMP_PREFIX, CheckpointError, verify
 
 
-def list_checkpoints(run_dir: Path) -> list[Path]:
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     """Checkpoint directories in `run_dir` (complete or not), oldest save first."""
+    run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return []
     found = [p for p in run_dir.iterdir() if p.is_dir() and not p.name.startswith(TMP_PREFIX) and _looks_like_checkpoint(p)]
     return sorted(found, key=_saved_at)
 
 
-def latest_valid(run_dir: Path, warn=None) -> Path | None:
+def latest_valid(run_dir: str | os.PathLike, warn=None) -> Path | None:
     """The newest checkpoint in `run_dir` that verifies; bad ones are reported and skipped."""
     return next(iter(_verified(run_dir, warn)), None)
 
 
-def _verified(run_dir: Path, warn=None):
+def _verified(run_dir: str | os.PathLike, warn=None):
     """The checkpoints of `run_dir` that verify, newest first (lazily: a caller that needs
     only the newest verifies no more); bad ones are reported through `warn` and left out."""
     for candidate in reversed(list_checkpoints(run_dir)):

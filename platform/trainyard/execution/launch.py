@@ -37,7 +37,7 @@ from trainyard.execution.ingest import resolve, run_inputs
 from trainyard.execution.ray_env import check_importable, check_satisfiable, ensure_ray, verbose
 from trainyard.execution.remote import absolute, check_picklable
 from trainyard.export.run import export_trained
-from trainyard.storage import is_local
+from trainyard.storage import is_local, join, staged, uri
 
 log = get_logger("trainyard.execution")
 
@@ -109,12 +109,14 @@ def fit(trainer: Any, train_data: Any, val_data: Any = None, resume_from: Any = 
         result = torch_trainer.fit()
     results = dict(result.return_value)
     results["wall_time"] = time.perf_counter() - start
-    results["run_dir"] = result.path
+    results["run_dir"] = uri(result.filesystem, result.path)  # a URI where the storage is one
     if result.checkpoint is not None:
-        results["checkpoint_path"] = result.checkpoint.path
+        results["checkpoint_path"] = uri(result.checkpoint.filesystem, result.checkpoint.path)
         trainer.model = _final_model(trainer.model_or_factory, result.checkpoint)
-        if training_config.export_bundle and is_local(result.path):  # the bundle, here, from the final weights
-            results["export_path"] = str(export_trained(trainer, resolve(payload.train_data), Path(result.path) / "export", results["task"]))
+        if training_config.export_bundle:  # the bundle, here, from the final weights; then beside the checkpoints
+            with staged(join(results["run_dir"], "export")) as out:
+                export_trained(trainer, resolve(payload.train_data), out, results["task"])
+            results["export_path"] = join(results["run_dir"], "export")
     return results
 
 

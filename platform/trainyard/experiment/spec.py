@@ -30,7 +30,7 @@ from trainyard.engine.config import TrainingConfig
 from trainyard.engine.task import TaskSpec
 from trainyard.experiment.sections import check_data_section, check_model_section
 from trainyard.models.adapters import check_section
-from trainyard.storage import relative_to
+from trainyard.storage import is_uri, read_text, relative_to
 
 SECTIONS = ("model", "data", "task", "training", "peft", "final", "source")  # source: provenance, informational
 MODEL_PREFIX = "model."  # a parameter named model.<key> sets the model section's <key>
@@ -129,11 +129,22 @@ DATA_FILES = ("train", "val")  # the data section's keys that name files
 
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentSpec:
     """The experiment in the YAML file at `path`, with `key=value` overrides, checked."""
-    path = Path(path)
-    spec = _yaml.load_file(path, "experiment config") or {}
+    spec = _load_config(path) or {}
     if not isinstance(spec, Mapping):
         raise ValueError(f"{path}: an experiment config is a mapping with sections {list(SECTIONS)}")
-    return parse_spec(apply_overrides(_data_paths_from(spec, path.parent), overrides), where=str(path))
+    if not is_uri(path):  # a config in object storage names its data by URI or absolute path
+        spec = _data_paths_from(spec, Path(path).parent)
+    return parse_spec(apply_overrides(spec, overrides), where=str(path))
+
+
+def _load_config(path: str | Path) -> Any:
+    """The YAML of a config file, a local path or a URI (a sweep's best_config.yaml in s3://...)."""
+    if not is_uri(path):
+        return _yaml.load_file(path, "experiment config")
+    text = read_text(path)
+    if text is None:
+        raise FileNotFoundError(f"experiment config {path} not found")
+    return _yaml.load(text, str(path))
 
 
 def _data_paths_from(spec: Mapping[str, Any], folder: Path) -> Mapping[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from trainyard._logging import get_logger
-from trainyard.storage import is_uri
+from trainyard.storage import join, staged, write_text
 
 log = get_logger("trainyard.hpo")
 
@@ -23,26 +23,22 @@ FEW_TRIALS = 8  # parameter importances from fewer complete trials than this are
 
 
 def write_outputs(result: Any) -> None:
-    """Best config as YAML, every trial as CSV, and the plots."""
-    out = Path(result.path)
-    if is_uri(result.path):  # remote storage: outputs stay with the caller
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    result.best_config.to_yaml(out / "best_config.yaml")
-    result.dataframe.to_csv(out / "trials.csv", index=False)
-    result.plots = _plots(result, out)
+    """Best config as YAML, every trial as CSV, and the plots, in the sweep's folder (uploaded
+    there where it is in object storage)."""
+    with staged(result.path) as out:
+        result.best_config.to_yaml(out / "best_config.yaml")
+        result.dataframe.to_csv(out / "trials.csv", index=False)
+        result.plots = [join(result.path, Path(plot).name) for plot in _plots(result, out)]
 
 
 def write_best_experiment(result: Any, spec: Any) -> None:
     """`best_config.yaml` in the sweep directory: the experiment config the sweep started
     from (`spec`: model, data and training sections) with the winning values filled in, so
     that `trainyard train <sweep>/best_config.yaml` trains the winner as it is."""
-    if is_uri(result.path):
-        return
     best = spec.with_params(result.best_params).to_dict()
     header = (f"# The best trial ({result.best_trial}) of the sweep in {result.path}: {result.metric} = "
-              f"{result.best_metrics.get(result.metric)!r}.\n# Train it: trainyard train {Path(result.path) / 'best_config.yaml'}\n")
-    (Path(result.path) / "best_config.yaml").write_text(header + yaml.safe_dump(best, sort_keys=False))
+              f"{result.best_metrics.get(result.metric)!r}.\n# Train it: trainyard train {join(result.path, 'best_config.yaml')}\n")
+    write_text(join(result.path, "best_config.yaml"), header + yaml.safe_dump(best, sort_keys=False))
 
 
 def trial_number(experiment_tag: str | None, fallback: int) -> int:
@@ -90,8 +86,8 @@ def _trials(result: Any) -> list[dict]:
 
 def _sweep_name(result: Any) -> str:
     """The sweep's folder name; `trainyard run`'s sweeps are all `sweep/`, named by their run."""
-    path = Path(result.path)
-    return f"of {path.parent.name}" if path.name == "sweep" else path.name
+    parent, _, name = result.path.rstrip("/").rpartition("/")
+    return f"of {parent.rpartition('/')[2]}" if name == "sweep" else name
 
 
 def _label(result: Any) -> str:

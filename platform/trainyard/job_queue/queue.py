@@ -28,6 +28,7 @@ from trainyard.job_queue.records import (
     to_record,
 )
 from trainyard.job_queue.runner import run_job
+from trainyard.storage import STORAGE_VARIABLE, is_uri, join
 
 log = get_logger("trainyard.job_queue")
 
@@ -62,11 +63,26 @@ class JobConfig:
             raise ValueError("JobConfig.training_config.parallelism='fsdp' shards the model across workers: set num_workers >= 2, or parallelism='ddp'")
 
 
+def _job_storage(given: str | os.PathLike | None, engine: Any) -> str:
+    """Where the jobs' checkpoints go: `given`, else $TRAINYARD_STORAGE/jobs, else beside a
+    SQLite file. A job's log and its in-process checkpoints are files on a filesystem that the
+    queue's processes share (a local disk, NFS); object storage is refused, saying so."""
+    location = given or (join(os.environ[STORAGE_VARIABLE].strip(), "jobs") if os.environ.get(STORAGE_VARIABLE, "").strip() else None)
+    if location is not None and is_uri(location):
+        raise ValueError(
+            f"storage {os.fspath(location)}: the job queue keeps each job's log and checkpoints on a filesystem its processes "
+            "share (a local disk or NFS); give such a path (--storage, storage_path=). `trainyard train --workers N --storage "
+            f"{os.fspath(location)}` trains into object storage"
+        )
+    return str(Path(location or default_storage(engine)).expanduser().resolve())
+
+
 class JobQueue:
     def __init__(self, url: str = "sqlite:///training_jobs.db", storage_path: str | os.PathLike | None = None,
                  allow_shared_storage: bool = False):
         """`url`: a SQLAlchemy database URL. `storage_path`: where job checkpoints go
-        (default: beside a SQLite file, `<name>_jobs/`; else `runs/jobs`).
+        (default: `$TRAINYARD_STORAGE/jobs`, else beside a SQLite file, `<name>_jobs/`, else
+        `runs/jobs`).
 
         Jobs and results are stored as pickles, so the database is trusted code: a new
         SQLite file is created owner-only, and one that another user owns or can write is
@@ -76,7 +92,7 @@ class JobQueue:
         show_logs()
         self.url = absolute_sqlite(url)  # the jobs' processes have other working directories
         self._engine, self._table = open_table(self.url)
-        self.storage_path = str(Path(storage_path or default_storage(self._engine)).expanduser().resolve())
+        self.storage_path = _job_storage(storage_path, self._engine)
         self.allow_shared_storage = bool(allow_shared_storage)
         self._tasks: dict[str, tuple[RemoteTask, int]] = {}  # jobs this object launched, and which attempt
 

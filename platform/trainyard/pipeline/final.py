@@ -24,7 +24,7 @@ from trainyard.data.fingerprint import fingerprint
 from trainyard.execution.configs import run_config, scaling_config
 from trainyard.execution.remote import run_name
 from trainyard.experiment import build
-from trainyard.storage import is_local
+from trainyard.storage import join, read_text, write_text
 
 log = get_logger("trainyard.pipeline")
 LINEAGE_FILE = "lineage.json"
@@ -49,12 +49,13 @@ def train_final(
     *,
     workers: int = 2,
     use_gpu: bool = False,
-    output_dir: str | Path = "runs",
+    output_dir: str | Path | None = None,
     name: str | None = None,
 ) -> FinalTrainingJob:
     """Train `best_spec` (an ExperimentSpec, or its sections as a dict, e.g. a sweep's best)
-    in `workers` Ray Train workers with DDP. Rerunning with the same `name` and
-    `output_dir` resumes that run from its last checkpoint."""
+    in `workers` Ray Train workers with DDP, in `<output_dir>/<name>` (a path or a URI; default
+    $TRAINYARD_STORAGE, else runs/). Rerunning with the same `name` and `output_dir` resumes
+    that run from its last checkpoint."""
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers={workers!r} must be an integer >= 1")
     exp = build(best_spec, dataset)
@@ -62,7 +63,7 @@ def train_final(
     name = name or run_name(f"final-{source.get('sweep') or 'run'}")
     trainer = exp.trainer(
         scaling=scaling_config(workers, use_gpu=use_gpu),
-        run_config=run_config(None, exp.training_config, name=name, storage_path=str(output_dir)),
+        run_config=run_config(None, exp.training_config, name=name, storage_path=str(output_dir) if output_dir is not None else None),
     )
     results = trainer.train(exp.train_data, exp.val_data)
     job = FinalTrainingJob(
@@ -76,8 +77,7 @@ def train_final(
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         model=trainer.model,
     )
-    if is_local(job.run_dir):
-        (Path(job.run_dir) / LINEAGE_FILE).write_text(json.dumps(lineage(job), indent=2, default=str))
+    write_text(join(job.run_dir, LINEAGE_FILE), json.dumps(lineage(job), indent=2, default=str))
     log.info("final training done (run %s): checkpoint %s", name, job.checkpoint_path)
     return job
 
@@ -87,10 +87,10 @@ def lineage(job: FinalTrainingJob | str | os.PathLike) -> dict[str, Any]:
     config, its checkpoint, the fingerprint of the data it was trained on (and of the
     sweep's data), and the code version. `job` is a FinalTrainingJob or its run directory."""
     if isinstance(job, (str, os.PathLike)):
-        path = Path(job) / LINEAGE_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: pass the run_dir of a final training (or its job)")
-        return json.loads(path.read_text())
+        text = read_text(join(job, LINEAGE_FILE))
+        if text is None:
+            raise FileNotFoundError(f"{join(job, LINEAGE_FILE)} not found: pass the run_dir of a final training (or its job)")
+        return json.loads(text)
     if not isinstance(job, FinalTrainingJob):
         raise TypeError(f"job must be a FinalTrainingJob or its run directory, got {type(job).__name__}")
     source = job.config.get("source") or {}

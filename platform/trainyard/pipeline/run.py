@@ -4,8 +4,9 @@ one resumable command.
     result = run_pipeline("jobs/configs/addition.yaml", "tune_spaces/addition_small.yaml",
                           ["epochs=2"], samples=6, workers=2)
 
-One run directory (`<output_dir>/<name>`) holds a folder per stage and `pipeline.json`,
-where each stage is recorded when it finishes:
+One run directory (`<storage>/<name>`: a local or shared path, or a URI such as
+`s3://bucket/runs`) holds a folder per stage and `pipeline.json`, where each stage is
+recorded when it finishes:
 
     sweep/    Ray Tune + Optuna (ASHA) over the space; trials.csv, best_config.yaml, plots
     final/    the best config trained to completion on `workers` Ray Train workers (DDP);
@@ -17,13 +18,14 @@ where each stage is recorded when it finishes:
 Run the same command again after a kill and the recorded stages are skipped: the sweep is
 restored with its finished trials kept, the final training continues from its last
 checkpoint (Ray Train's run-name resume). The default name is derived from the command's
-inputs, so the same command finds its run; a different command gets its own.
+inputs, so the same command finds its run; a different command gets its own. Everything is
+kept in the storage, nothing in the working directory: the same command on another machine
+with the same storage URI finds the run and finishes it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +45,7 @@ from trainyard.hpo import load_search_space
 from trainyard.hpo.experiments import sweep_experiment
 from trainyard.pipeline.final import lineage, train_final
 from trainyard.report import write_report
-from trainyard.storage import command_digest, default_storage, folder_name
+from trainyard.storage import command_digest, default_storage, downloaded, folder_name, is_local, join, read_text, staged, write_text
 
 log = get_logger("trainyard.pipeline")
 STAGES = ("sweep", "final", "export", "report")
@@ -54,7 +56,7 @@ STATE_FILE = "pipeline.json"
 class Pipeline:
     """One run of the main job: its inputs, its directory and what its stages recorded."""
 
-    run_dir: Path
+    run_dir: str  # a local path (absolute) or a URI
     spec: ExperimentSpec  # overrides applied, checked
     options: dict[str, Any]  # samples, workers, scheduler, seed, ...
     state: dict[str, Any]
@@ -65,7 +67,7 @@ class Pipeline:
 
     def record(self, stage: str, outcome: dict[str, Any], seconds: float) -> None:
         self.stages[stage] = {**outcome, "seconds": round(seconds, 1), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        write_json(self.run_dir / STATE_FILE, self.state)
+        write_json(join(self.run_dir, STATE_FILE), self.state)
 
 
 def run_pipeline(
@@ -80,11 +82,15 @@ def run_pipeline(
     scheduler: str = "asha",
     seed: int = 0,
     name: str | None = None,
+    storage: str | Path | None = None,
     output_dir: str | Path | None = None,
 ) -> Pipeline:
-    """Run (or finish) the main job; see the module docstring. Returns the Pipeline, whose
-    `stages` hold each stage's outcome."""
+    """Run (or finish) the main job in `<storage>/<name>`; see the module docstring. `storage`
+    defaults to $TRAINYARD_STORAGE, else runs/ (`output_dir` is its older name). Returns the
+    Pipeline, whose `stages` hold each stage's outcome."""
     show_logs()
+    if storage is not None and output_dir is not None and str(storage) != str(output_dir):
+        raise ValueError(f"storage={storage!r} and output_dir={output_dir!r}: give one (output_dir is storage's older name)")
 
     for label, value, low in (("samples", samples, 1), ("workers", workers, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -94,8 +100,8 @@ def run_pipeline(
     options = {"samples": samples, "workers": workers, "gpu": gpu, "max_concurrent": max_concurrent, "scheduler": scheduler, "seed": seed}
     inputs = {"config": str(Path(config).resolve()), "space": str(Path(space).resolve()), "overrides": list(overrides), "spec": spec.to_dict(),
               "space_spec": search.to_dict(), **options}
-    digest = command_digest(inputs)
-    run_dir = Path(output_dir or _default_output()).expanduser().resolve() / (folder_name(name) if name else f"{Path(config).stem}-{digest}")
+    digest = command_digest(_what_counts(inputs))
+    run_dir = join(storage or output_dir or default_storage(), folder_name(name) if name else f"{Path(config).stem}-{digest}")
     pipeline = _open(run_dir, inputs, digest, spec, options)
     done = [s for s in STAGES if s in pipeline.stages]
     if len(done) == len(STAGES):
@@ -113,25 +119,31 @@ def run_pipeline(
     return pipeline
 
 
-def _default_output() -> Path:
-    return Path(default_storage())
+def _what_counts(inputs: dict) -> dict:
+    """The inputs that make a command the same command: what the config and space files say
+    (resolved), not where they were. Run from another checkout, or another machine with the
+    same storage, the same command finds its run."""
+    return {k: v for k, v in inputs.items() if k not in ("config", "space")}
 
 
-def _open(run_dir: Path, inputs: dict, digest: str, spec: ExperimentSpec, options: dict) -> Pipeline:
-    path = run_dir / STATE_FILE
-    if path.is_file():
+def _open(run_dir: str, inputs: dict, digest: str, spec: ExperimentSpec, options: dict) -> Pipeline:
+    path = join(run_dir, STATE_FILE)
+    text = read_text(path)
+    if text is not None:
         try:
-            state = json.loads(path.read_text())
+            state = json.loads(text)
         except ValueError as e:
             raise ValueError(f"{path} is not valid JSON ({e}): it is the run's record; restore it, or give another --name") from e
         if state.get("digest") != digest:
-            changed = sorted(k for k in inputs if json.dumps(inputs[k], sort_keys=True, default=str) != json.dumps(state.get("inputs", {}).get(k), sort_keys=True, default=str))
+            counted, recorded = _what_counts(inputs), _what_counts(state.get("inputs", {}))
+            changed = sorted(k for k in counted if json.dumps(counted[k], sort_keys=True, default=str) != json.dumps(recorded.get(k), sort_keys=True, default=str))
             raise ValueError(
                 f"run {run_dir} was started by another command (different: {', '.join(changed) or 'inputs'}); "
                 "rerun that command to finish it, or give a new --name for this one"
             )
         return Pipeline(run_dir, spec, options, state)
-    make_private_dir(run_dir)
+    if is_local(run_dir):
+        make_private_dir(Path(run_dir))
     state = {"digest": digest, "inputs": inputs, "stages": {}}
     write_json(path, state)
     return Pipeline(run_dir, spec, options, state)
@@ -145,7 +157,7 @@ def _sweep(pipeline: Pipeline, search: Any) -> dict[str, Any]:
     result = sweep_experiment(
         pipeline.spec, search, num_samples=options["samples"], max_concurrent=options["max_concurrent"], scheduler=options["scheduler"],
         resources_per_trial={"cpu": 1, "gpu": 1} if options["gpu"] else None,
-        storage_path=str(pipeline.run_dir), name="sweep", seed=options["seed"], log_epochs=False,
+        storage_path=pipeline.run_dir, name="sweep", seed=options["seed"], log_epochs=False,
     )
     counts = result.dataframe["state"].value_counts().to_dict()
     return {
@@ -170,7 +182,7 @@ def best_spec(pipeline: Pipeline, search: Any) -> ExperimentSpec:
 def _final(pipeline: Pipeline, search: Any) -> dict[str, Any]:
     options = pipeline.options
     job = train_final(best_spec(pipeline, search), workers=options["workers"], use_gpu=options["gpu"], output_dir=pipeline.run_dir, name="final")
-    write_json(pipeline.run_dir / "lineage.json", {"run": str(pipeline.run_dir), **lineage(job)})
+    write_json(join(pipeline.run_dir, "lineage.json"), {"run": pipeline.run_dir, **lineage(job)})
     return results_as_json(job.results)  # run_dir, checkpoint_path, metrics_summary, histories, telemetry, ...
 
 
@@ -180,19 +192,22 @@ def _export(pipeline: Pipeline, search: Any) -> dict[str, Any]:
     final = pipeline.stages["final"]
     exp = build(best_spec(pipeline, search))
     model = exp.model_factory()
-    load_model_state(model, load(resolve(final["checkpoint_path"])))
+    with downloaded(final["checkpoint_path"]) as checkpoint:
+        load_model_state(model, load(resolve(checkpoint)))
     trainer = exp.trainer()
     trainer.model = model
     # files read by Ray Data: the bundle's parity samples come from its blocks
     sample_data, _ = run_inputs(exp.val_data if exp.val_data is not None else exp.train_data, None, exp.model_config, exp.task_spec, on_ray=False)
-    bundle = export_trained(trainer, sample_data, pipeline.run_dir / "export", final["task"])
-    manifest = json.loads((bundle / "MANIFEST.json").read_text())
-    return {"path": str(bundle), "formats": list(manifest["parity"]), "parity": manifest["parity"]}
+    where = join(pipeline.run_dir, "export")
+    with staged(where) as out:  # on object storage: uploaded whole once every graph is checked
+        bundle = export_trained(trainer, sample_data, out, final["task"])
+        manifest = json.loads((bundle / "MANIFEST.json").read_text())
+    return {"path": where, "formats": list(manifest["parity"]), "parity": manifest["parity"]}
 
 
 def _report(pipeline: Pipeline, search: Any) -> dict[str, Any]:
     html = write_report(pipeline.run_dir)
-    return {"html": str(html), "markdown": str(html.with_suffix(".md"))}
+    return {"html": html, "markdown": html.rsplit(".", 1)[0] + ".md"}
 
 
 # -- what the command prints at the end ----------------------------------------------------
@@ -228,8 +243,6 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def write_json(path: Path, data: Any) -> None:
+def write_json(location: str, data: Any) -> None:
     """Write JSON so that a kill leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+    write_text(location, json.dumps(data, indent=1, default=str))
