@@ -134,7 +134,6 @@ def test_a_run_in_this_process_refuses_object_storage_and_says_what_works(bucket
 
 def test_the_job_queue_refuses_object_storage_and_says_what_works(tmp_path, monkeypatch):
     import pytest
-
     from trainyard.job_queue import JobQueue
 
     with pytest.raises(ValueError, match=r"storage s3://b/jobs: the job queue keeps each job's log and checkpoints on a filesystem"):

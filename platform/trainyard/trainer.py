@@ -48,9 +48,10 @@ class Trainer(TrainingLoop):
         # In this process the bundle is made as training ends; on Ray, by the driver (launch.fit).
         observers = [ExportBundle()] if training_config.export_bundle and scaling is None else []
         super().__init__(model, config, training_config, task_spec, hooks, observers=observers)
-        if scaling is not None and not (_is_positive_int(scaling) or hasattr(scaling, "num_workers")):
+        if scaling is not None and not (_is_positive_int(scaling) or _is_worker_range(scaling) or hasattr(scaling, "num_workers")):
             raise TypeError(
-                f"scaling must be None (this process), a number of workers, or a ray.train.ScalingConfig; got {scaling!r}"
+                f"scaling must be None (this process), a number of workers, a range (min, max) of them (elastic: as many as "
+                f"the cluster holds), or a ray.train.ScalingConfig; got {scaling!r}"
             )
         if run_config is not None and scaling is None:
             raise ValueError(
@@ -78,6 +79,11 @@ def _with_adapters(model: Any, peft_config: Any, task_spec: Any) -> Any:
     if isinstance(model, nn.Module):
         return adapters.with_adapters(model, peft_config, task)
     return functools.partial(adapters.with_adapters_of, model, peft_config, task)
+
+
+def _is_worker_range(value: Any) -> bool:
+    """(min, max) workers, 1 <= min <= max: elastic."""
+    return isinstance(value, tuple) and len(value) == 2 and all(_is_positive_int(v) for v in value) and value[0] <= value[1]
 
 
 def _is_positive_int(value: Any) -> bool:

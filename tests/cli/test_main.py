@@ -129,3 +129,20 @@ def test_running_the_same_train_command_again_resumes_its_run_and_fresh_starts_a
     assert len(runs) == 3 and all(r.startswith("addition-") for r in runs)
     assert main([*argv, "--fresh", "--name", "x"]) == 2
     assert "--fresh starts a new run under a new name of its own: drop --name (or --fresh)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("given, told", [("4-2", "'4-2': a range MIN-MAX needs 1 <= MIN <= MAX"), ("two", "'two': give a number of workers (2) or a range (2-4)"),
+                                         ("0-3", "'0-3': a range MIN-MAX needs 1 <= MIN <= MAX")])
+def test_a_worker_count_or_range_that_makes_no_sense_is_one_line(given, told, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "jobs/configs/addition.yaml", "--workers", given])
+    assert exit_.value.code == 2 and f"argument --workers: {told}" in capsys.readouterr().err
+
+
+def test_a_global_batch_makes_another_worker_count_the_same_run():
+    from trainyard.cli.runners import command_run_name
+
+    config = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "addition.yaml"
+    fixed, chosen = load_spec(config), load_spec(config, ["global_batch_size=64"])
+    assert command_run_name(config, fixed, 2) != command_run_name(config, fixed, 4)  # batch_size per worker: another global batch
+    assert command_run_name(config, chosen, 2) == command_run_name(config, chosen, 4) == command_run_name(config, chosen, (2, 4))

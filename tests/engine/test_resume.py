@@ -31,10 +31,10 @@ class StopAt(TrainingHooks):
             trainer.request_stop("test")
 
 
-def run(ckdir, hooks=None, resume_from=None, **cfg):
+def run(ckdir, hooks=None, resume_from=None, dropout=0.2, **cfg):
     settings = dict(learning_rate=1e-2, batch_size=4, epochs=3, warmup_steps=2, checkpoint_dir=str(ckdir), keep_last_n_checkpoints=None)
     settings.update(cfg)
-    trainer = Trainer(lm_factory(dropout=0.2), CONFIG, TrainingConfig(**settings), hooks=hooks)
+    trainer = Trainer(lm_factory(dropout=dropout), CONFIG, TrainingConfig(**settings), hooks=hooks)
     results = trainer.train(DATA, VAL, resume_from=resume_from)
     return results, trainer.model
 
@@ -95,7 +95,7 @@ def test_resume_from_a_finished_run_trains_nothing_more(tmp_path):
 
 def test_mid_epoch_resume_refuses_a_different_batch_order(tmp_path):
     first, _ = run(tmp_path / "r", hooks=StopAt(1, 3))
-    with pytest.raises(ValueError, match=r"batch_size=8.*saved with batch_size=4"):
+    with pytest.raises(ValueError, match=r"with a global batch of 8 \(batch_size=8 on 1 worker\): it was saved with 4 samples a step \(batch_size=4 on 1 worker\)"):
         run(tmp_path / "r", resume_from=first["checkpoint_path"], batch_size=8)
 
 
@@ -103,3 +103,44 @@ def test_epoch_end_resume_accepts_a_new_batch_size(tmp_path):
     first, _ = run(tmp_path / "r", hooks=StopAt(1))
     resumed, _ = run(tmp_path / "r", resume_from=first["checkpoint_path"], batch_size=8)
     assert list(resumed["metrics_summary"]["epoch"]) == [1, 2, 3]
+
+
+def assert_same_losses(resumed, full):
+    """The same samples in the same steps, summed in other micro-batches: equal to float rounding."""
+    (r, _), (f, _) = resumed, full
+    assert r["loss_history"] == pytest.approx(f["loss_history"], abs=1e-5)
+    for col in ("train/loss", "val/loss", "train/accuracy"):
+        assert list(r["metrics_summary"][col]) == pytest.approx(list(f["metrics_summary"][col]), abs=1e-5), col
+
+
+def test_a_mid_epoch_resume_splits_the_same_global_batch_otherwise_and_continues_with_the_same_samples(tmp_path, caplog):
+    # 12 samples a step: 2 micro-batches of 6, resumed as 3 of 4 (no dropout: its masks follow the micro-batches)
+    full = run(tmp_path / "full", dropout=0.0, global_batch_size=12, batch_size=6)
+    first, _ = run(tmp_path / "part", hooks=StopAt(1, 4), dropout=0.0, global_batch_size=12, batch_size=6)  # after step 2
+    caplog.set_level("INFO", logger="trainyard")
+    resumed = run(tmp_path / "part", resume_from=first["checkpoint_path"], dropout=0.0, global_batch_size=12, batch_size=4)
+    assert_same_losses(resumed, full)
+    assert len(resumed[0]["loss_history"]) == 3 * 3  # 26 samples: steps of 12, 12 and 2, each epoch
+    assert "resumed from" in caplog.text and "(epoch 1, step 2)" in caplog.text
+
+
+def test_the_global_batch_is_kept_by_the_checkpoint_when_nothing_asks_otherwise(tmp_path):
+    from trainyard.engine import checkpoint as ck
+
+    first, _ = run(tmp_path / "r", hooks=StopAt(1, 4), dropout=0.0, batch_size=3, gradient_accumulation_steps=2)
+    saved = ck.load(first["checkpoint_path"]).state["batch_plan"]
+    assert saved == {"global_batch": 6, "micro_batch": 3, "accumulation": 2, "world_size": 1}
+    full = run(tmp_path / "full", dropout=0.0, global_batch_size=6, batch_size=2)
+    assert_same_losses(run(tmp_path / "r", resume_from=first["checkpoint_path"], dropout=0.0, global_batch_size=6, batch_size=2), full)
+
+
+def test_a_step_cut_inside_its_accumulation_resumes_only_with_the_same_split(tmp_path):
+    first, _ = run(tmp_path / "r", hooks=StopAt(1, 3), global_batch_size=12, batch_size=6)  # inside step 2
+    with pytest.raises(ValueError, match=r"in micro-batches of 4: it was saved inside an accumulation window on 1 worker\(s\) in micro-batches of 6; "
+                                         r"resume with those, or from a checkpoint at the end of a step"):
+        run(tmp_path / "r", resume_from=first["checkpoint_path"], global_batch_size=12, batch_size=4)
+
+
+def test_a_global_batch_with_its_own_accumulation_is_refused():
+    with pytest.raises(ValueError, match=r"gradient_accumulation_steps=2 with global_batch_size=64: the accumulation follows from the global batch"):
+        TrainingConfig(global_batch_size=64, gradient_accumulation_steps=2)

@@ -172,3 +172,51 @@ def test_a_joined_cluster_is_asked_whether_it_can_import_the_users_modules(ray_s
     finally:
         ray_env._JOINED[:] = []
         del sys.modules["only_here"]
+
+
+DATA36 = lm_samples(36)  # 36 rows: every count of 1, 2 or 3 workers trains them all, each epoch
+
+
+def _rows(folder, epoch):
+    return sorted(tuple(row) for f in folder.iterdir() for e, _, row in map(json.loads, f.read_text().splitlines()) if e == epoch)
+
+
+@pytest.fixture(scope="module")
+def in_process_global_12(tmp_path_factory):
+    ck = tmp_path_factory.mktemp("global12")
+    return Trainer(lm_factory(dropout=0.0), CONFIG, settings(batch_size=6, global_batch_size=12, checkpoint_dir=str(ck))).train(DATA36, VAL)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_stopped_mid_epoch_on_two_workers_a_run_continues_on_another_count_with_the_samples_that_were_next(
+        ray_session, in_process_global_12, tmp_path, workers):
+    from tests.execution.hooks import StopAt
+
+    first_rows, rest_rows = tmp_path / "first", tmp_path / "rest"
+    first_rows.mkdir(), rest_rows.mkdir()
+    first = Trainer(lm_factory(dropout=0.0), CONFIG, settings(batch_size=6), hooks=[StopAt(2, 1), RecordRows(str(first_rows))], scaling=2,
+                    run_config=run_config(tmp_path, name="two")).train(DATA36, VAL)
+    assert first["checkpoint_path"].endswith("checkpoint_e0002_b0000001")  # 12 samples a step: 6 on each of 2 workers
+    again = dict(hooks=[RecordRows(str(rest_rows))], **({"scaling": 3, "run_config": run_config(tmp_path, name="three")} if workers == 3 else {}))
+    if workers == 1:  # in this process
+        again["training_config"] = settings(batch_size=6, checkpoint_dir=str(tmp_path / "one"))
+    resumed = Trainer(lm_factory(dropout=0.0), CONFIG, again.pop("training_config", settings(batch_size=6)), **again).train(
+        DATA36, VAL, resume_from=first["checkpoint_path"])
+    assert epoch_losses(resumed) == pytest.approx(epoch_losses(in_process_global_12), abs=1e-5)
+    assert len(resumed["loss_history"]) == 9  # 3 steps of 12 an epoch, whatever the count
+    epoch_2 = _rows(first_rows, 2) + _rows(rest_rows, 2)
+    assert sorted(epoch_2) == sorted(tuple(r.tolist()) for r in DATA36), "each sample once in the epoch the count changed"
+
+
+def test_an_elastic_run_keeps_the_global_batch_of_its_largest_size(ray_session, tmp_path):
+    ck = tmp_path / "local"
+    whole = Trainer(lm_factory(dropout=0.0), CONFIG, settings(batch_size=4, global_batch_size=12, checkpoint_dir=str(ck))).train(DATA36, VAL)
+    results = Trainer(lm_factory(dropout=0.0), CONFIG, settings(batch_size=4), scaling=(1, 3), run_config=run_config(tmp_path)).train(DATA36, VAL)
+    assert epoch_losses(results) == pytest.approx(epoch_losses(whole), abs=1e-5)  # 4 x 3 workers at most: 12 a step
+
+
+def test_an_elastic_range_that_cannot_share_the_global_batch_is_refused_before_it_starts(ray_session, tmp_path):
+    with pytest.raises(ValueError, match=r"global_batch_size 20 cannot be split evenly over 3 worker\(s\) .* multiple of 12 .* "
+                                         r"\(an elastic run of 2 to 4 workers may run on any of them\)"):
+        Trainer(lm_factory(), CONFIG, settings(batch_size=5), scaling=(2, 4), run_config=run_config(tmp_path)).train(DATA36, VAL)
+    assert not (tmp_path / "storage").exists()

@@ -53,7 +53,8 @@ def _add_train(sub: Any) -> None:
     train.add_argument("config", help="experiment YAML, e.g. jobs/configs/addition.yaml")
     train.add_argument("overrides", nargs="*", help="key=value, e.g. epochs=3 model.d_model=64")
     train.add_argument("--resume", default=None, help="checkpoint or run directory to resume from")
-    train.add_argument("--workers", type=int, default=0, help="Ray Train workers (DDP, local Ray unless RAY_ADDRESS); 0: this process")
+    train.add_argument("--workers", type=worker_count, default=0, metavar="N|MIN-MAX",
+                       help="Ray Train workers (DDP, local Ray unless RAY_ADDRESS); MIN-MAX: elastic, as many as the cluster holds; 0: this process")
     train.add_argument("--gpu", action="store_true", help="with --workers: one GPU per worker")
     train.add_argument("--fresh", action="store_true", help="start a new run (by default running the same command again resumes its run)")
     train.add_argument("--name", default=None, help="run name, its folder under the storage (default: derived from the command)")
@@ -101,6 +102,22 @@ def _add_report(sub: Any) -> None:
     report = sub.add_parser("report", help="write report.html and report.md for a run, training or sweep directory")
     report.add_argument("run_dir", help="a run's location a trainyard command printed (a path or a URI), or a run's name under --storage")
     add_storage(report)
+
+
+def worker_count(text: str) -> int | tuple[int, int]:
+    """`--workers`: a count, or `MIN-MAX` for an elastic run."""
+    low, dash, high = text.partition("-")
+    try:
+        value = (int(low), int(high)) if dash else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of workers (2) or a range (2-4)") from None
+    if isinstance(value, tuple) and not 1 <= value[0] <= value[1]:
+        raise argparse.ArgumentTypeError(f"{text!r}: a range MIN-MAX needs 1 <= MIN <= MAX (e.g. 2-4)")
+    return value
+
+
+def workers_text(workers: int | tuple[int, int]) -> str:
+    return f"{workers[0]}-{workers[1]}" if isinstance(workers, tuple) else str(workers)
 
 
 def add_storage(parser: argparse.ArgumentParser, *older: str) -> None:
@@ -265,7 +282,7 @@ def _default_run_name(args: argparse.Namespace) -> str:
 def _same_command(args: argparse.Namespace) -> str:
     """The command that continues this `train` run: the same one, named where --fresh named it."""
     again = ["trainyard", "train", args.config, *args.overrides]
-    again += ["--workers", str(args.workers)] if args.workers else []
+    again += ["--workers", workers_text(args.workers)] if args.workers else []
     again += ["--name", args.name] if args.named else []
     again += ["--storage", args.storage] if args.storage else []
     return shlex.join(again)
@@ -295,7 +312,7 @@ def _train(args: argparse.Namespace) -> int:
     from trainyard._logging import get_logger
     from trainyard.cli.runners import run_experiment
 
-    if args.workers < 0:
+    if isinstance(args.workers, int) and args.workers < 0:
         raise ValueError(f"--workers {args.workers}: give 0 (this process) or a number of Ray Train workers")
     log = get_logger("trainyard.cli")
     if args.fresh and (args.resume or args.name):
@@ -382,7 +399,7 @@ def _in_command_terms(args: argparse.Namespace):
         yield
     except RunFolderInUse as e:
         if "holds checkpoints" in e.problem:
-            again = ["trainyard", "train", args.config, *args.overrides, *(["--workers", str(args.workers)] if args.workers else [])]
+            again = ["trainyard", "train", args.config, *args.overrides, *(["--workers", workers_text(args.workers)] if args.workers else [])]
             raise ValueError(f"{e.run_dir} {e.problem}. Continue it with: {shlex.join(again)}; or start afresh in another checkpoint_dir=") from None
         raise ValueError(f"{e.run_dir} {e.problem}. Run this command again when that run has ended (it resumes), or start a new run with --fresh") from None
 

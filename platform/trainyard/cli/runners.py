@@ -70,7 +70,9 @@ def command_run_name(config_path: str | Path, spec: Any, workers: int) -> str:
     train (`epochs`, `early_stopping_patience`) is left out: raising it trains the run further."""
     resolved = spec.to_dict()
     training = {k: v for k, v in (resolved.get("training") or {}).items() if k not in ("epochs", "early_stopping_patience")}
-    inputs = {"spec": {**resolved, "training": training}, "workers": workers}  # what the file says, not where it is
+    # what the file says, not where it is; the workers where they set the global batch (with a
+    # global_batch_size they only split it: another count is the same run, resumed)
+    inputs = {"spec": {**resolved, "training": training}, "workers": None if spec.training.global_batch_size else workers}
     return f"{Path(config_path).stem}-{command_digest(inputs)}"
 
 

@@ -49,6 +49,10 @@ class TrainingConfig:
     use_amp: bool = False
     amp_dtype: str | None = None  # None: bf16 where supported, else fp16 + GradScaler
     gradient_accumulation_steps: int = 1
+    # Samples per optimizer step over all workers. None: batch_size x accumulation x workers at
+    # the run's start, kept by its checkpoints. It stays when the worker count changes (each
+    # worker's share in micro-batches of at most batch_size, accumulated).
+    global_batch_size: int | None = None
     random_seed: int = 42
     deterministic: bool = False
     optimizer: str = "adamw"  # any torch.optim optimizer by name, case-insensitive: adamw, adam, sgd, adafactor, ...
@@ -106,6 +110,11 @@ class TrainingConfig:
             object.__setattr__(self, "learning_rate", float(self.learning_rate))
         for f in dataclasses.fields(self):
             VALIDATORS[f.name](f.name, getattr(self, f.name))
+        if self.global_batch_size is not None and self.gradient_accumulation_steps != 1:
+            raise ValueError(
+                f"gradient_accumulation_steps={self.gradient_accumulation_steps} with global_batch_size={self.global_batch_size}: "
+                "the accumulation follows from the global batch (each worker's share in micro-batches of at most batch_size); drop one"
+            )
         if self.warmup_steps and not self.use_lr_schedule:
             raise ValueError(
                 f"warmup_steps={self.warmup_steps} has no effect with use_lr_schedule=False: "

@@ -232,6 +232,7 @@ VALIDATORS = {
     "use_amp": _boolean,
     "amp_dtype": _one_of(AMP_DTYPES),
     "gradient_accumulation_steps": _positive_int,
+    "global_batch_size": _optional_positive_int,
     "random_seed": _seed,
     "deterministic": _boolean,
     "optimizer": _optimizer,

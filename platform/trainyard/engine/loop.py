@@ -28,6 +28,7 @@ from torch import nn
 
 from trainyard._logging import get_logger, show_logs
 from trainyard.engine import early_stop, evaluation, rng, run_folder, setup, step
+from trainyard.engine.batching import plan_batches
 from trainyard.engine.checkpoint import LoadedCheckpoint
 from trainyard.engine.config import TrainingConfig, as_training_config
 from trainyard.engine.context import LocalContext, RunContext
@@ -137,7 +138,8 @@ class TrainingLoop:
         loaded = setup.checkpoint_to_load(source, raw_model, warn=log.warning)
         parts = setup.build_parts(raw_model, cfg, ctx, loaded)
         self.model, self.optimizer = parts.raw_model, parts.optimizer
-        self.batches_per_epoch = batches_per_epoch(len(train_ds), cfg.batch_size, ctx.world_size)
+        plan = plan_batches(cfg, ctx.world_size, loaded.state if loaded is not None else None)
+        self.batches_per_epoch = batches_per_epoch(len(train_ds), plan.micro_batch, ctx.world_size)
         if loaded is not None and self.task_spec is None and loaded.state.get("task_spec"):
             self.task_spec = TaskSpec.from_dict(loaded.state["task_spec"])
         task = choose_task(self.task_spec, train_ds[0])
@@ -146,7 +148,7 @@ class TrainingLoop:
         run = Run(
             ctx=ctx, train_ds=train_ds, val_ds=val_ds, raw_model=parts.raw_model, optimizer=parts.optimizer, scaler=parts.scaler,
             amp_dtype=parts.amp_dtype, collate=Collator(self.pad_token_id), run_dir=self._claimed,
-            batches_per_epoch=self.batches_per_epoch, forward_kwargs=setup.forward_kwargs(parts.raw_model),
+            batches_per_epoch=self.batches_per_epoch, plan=plan, forward_kwargs=setup.forward_kwargs(parts.raw_model),
             trainable=[p for p in parts.raw_model.parameters() if p.requires_grad], check_vocab=setup.check_token_ids(parts.raw_model, self.config, train_ds, val_ds, task.name),
             call=setup.ModelCall(parts.model, cfg.compile_mode),
             task=task, telemetry=RunTelemetry(ctx.device, peak_flops(ctx.device, compute_dtype(ctx.device, parts.amp_dtype), cfg.peak_flops)),
@@ -162,7 +164,7 @@ class TrainingLoop:
         """Continue from `loaded` (its weights are in already): the position, sums and RNG
         streams, after checking the run can; says what changed since it was saved."""
         cfg = self.training_config
-        check_resumable(loaded, cfg, len(run.train_ds), run.ctx.world_size)
+        check_resumable(loaded, cfg, len(run.train_ds), run.plan)
         state = restore(run, loaded)  # last: it restores the RNG streams
         run.task.confirmed = True
         say = log.info if run.ctx.is_main else log.debug  # every rank resumes; one says so
@@ -170,7 +172,7 @@ class TrainingLoop:
             say("%s is the end of a finished run: all %d epochs are trained, nothing is left to do (raise epochs to train further)", loaded.path, cfg.epochs)
         else:
             say("resumed from %s (epoch %d, step %d)", loaded.path, state.epoch, state.global_step)
-        for change in describe_changes(loaded, cfg, len(run.train_ds)):
+        for change in describe_changes(loaded, cfg, len(run.train_ds), run.plan):
             say("changed since that checkpoint: %s", change)
         return state
 
@@ -186,11 +188,11 @@ class TrainingLoop:
         run.telemetry.start_epoch()
         total = run.batches_per_epoch
         batches = iter_epoch_batches(
-            len(run.train_ds), cfg.batch_size, state.epoch - 1, cfg.random_seed, ctx.rank, ctx.world_size, cfg.shuffle_chunk_rows, start=state.batch_in_epoch
+            len(run.train_ds), run.plan.micro_batch, state.epoch - 1, cfg.random_seed, ctx.rank, ctx.world_size, cfg.shuffle_chunk_rows, start=state.batch_in_epoch
         )
         loader = make_loader(run.train_ds, batches, run.collate, cfg.num_workers, ctx.device.type == "cuda")
         move = lambda b: to_device(b, ctx.device, run.task.name, run.collate.pad_token_id, run.check_vocab)  # noqa: E731 - the task as confirmed
-        feed = WindowFeed(loader, window_sizes(state.batch_in_epoch, total, cfg.gradient_accumulation_steps), move)
+        feed = WindowFeed(loader, window_sizes(state.batch_in_epoch, total, run.plan.accumulation), move)
         run.call.model.train()
         while state.batch_in_epoch < total and not self.saves.stopping:
             self._window(run, feed)
@@ -200,7 +202,7 @@ class TrainingLoop:
         row = {"epoch": state.epoch, **run.progress.sync().reduced(ctx).metrics("train", run.task.name, run.task.answers)}
         if run.val_ds is not None:
             row.update(self._validate(run))
-        epoch_norms = run.progress.history["grad_norm"][-math.ceil(total / cfg.gradient_accumulation_steps) :]
+        epoch_norms = run.progress.history["grad_norm"][-math.ceil(total / run.plan.accumulation) :]
         row["train/learning_rate"] = run.optimizer.param_groups[0]["lr"]
         row["train/grad_norm"] = sum(epoch_norms) / len(epoch_norms) if epoch_norms else float("nan")
         row.update(run.telemetry.summary(ctx))
@@ -229,7 +231,7 @@ class TrainingLoop:
             window_loss = step.scalar(run, 0.0)
         feed.summed_count = None
         scale = ctx.world_size / window_count.clamp(min=1)
-        score = step.measures_predictions(self.training_config, state.batch_in_epoch)
+        score = step.measures_predictions(self.training_config, state.batch_in_epoch, run.plan.accumulation)
         run.telemetry.count_flops(run.raw_model, window[0].tensors, run.forward_kwargs, run.autocast, ctx.shards_state)
         run.telemetry.window_begins(compiling=run.call.pending)
         for i, batch in enumerate(window):

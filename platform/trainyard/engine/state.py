@@ -30,6 +30,7 @@ from torch import nn
 
 from trainyard.engine import checkpoint as ckpt
 from trainyard.engine import rng, run_folder
+from trainyard.engine.batching import BatchPlan, resume_batch
 from trainyard.engine.config import TrainingConfig
 from trainyard.engine.context import RunContext
 from trainyard.engine.data.collate import Collator
@@ -42,8 +43,8 @@ from trainyard.engine.telemetry import RunTelemetry
 from trainyard.engine.trainable import checkpointed_names, state_kind
 
 # Changing any of these in the middle of an epoch would change which samples the rest of
-# the epoch sees, so a mid-epoch resume refuses it.
-POSITION_FIELDS = ("batch_size", "gradient_accumulation_steps", "random_seed", "shuffle_chunk_rows")
+# the epoch sees, so a mid-epoch resume refuses it (and a different global batch: BatchPlan).
+POSITION_FIELDS = ("random_seed", "shuffle_chunk_rows")
 
 
 @dataclass
@@ -121,6 +122,7 @@ class Run:
     collate: Collator
     run_dir: Path
     batches_per_epoch: int
+    plan: BatchPlan  # the global batch and this run's split of it
     forward_kwargs: tuple[str, ...]
     trainable: list[torch.Tensor]  # parameters the optimizer updates
     check_vocab: int | None  # check each training batch's ids against this many (their range was not known up front)
@@ -158,6 +160,7 @@ def save_checkpoint(
         "model_config": model_config_dict(model_config),
         "train_size": len(run.train_ds),
         "world_size": run.ctx.world_size,
+        "batch_plan": run.plan.to_dict(),
         "ranks": ranks,
     }
     name = ckpt.checkpoint_name(state.epoch, state.batch_in_epoch)
@@ -200,8 +203,10 @@ def checkpoint_position(run: Run, state: TrainState, cfg: TrainingConfig, task_s
     return save_checkpoint(run, state, cfg, task_spec, model_config, ranks) if writes else None
 
 
-def check_resumable(loaded: ckpt.LoadedCheckpoint, cfg: TrainingConfig, n_train: int, world_size: int) -> None:
-    """A mid-epoch checkpoint continues only with the batches it was cut from."""
+def check_resumable(loaded: ckpt.LoadedCheckpoint, cfg: TrainingConfig, n_train: int, plan: BatchPlan) -> None:
+    """A mid-epoch checkpoint continues only with the rest of the epoch it was cut from: the
+    same samples, order and global batch; on another number of workers only from the end
+    of an optimizer step (a step cut inside its accumulation has each worker's part)."""
     s = loaded.state
     if s["position"]["epoch_complete"]:
         return
@@ -214,17 +219,44 @@ def check_resumable(loaded: ckpt.LoadedCheckpoint, cfg: TrainingConfig, n_train:
                 f"it was saved with {name}={saved!r}, which decides the rest of the epoch's batches; "
                 f"use {name}={saved!r}, or resume from an epoch-end checkpoint"
             )
-    if s["train_size"] != n_train or s["world_size"] != world_size:
+    if s["train_size"] != n_train:
         raise ValueError(
             f"cannot resume mid-epoch from {loaded.path}: it was saved with {s['train_size']} training "
-            f"samples on {s['world_size']} worker(s), this run has {n_train} on {world_size}"
+            f"samples, this run has {n_train}; resume from an epoch-end checkpoint"
+        )
+    before = BatchPlan.saved(s)
+    if before == plan:
+        return
+    if before.global_batch != plan.global_batch:
+        raise ValueError(
+            f"cannot resume mid-epoch from {loaded.path} with a global batch of {plan.global_batch} ({_split(plan)}): it was saved "
+            f"with {before.global_batch} samples a step ({_split(before)}), which decides the rest of the epoch's steps; set "
+            f"global_batch_size={before.global_batch} (or leave batch_size and gradient_accumulation_steps as they were), or resume from an epoch-end checkpoint"
+        )
+    if s.get("window") is not None or any(r.get("window") is not None for r in s.get("ranks") or []):
+        raise ValueError(
+            f"cannot resume from {loaded.path} on {plan.world_size} worker(s) in micro-batches of {plan.micro_batch}: it was "
+            f"saved inside an accumulation window on {before.world_size} worker(s) in micro-batches of {before.micro_batch}; "
+            "resume with those, or from a checkpoint at the end of a step"
         )
 
 
-def describe_changes(loaded: ckpt.LoadedCheckpoint, cfg: TrainingConfig, n_train: int) -> list[str]:
+def _split(plan: BatchPlan) -> str:
+    accumulated = f" x {plan.accumulation} accumulated" if plan.accumulation > 1 else ""
+    return f"batch_size={plan.micro_batch}{accumulated} on {plan.world_size} worker{'s' if plan.world_size > 1 else ''}"
+
+
+def describe_changes(loaded: ckpt.LoadedCheckpoint, cfg: TrainingConfig, n_train: int, plan: BatchPlan | None = None) -> list[str]:
     """What differs between the run a checkpoint was saved by and this one, and what each
     difference means for the resumed run."""
     s, changes = loaded.state, []
+    before = BatchPlan.saved(s)
+    if plan is not None and before.world_size != plan.world_size:
+        kept = "kept" if before.global_batch == plan.global_batch else f"now {plan.global_batch} (was {before.global_batch})"
+        changes.append(
+            f"workers {before.world_size} -> {plan.world_size}: the global batch is {kept}, {plan.global_batch} samples a step; "
+            f"each worker trains micro-batches of {plan.micro_batch}, {plan.accumulation} a step"
+        )
     saved = s["training_config"]
     schedule = " and the learning-rate schedule is recomputed for the new length (the rate moves to its value at this step)" if cfg.use_lr_schedule else ""
     if saved.get("epochs") != cfg.epochs:
@@ -271,8 +303,18 @@ def restore(run: Run, loaded: ckpt.LoadedCheckpoint) -> TrainState:
     state = TrainState(**s["position"])
     if state.epoch_complete:
         state = TrainState(epoch=state.epoch + 1, global_step=state.global_step)
-    ranks = s.get("ranks")  # mid-epoch, the world size is the same (checked); at an epoch end the sums start afresh
-    own = ranks[run.ctx.rank] if ranks and len(ranks) == run.ctx.world_size else s
+    before = BatchPlan.saved(s)
+    if not state.epoch_complete and before != run.plan:  # another split of the same global batch (checked): the same samples
+        state.batch_in_epoch = resume_batch(state.batch_in_epoch, before, run.plan)
+    ranks = s.get("ranks")  # at an epoch end the sums start afresh
+    if ranks and len(ranks) != run.ctx.world_size:  # mid-epoch on other workers: the epoch's sums so far go to the main rank
+        merged = MetricSums()
+        for r in ranks:
+            for name, value in r["epoch_sums"].items():
+                setattr(merged, name, getattr(merged, name) + value)
+        ranks = None
+        s = {**s, "epoch_sums": vars(merged) if run.ctx.is_main else vars(MetricSums()), "window": None}
+    own = ranks[run.ctx.rank] if ranks else s
     # own["window"]: saved mid-window, what this rank has summed of it
     history = {"evals": [], "learning_rate": [], **s["history"]}  # older checkpoints kept neither
     run.progress = Progress(history=history, epoch_sums=MetricSums.saved(own["epoch_sums"]), window=own["window"], last_checkpoint=loaded.path)

@@ -25,7 +25,7 @@ def optimizer_step(run: Run, cfg: TrainingConfig, state: TrainState, loss: torch
     if hasattr(norm, "full_tensor"):  # sharded parameters: the norm of the whole gradient, over all shards
         norm = norm.full_tensor()
     for group in run.optimizer.param_groups:
-        group["lr"] = learning_rate(cfg, state.global_step, run.batches_per_epoch)
+        group["lr"] = learning_rate(cfg, state.global_step, run.batches_per_epoch, run.plan.accumulation)
     # A fused optimizer skips its update on the device when told the step is not finite, so
     # the step is launched before the read and the device never waits for the host.
     guarded = run.scaler is None and all(group.get("fused") for group in run.optimizer.param_groups)
@@ -54,16 +54,17 @@ def optimizer_step(run: Run, cfg: TrainingConfig, state: TrainState, loss: torch
     return loss_value, norm_value
 
 
-def learning_rate(cfg: TrainingConfig, step: int, batches_per_epoch: int) -> float:
+def learning_rate(cfg: TrainingConfig, step: int, batches_per_epoch: int, accumulation: int | None = None) -> float:
     """Linear warmup over warmup_steps, then `cfg.lr_schedule`: cosine or linear decay to
-    min_lr_ratio * learning_rate at the last step, or constant."""
+    min_lr_ratio * learning_rate at the last step, or constant. `accumulation`: micro-batches
+    per step (default: the config's; a run's BatchPlan has the one it trains with)."""
     if not cfg.use_lr_schedule:
         return cfg.learning_rate
     if step < cfg.warmup_steps:
         return cfg.learning_rate * (step + 1) / cfg.warmup_steps
     if cfg.lr_schedule == "constant":
         return cfg.learning_rate
-    total = cfg.epochs * math.ceil(batches_per_epoch / cfg.gradient_accumulation_steps)
+    total = cfg.epochs * math.ceil(batches_per_epoch / (accumulation or cfg.gradient_accumulation_steps))
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
     floor = cfg.min_lr_ratio * cfg.learning_rate
     shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.lr_schedule == "cosine" else 1 - progress
@@ -91,11 +92,11 @@ def check_cut_window(run: Run, state: TrainState, window_loss: torch.Tensor) -> 
         )
 
 
-def measures_predictions(cfg: TrainingConfig, batch_in_epoch: int) -> bool:
+def measures_predictions(cfg: TrainingConfig, batch_in_epoch: int, accumulation: int | None = None) -> bool:
     """Whether the step starting at `batch_in_epoch` measures accuracy and exact match: every
     `train_metrics_every_n_steps`-th optimizer step of the epoch, its first included. The same
     steps on every rank and at any accumulation, so runs that equal each other still do."""
-    return (batch_in_epoch // cfg.gradient_accumulation_steps) % cfg.train_metrics_every_n_steps == 0
+    return (batch_in_epoch // (accumulation or cfg.gradient_accumulation_steps)) % cfg.train_metrics_every_n_steps == 0
 
 
 def scalar(run: Run, value: float) -> torch.Tensor:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from trainyard._trust import make_private_dir
+from trainyard.engine.batching import indivisible
 from trainyard.engine.config import TrainingConfig
 from trainyard.execution.ray_env import cluster_resources, verbose
 from trainyard.execution.remote import run_name
@@ -22,15 +23,29 @@ _RAY_DEFAULT_NAME = re.compile(r"^ray_train_run-\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d
 
 
 def scaling_config(scaling: Any, use_gpu: bool | None = None):
-    """`scaling=N` (GPUs when the cluster has N of them, unless `use_gpu` says) or a
+    """`scaling=N`, or `(min, max)` for an elastic run (as many workers as the cluster holds,
+    from min to max; GPUs when the cluster has enough for them, unless `use_gpu` says), or a
     `ray.train.ScalingConfig`, returned as it is."""
     import ray.train
 
-    if isinstance(scaling, int):
+    if isinstance(scaling, (int, tuple)):
         if use_gpu is None:
-            use_gpu = cluster_resources().get("GPU", 0) >= scaling
+            use_gpu = cluster_resources().get("GPU", 0) >= (scaling if isinstance(scaling, int) else scaling[0])
         return ray.train.ScalingConfig(num_workers=scaling, use_gpu=use_gpu)
     return scaling
+
+
+def elastic_global_batch(scaling: Any, training_config: TrainingConfig) -> TrainingConfig:
+    """An elastic run's global batch, fixed before it starts: `global_batch_size`, or
+    `batch_size x accumulation x max workers` (each worker's share at full strength). Every
+    worker count the run may have must split it evenly; said here, before anything starts."""
+    if not scaling.elasticity_enabled:
+        return training_config
+    low, high = scaling.min_workers, scaling.max_workers
+    total = training_config.global_batch_size or training_config.batch_size * training_config.gradient_accumulation_steps * high
+    if any(total % n for n in range(low, high + 1)):
+        raise ValueError(f"{indivisible(total, list(range(low, high + 1)))} (an elastic run of {low} to {high} workers may run on any of them)")
+    return training_config.replace(global_batch_size=total, gradient_accumulation_steps=1)
 
 
 def run_config(given: Any, training_config: TrainingConfig, *, name: str | None = None, storage_path: str | None = None, callbacks: list | None = None):

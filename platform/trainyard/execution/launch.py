@@ -31,7 +31,7 @@ from trainyard.engine import run_folder
 from trainyard.engine.loop import TrainingLoop
 from trainyard.engine.shards import full_model_state
 from trainyard.engine.trainable import load_model_state
-from trainyard.execution.configs import run_config, scaling_config
+from trainyard.execution.configs import elastic_global_batch, run_config, scaling_config
 from trainyard.execution.contexts import RayTrainContext
 from trainyard.execution.ingest import resolve, run_inputs
 from trainyard.execution.ray_env import check_importable, check_satisfiable, ensure_ray, verbose
@@ -71,7 +71,8 @@ def fit(trainer: Any, train_data: Any, val_data: Any = None, resume_from: Any = 
 
     check_before_ray(resume_from)
     ensure_ray()
-    training_config = trainer.training_config
+    scaling = scaling_config(trainer.scaling)
+    training_config = elastic_global_batch(scaling, trainer.training_config)
     train_data, val_data = run_inputs(train_data, val_data, trainer.config, trainer.task_spec, on_ray=True)
     payload = _Payload(
         model=trainer.model_or_factory,
@@ -93,14 +94,14 @@ def fit(trainer: Any, train_data: Any, val_data: Any = None, resume_from: Any = 
         # lacks (its driver was stopped between the upload and the record): resuming from
         # Ray's alone started over and wrote over them. Ray's is still taken when newer.
         payload.resume_from = str(folder)
-    scaling = scaling_config(trainer.scaling)
     check_satisfiable(
-        {key: total / scaling.max_workers for key, total in scaling.total_resources.items()}, scaling.max_workers,
-        f"training on {scaling.max_workers} Ray Train worker(s){' with a GPU each' if scaling.use_gpu else ''}",
+        {key: total / scaling.max_workers for key, total in scaling.total_resources.items()}, scaling.min_workers,  # elastic: its least
+        f"training on {scaling.min_workers} Ray Train worker(s){' with a GPU each' if scaling.use_gpu else ''}",
         "Use fewer workers (scaling=N, --workers N), drop the GPUs (use_gpu=False, no --gpu), or add nodes.",
     )
     torch_trainer = TorchTrainer(_train_worker, train_loop_config={"payload": payload}, scaling_config=scaling, run_config=run)
-    log.info("training on %d Ray Train worker(s); run %s in %s", scaling.num_workers, run.name, run.storage_path)
+    workers = f"{scaling.min_workers} to {scaling.max_workers} (elastic)" if scaling.elasticity_enabled else scaling.num_workers
+    log.info("training on %s Ray Train worker(s); run %s in %s", workers, run.name, run.storage_path)
     if training_config.checkpoint_dir is not None:
         log.info("checkpoint_dir=%s is where runs in this process write; this run's checkpoints are kept in %s/%s",
                  training_config.checkpoint_dir, run.storage_path, run.name)
