@@ -42,6 +42,7 @@ BAD_VALUES = [
     ("use_amp", "yes"), ("deterministic", 1), ("use_lr_schedule", None), ("export_bundle", "no"),
     ("amp_dtype", "int8"),
     ("gradient_accumulation_steps", 0),
+    ("global_batch_size", 0), ("global_batch_size", 12.5),
     ("random_seed", -1), ("random_seed", 2**32),
     ("warmup_steps", -5),
     ("min_lr_ratio", 1.5),

@@ -436,8 +436,10 @@ def test_compile_default_really_compiles_on_cpu(tmp_path):
 
 
 def test_distributed_arguments_are_checked_before_anything_starts():
-    with pytest.raises(TypeError, match="number of workers, or a ray.train.ScalingConfig"):
+    with pytest.raises(TypeError, match=r"a number of workers, a range \(min, max\) of them \(elastic: .*\), or a ray.train.ScalingConfig; got 'two'"):
         Trainer(TinyLM(), CONFIG, TrainingConfig(), scaling="two")
+    with pytest.raises(TypeError, match=r"a range \(min, max\).*got \(3, 2\)"):
+        Trainer(TinyLM(), CONFIG, TrainingConfig(), scaling=(3, 2))
     with pytest.raises(TypeError, match="ScalingConfig"):
         Trainer(TinyLM(), CONFIG, TrainingConfig(), scaling=0)
     with pytest.raises(ValueError, match="pass scaling=N"):

@@ -211,7 +211,11 @@ def test_stopped_mid_epoch_on_two_workers_a_run_continues_on_another_count_with_
 def test_an_elastic_run_keeps_the_global_batch_of_its_largest_size(ray_session, tmp_path):
     ck = tmp_path / "local"
     whole = Trainer(lm_factory(dropout=0.0), CONFIG, settings(batch_size=4, global_batch_size=12, checkpoint_dir=str(ck))).train(DATA36, VAL)
-    results = Trainer(lm_factory(dropout=0.0), CONFIG, settings(batch_size=4), scaling=(1, 3), run_config=run_config(tmp_path)).train(DATA36, VAL)
+    rows = tmp_path / "rows"
+    rows.mkdir()
+    results = Trainer(lm_factory(dropout=0.0), CONFIG, settings(batch_size=4), hooks=RecordRows(str(rows)), scaling=(1, 3),
+                      run_config=run_config(tmp_path)).train(DATA36, VAL)
+    assert sorted(p.name for p in rows.iterdir()) == ["rank0.jsonl", "rank1.jsonl", "rank2.jsonl"]  # the cluster holds all 3
     assert epoch_losses(results) == pytest.approx(epoch_losses(whole), abs=1e-5)  # 4 x 3 workers at most: 12 a step
 
 

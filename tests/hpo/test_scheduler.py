@@ -1,8 +1,8 @@
 """ASHA across a kill: a restored sweep prunes the trials an uninterrupted one prunes."""
 
-from ray import cloudpickle
 from types import SimpleNamespace
 
+from ray import cloudpickle
 from trainyard.hpo.runner import _scheduler
 
 # (trial, epoch, val/loss) as one-at-a-time trials report them; lower is better
