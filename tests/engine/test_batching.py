@@ -21,7 +21,7 @@ def test_fewer_workers_accumulate_more_micro_batches_of_at_most_batch_size():
 
 def test_a_resumed_run_keeps_its_checkpoints_global_batch_on_other_workers():
     saved = {"batch_plan": {"global_batch": 12, "micro_batch": 6, "accumulation": 1, "world_size": 2},
-             "training_config": {"batch_size": 6, "gradient_accumulation_steps": 1}, "world_size": 2}
+             "training_config": {"batch_size": 6, "gradient_accumulation_steps": 1}, "world_size": 2, "position": {"epoch_complete": False}}
     assert plan_batches(TrainingConfig(batch_size=6), 3, saved) == BatchPlan(12, 4, 1, 3)
     assert plan_batches(TrainingConfig(batch_size=6), 1, saved) == BatchPlan(12, 6, 2, 1)
     # batch_size changed on purpose: the new run's own global batch
@@ -50,3 +50,11 @@ def test_a_position_kept_in_samples_continues_with_exactly_the_samples_that_were
     for k in range(len(rest[0]) // a2):  # the resumed run's step k is the uninterrupted run's step steps + k
         step = {i for r in rest for b in r[k * a2 : (k + 1) * a2] for i in b}
         assert step == set(whole[(steps + k) * old.global_batch : (steps + k + 1) * old.global_batch])
+
+
+def test_at_an_epochs_end_a_count_that_cannot_split_the_global_batch_takes_its_own():
+    saved = {"batch_plan": {"global_batch": 8, "micro_batch": 4, "accumulation": 1, "world_size": 2},
+             "training_config": {"batch_size": 4, "gradient_accumulation_steps": 1}, "world_size": 2}
+    assert plan_batches(TrainingConfig(batch_size=4), 3, {**saved, "position": {"epoch_complete": True}}) == BatchPlan(12, 4, 1, 3)
+    with pytest.raises(ValueError, match=r"global_batch_size 8 cannot be split evenly over 3 worker"):  # mid-epoch: the same steps or none
+        plan_batches(TrainingConfig(batch_size=4), 3, {**saved, "position": {"epoch_complete": False}})

@@ -70,3 +70,33 @@ class RecordRows(TrainingHooks):
         with open(Path(self.folder) / f"rank{rank}.jsonl", "a") as f:
             for row in batch["input_ids"].tolist():
                 f.write(json.dumps([trainer.state.epoch, rank, row]) + "\n")
+
+
+class MarkAt(TrainingHooks):
+    """Rank 0 writes `marker` at the end of optimizer step `step` of `epoch` (first time only)
+    and holds there `hold` seconds: a test's moment to act on the cluster mid-run."""
+
+    def __init__(self, marker: str, epoch: int, step: int, hold: float = 3.0):
+        self.marker, self.at, self.hold = marker, (epoch, step), hold
+
+    def on_step_end(self, trainer, step, metrics):
+        import time
+
+        if (trainer.state.epoch, step) == self.at and trainer.context.rank == 0 and not Path(self.marker).exists():
+            Path(self.marker).write_text(str(time.time()))
+            time.sleep(self.hold)
+
+
+class RecordSteps(TrainingHooks):
+    """Appends (global step, world size, time) at every optimizer step's end, from rank 0."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_step_end(self, trainer, step, metrics):
+        import json
+        import time
+
+        if trainer.context.rank == 0:
+            with open(self.path, "a") as f:
+                f.write(json.dumps([step, trainer.context.world_size, time.time()]) + "\n")

@@ -46,13 +46,16 @@ class BatchPlan:
 def plan_batches(cfg: TrainingConfig, world_size: int, loaded: Mapping[str, Any] | None = None) -> BatchPlan:
     """How `world_size` workers split the global batch: `cfg.global_batch_size`; else the one
     a resumed checkpoint (`loaded`, its state) trained with, unless this run changed
-    batch_size or gradient_accumulation_steps; else `batch_size x accumulation x workers`."""
+    batch_size or gradient_accumulation_steps, or it resumes at an epoch's end on a count
+    that cannot split it (the run's describe_changes says so); else `batch_size x
+    accumulation x workers`."""
     total = cfg.global_batch_size
     if total is None and loaded is not None:
         before = BatchPlan.saved(loaded)
         saved_cfg = loaded["training_config"]
         unchanged = all(saved_cfg.get(k, getattr(TrainingConfig(), k)) == getattr(cfg, k) for k in ("batch_size", "gradient_accumulation_steps"))
-        total = before.global_batch if unchanged else None
+        at_epoch_end = loaded["position"]["epoch_complete"]
+        total = before.global_batch if unchanged and not (at_epoch_end and before.global_batch % world_size) else None
     if total is None:
         return BatchPlan(cfg.batch_size * cfg.gradient_accumulation_steps * world_size, cfg.batch_size, cfg.gradient_accumulation_steps, world_size)
     return split(total, world_size, cfg.batch_size)

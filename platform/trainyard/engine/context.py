@@ -59,6 +59,10 @@ class RunContext:
         """A checkpoint the environment wants the run to resume from (after a restart)."""
         return None
 
+    def describe(self, path: Path) -> str:
+        """A checkpoint as messages name it (one fetched from elsewhere: where it came from)."""
+        return str(path)
+
     # -- sharded state (FSDP): every rank holds, writes and reads a part ------------------------
 
     shards_state: bool = False  # True: each checkpoint's model/optimizer state is written by every rank

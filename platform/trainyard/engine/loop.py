@@ -171,7 +171,7 @@ class TrainingLoop:
         if state.epoch > cfg.epochs:
             say("%s is the end of a finished run: all %d epochs are trained, nothing is left to do (raise epochs to train further)", loaded.path, cfg.epochs)
         else:
-            say("resumed from %s (epoch %d, step %d)", loaded.path, state.epoch, state.global_step)
+            say("resumed from %s (epoch %d, step %d)", run.ctx.describe(loaded.path), state.epoch, state.global_step)
         for change in describe_changes(loaded, cfg, len(run.train_ds), run.plan):
             say("changed since that checkpoint: %s", change)
         return state

@@ -252,7 +252,8 @@ def describe_changes(loaded: ckpt.LoadedCheckpoint, cfg: TrainingConfig, n_train
     s, changes = loaded.state, []
     before = BatchPlan.saved(s)
     if plan is not None and before.world_size != plan.world_size:
-        kept = "kept" if before.global_batch == plan.global_batch else f"now {plan.global_batch} (was {before.global_batch})"
+        why = f": {before.global_batch} cannot be split evenly over {plan.world_size} workers" if before.global_batch % plan.world_size else ""
+        kept = "kept" if before.global_batch == plan.global_batch else f"now {plan.global_batch} (was {before.global_batch}{why})"
         changes.append(
             f"workers {before.world_size} -> {plan.world_size}: the global batch is {kept}, {plan.global_batch} samples a step; "
             f"each worker trains micro-batches of {plan.micro_batch}, {plan.accumulation} a step"

@@ -13,19 +13,24 @@ trainable) runs the engine loop in its environment: the loop itself never asks w
 
 from __future__ import annotations
 
+import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from trainyard._logging import get_logger
+from trainyard.engine import checkpoint as ckpt
 from trainyard.engine import run_folder
 from trainyard.engine.checkpoint import local_path
 from trainyard.engine.config import TrainingConfig
 from trainyard.engine.context import LocalContext, RunContext
 from trainyard.execution.parallel import ProcessGroupContext
 
+log = get_logger("trainyard.execution")
 KINDS = ("auto", "local", "ray_train", "tune")
 
 
@@ -76,9 +81,51 @@ class RayTrainContext(ProcessGroupContext):
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return None
-        path = local_path(checkpoint)
-        local = type(checkpoint.filesystem).__name__ == "LocalFileSystem"
-        return (run_folder.latest_valid(path.parent) if local else None) or path
+        if type(checkpoint.filesystem).__name__ == "LocalFileSystem":
+            path = Path(checkpoint.path)
+            return run_folder.latest_valid(path.parent) or path
+        # In object storage: the newest whole checkpoint of the run's folder (Ray's, or a newer
+        # one it had not recorded when its worker was lost), copied into this rank's staging
+        # folder (removed with it) and named as the checkpoint; messages name its own place.
+        fs, folder = checkpoint.filesystem, checkpoint.path.rsplit("/", 1)[0]
+        for path in dict.fromkeys([*_newest_complete(fs, folder, newer_than=checkpoint.path), checkpoint.path]):
+            target = (self.run_dir or Path(tempfile.mkdtemp(prefix="trainyard-resume-"))) / "resume" / path.rsplit("/", 1)[-1]
+            ray.train.Checkpoint(path, fs).to_directory(str(target))
+            try:
+                ckpt.verify(target)
+            except ckpt.CheckpointError as e:
+                if path == checkpoint.path:
+                    raise
+                log.warning("skipping %s://%s: %s; resuming from Ray's latest checkpoint", fs.type_name, path, e)
+                continue
+            self._downloaded = (target, f"{fs.type_name}://{path}")
+            return target
+        return None  # not reached: Ray's own checkpoint verified or raised
+
+    def describe(self, path: Path) -> str:
+        downloaded = getattr(self, "_downloaded", None)
+        return downloaded[1] if downloaded is not None and Path(path) == downloaded[0] else super().describe(path)
+
+
+def _newest_complete(fs: Any, folder: str, newer_than: str) -> list[str]:
+    """The checkpoint in `folder` (on pyarrow filesystem `fs`) saved last, if it has its
+    completion marker and was saved after `newer_than`: [path], else []. A run's worker can
+    be lost after uploading a checkpoint and before Ray recorded it."""
+    import pyarrow.fs
+
+    def saved_at(path: str) -> int:
+        try:
+            with fs.open_input_stream(f"{path}/{ckpt.MARKER}") as stream:
+                return int(json.loads(stream.read())["saved_at_ns"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return -1
+
+    found = [i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(folder)) if i.type == pyarrow.fs.FileType.Directory
+             and i.path.rsplit("/", 1)[-1].startswith("checkpoint_")]
+    stamped = sorted((saved_at(p), p) for p in found)
+    if not stamped or stamped[-1][0] < 0 or stamped[-1][0] <= saved_at(newer_than):
+        return []
+    return [stamped[-1][1]]
 
 
 class TuneTrialContext(RunContext):
