@@ -106,9 +106,9 @@ def _add_report(sub: Any) -> None:
 
 def worker_count(text: str) -> int | tuple[int, int]:
     """`--workers`: a count, or `MIN-MAX` for an elastic run."""
-    low, dash, high = text.partition("-")
+    low, dash, high = text.lstrip("-").partition("-")
     try:
-        value = (int(low), int(high)) if dash else int(text)
+        value = (int(low), int(high)) if dash and not text.startswith("-") else int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: give a number of workers (2) or a range (2-4)") from None
     if isinstance(value, tuple) and not 1 <= value[0] <= value[1]:
