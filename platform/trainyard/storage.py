@@ -119,7 +119,7 @@ def read_text(location: str | os.PathLike) -> str | None:
         return path.read_text() if path.is_file() else None
     import pyarrow.fs
 
-    fs, path = pyarrow.fs.FileSystem.from_uri(os.fspath(location))
+    fs, path = _filesystem(location)
     if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
         return None
     with fs.open_input_stream(path) as stream:
@@ -137,9 +137,7 @@ def write_text(location: str | os.PathLike, text: str) -> None:
         partial.write_text(text)
         os.replace(partial, path)
         return
-    import pyarrow.fs
-
-    fs, path = pyarrow.fs.FileSystem.from_uri(os.fspath(location))
+    fs, path = _filesystem(location)
     with fs.open_output_stream(path) as stream:
         stream.write(text.encode())
 

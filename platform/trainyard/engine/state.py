@@ -311,7 +311,7 @@ def restore(run: Run, loaded: ckpt.LoadedCheckpoint) -> TrainState:
     if ranks and len(ranks) != run.ctx.world_size:  # mid-epoch on other workers: the epoch's sums so far go to the main rank
         merged = MetricSums()
         for r in ranks:
-            for name, value in r["epoch_sums"].items():
+            for name, value in vars(MetricSums.saved(r["epoch_sums"])).items():
                 setattr(merged, name, getattr(merged, name) + value)
         ranks = None
         s = {**s, "epoch_sums": vars(merged) if run.ctx.is_main else vars(MetricSums()), "window": None}

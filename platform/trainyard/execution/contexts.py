@@ -29,6 +29,7 @@ from trainyard.engine.checkpoint import local_path
 from trainyard.engine.config import TrainingConfig
 from trainyard.engine.context import LocalContext, RunContext
 from trainyard.execution.parallel import ProcessGroupContext
+from trainyard.storage import uri
 
 log = get_logger("trainyard.execution")
 KINDS = ("auto", "local", "ray_train", "tune")
@@ -88,7 +89,8 @@ class RayTrainContext(ProcessGroupContext):
         # one it had not recorded when its worker was lost), copied into this rank's staging
         # folder (removed with it) and named as the checkpoint; messages name its own place.
         fs, folder = checkpoint.filesystem, checkpoint.path.rsplit("/", 1)[0]
-        for path in dict.fromkeys([*_newest_complete(fs, folder, newer_than=checkpoint.path), checkpoint.path]):
+        newer = _newest_complete(fs, folder, newer_than=checkpoint.path)
+        for path in [newer, checkpoint.path] if newer else [checkpoint.path]:
             target = (self.run_dir or Path(tempfile.mkdtemp(prefix="trainyard-resume-"))) / "resume" / path.rsplit("/", 1)[-1]
             ray.train.Checkpoint(path, fs).to_directory(str(target))
             try:
@@ -96,9 +98,9 @@ class RayTrainContext(ProcessGroupContext):
             except ckpt.CheckpointError as e:
                 if path == checkpoint.path:
                     raise
-                log.warning("skipping %s://%s: %s; resuming from Ray's latest checkpoint", fs.type_name, path, e)
+                log.warning("skipping %s: %s; resuming from Ray's latest checkpoint", uri(fs, path), e)
                 continue
-            self._downloaded = (target, f"{fs.type_name}://{path}")
+            self._downloaded = (target, uri(fs, path))
             return target
         return None  # not reached: Ray's own checkpoint verified or raised
 
@@ -107,10 +109,10 @@ class RayTrainContext(ProcessGroupContext):
         return downloaded[1] if downloaded is not None and Path(path) == downloaded[0] else super().describe(path)
 
 
-def _newest_complete(fs: Any, folder: str, newer_than: str) -> list[str]:
+def _newest_complete(fs: Any, folder: str, newer_than: str) -> str | None:
     """The checkpoint in `folder` (on pyarrow filesystem `fs`) saved last, if it has its
-    completion marker and was saved after `newer_than`: [path], else []. A run's worker can
-    be lost after uploading a checkpoint and before Ray recorded it."""
+    completion marker and was saved after `newer_than`; else None. A run's worker can be
+    lost after uploading a checkpoint and before Ray recorded it."""
     import pyarrow.fs
 
     def saved_at(path: str) -> int:
@@ -124,8 +126,8 @@ def _newest_complete(fs: Any, folder: str, newer_than: str) -> list[str]:
              and i.path.rsplit("/", 1)[-1].startswith("checkpoint_")]
     stamped = sorted((saved_at(p), p) for p in found)
     if not stamped or stamped[-1][0] < 0 or stamped[-1][0] <= saved_at(newer_than):
-        return []
-    return [stamped[-1][1]]
+        return None
+    return stamped[-1][1]
 
 
 class TuneTrialContext(RunContext):
