@@ -100,3 +100,27 @@ class RecordSteps(TrainingHooks):
         if trainer.context.rank == 0:
             with open(self.path, "a") as f:
                 f.write(json.dumps([step, trainer.context.world_size, time.time()]) + "\n")
+
+
+class SigtermAt(TrainingHooks):
+    """Sends SIGTERM to rank `rank`'s own process at the end of optimizer step `step` (first
+    time only, `marker`), as a preempted machine gets it, and waits for its handler to run
+    (on the process's main thread, which Ray keeps busy): the signal lands during the next step."""
+
+    def __init__(self, marker: str, rank: int, step: int):
+        self.marker, self.rank, self.step = marker, rank, step
+
+    def on_step_end(self, trainer, step, metrics):
+        import signal
+        import time
+
+        from trainyard.execution import preemption
+
+        if trainer.context.rank != self.rank or step != self.step or Path(self.marker).exists():
+            return
+        Path(self.marker).write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while preemption.stop_signal() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+

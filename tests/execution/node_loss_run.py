@@ -4,7 +4,6 @@ is removed in the middle of epoch 2. Run by tests/execution/test_node_loss.py in
 of its own (the cluster is its own Ray); writes what happened as JSON to argv[1]."""
 
 import json
-import os
 import sys
 import threading
 import time

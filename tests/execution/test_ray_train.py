@@ -7,7 +7,7 @@ import pytest
 import torch
 from trainyard import Trainer, TrainingConfig
 
-from tests.execution.hooks import FailOnce, RecordRows, Unpicklable
+from tests.execution.hooks import FailOnce, RecordRows, RecordSteps, SigtermAt, Unpicklable
 from tests.helpers import VOCAB, lm_factory, lm_samples
 
 pytestmark = pytest.mark.slow
@@ -83,6 +83,21 @@ def test_worker_killed_mid_epoch_restarts_from_the_last_checkpoint(ray_session, 
     assert (tmp_path / "marker").exists(), "the failure happened"
     assert epoch_losses(results) == pytest.approx(epoch_losses(in_process_batch_8), abs=1e-6)
     assert len(results["loss_history"]) == 12
+
+
+def test_a_worker_sent_sigterm_saves_at_the_next_step_and_ray_restarts_the_run_from_there(ray_session, in_process_batch_8, tmp_path):
+    steps = tmp_path / "steps.jsonl"
+    hooks = [SigtermAt(str(tmp_path / "marker"), rank=1, step=6), RecordSteps(str(steps))]  # step 6 = 2nd of epoch 2
+    results = Trainer(
+        lm_factory(dropout=0.0), CONFIG, settings(), hooks=hooks, scaling=2, run_config=run_config(tmp_path, max_failures=0),
+    ).train(DATA, VAL)
+    assert (tmp_path / "marker").exists(), "the SIGTERM was sent"
+    # No failure budget (max_failures=0): Ray restarted it as a preemption. Step 7 was saved
+    # (no periodic checkpoints here), so the restart went on at step 8: no step trained twice.
+    trained = [json.loads(line)[0] for line in steps.read_text().splitlines()]
+    assert trained == list(range(1, 13))
+    assert epoch_losses(results) == pytest.approx(epoch_losses(in_process_batch_8), abs=1e-6)
+    assert results["loss_history"] == pytest.approx(in_process_batch_8["loss_history"], abs=1e-6)
 
 
 def test_exhausted_failure_budget_raises_with_the_worker_traceback(ray_session, tmp_path):

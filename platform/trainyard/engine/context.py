@@ -55,6 +55,16 @@ class RunContext:
     def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
         """Publish epoch metrics and, on the main rank, the checkpoint just written."""
 
+    def stop_signal(self) -> str | None:
+        """Why this process must stop soon (its machine is being taken away), or None. Asked
+        at every optimizer step; when any rank answers, every rank saves a checkpoint at that
+        step and the run ends there, for its environment to restart it from that checkpoint."""
+        return None
+
+    def stopped_for_signal(self) -> None:
+        """Called on every rank when a `stop_signal` ended the run, after its last checkpoint
+        and hooks, before the run returns: what the environment does then (Ray: restart it)."""
+
     def checkpoint_to_resume(self) -> Path | None:
         """A checkpoint the environment wants the run to resume from (after a restart)."""
         return None

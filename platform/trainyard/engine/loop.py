@@ -72,6 +72,7 @@ class TrainingLoop:
         self.saves = SavePolicy(self.training_config.checkpoint_every_n_steps)
         self.tokenizer: Any = None  # travels with the export bundle when set (experiments set it)
         self.run_name: str | None = None  # set when a run starts: its name on every output (trackers too)
+        self._stop_signal, self._signalled = None, False  # this rank's stop_signal() at the last step; whether one ended the run
 
     # -- the handles hooks get ---------------------------------------------------------
 
@@ -108,7 +109,7 @@ class TrainingLoop:
         show_logs()
         setup.check_context(self.training_config, ctx)
         self.saves = SavePolicy(self.training_config.checkpoint_every_n_steps)
-        self.context = ctx
+        self.context, self._signalled = ctx, False
         self._claimed = None  # the run folder this run holds, released however the run ends
         with setup.determinism(self.training_config.deterministic, ctx.device):
             start = time.perf_counter()
@@ -119,6 +120,8 @@ class TrainingLoop:
                     self._train_epoch(run)
                 results = build_results(run, self.state, time.perf_counter() - start, self.saves.stop_reason)
                 self.hooks.fire(Event.TRAIN_END, self, results)
+                if self._signalled:
+                    ctx.stopped_for_signal()
             finally:
                 self.hooks.close()
                 if self._claimed is not None:
@@ -245,7 +248,9 @@ class TrainingLoop:
             state.batch_in_epoch += 1
             if last:
                 feed.prefetch()  # the next window is collated and copied while the device computes
-                self._optimizer_step(run, self._reduce_loss(run, feed, window_loss) / window_count.clamp(min=1))
+                self._stop_signal = run.ctx.stop_signal()
+                loss, stops = step.reduce_window(run, feed, window_loss, self._stop_signal is not None)
+                self._optimizer_step(run, loss / window_count.clamp(min=1), stops)
                 if evaluation.due_inside_epoch(self.training_config, state, run.batches_per_epoch):
                     self._watch(run, self._validate(run))
             outputs = {"loss": stats.loss_sum.detach() / max(batch.count, 1), "logits": logits.detach(), "model_output": output}
@@ -258,15 +263,6 @@ class TrainingLoop:
                 return
         if self.saves.saves_after_step(state, run.batches_per_epoch):
             self._checkpoint(run, self._position_metrics(progress.history["loss"][-1]))
-
-    def _reduce_loss(self, run: Run, feed: WindowFeed, window_loss: torch.Tensor) -> torch.Tensor:
-        """The window's loss summed over ranks; the prefetched window's target count rides
-        along in the same collective (every rank has the same windows, so all agree whether)."""
-        upcoming = feed.upcoming_count()
-        if upcoming is None:
-            return run.ctx.sum_tensor(window_loss)
-        loss, feed.summed_count = run.ctx.sum_tensor(torch.stack([window_loss, step.scalar(run, upcoming)]))
-        return loss
 
     def _micro_step(self, run: Run, batch: dict, target: torch.Tensor, scale: float, score: bool):
         """Forward, loss (a sum, scaled to the step's target count; `score`: and accuracy's counts), backward."""
@@ -301,10 +297,16 @@ class TrainingLoop:
                 log.info("task_spec=None: training as %r (%s)", run.task.name, run.task.reason)
             self.task_spec = TaskSpec(name=run.task.name)
 
-    def _optimizer_step(self, run: Run, loss: torch.Tensor) -> None:
+    def _optimizer_step(self, run: Run, loss: torch.Tensor, stops: torch.Tensor) -> None:
         state = self.state
-        loss_value, norm = step.optimizer_step(run, self.training_config, state, loss)
+        loss_value, norm, stopping = step.optimizer_step(run, self.training_config, state, loss, stops)
         state.global_step += 1
+        if stopping and not self.saves.stopping:  # every rank read the same votes: all stop at this step
+            self._signalled = True
+            reason = self._stop_signal or "a worker's machine is being taken away (another rank's stop signal)"
+            if run.ctx.is_main:
+                log.warning("%s: saving a checkpoint at epoch %d, step %d, to resume from there", reason, state.epoch, state.global_step)
+            self.saves.request_stop(reason)
         for key, value in (("loss", loss_value), ("grad_norm", norm), ("learning_rate", run.optimizer.param_groups[0]["lr"])):
             run.progress.history[key].append(value)
         step_time = run.telemetry.step_end()

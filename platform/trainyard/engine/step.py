@@ -1,12 +1,14 @@
 """The optimizer step: NaN checks, unscale, clip, schedule, step.
 
-    loss, norm = optimizer_step(run, cfg, state, loss)   # after the window's backward passes
-    check_cut_window(run, state, window_loss)            # before a stop saves a window part-way
+    loss, stops = reduce_window(run, feed, window_loss, stop)          # over ranks, with the stop votes
+    loss, norm, stops = optimizer_step(run, cfg, state, loss, stops)   # after the window's backward passes
+    check_cut_window(run, state, window_loss)                          # before a stop saves a window part-way
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -14,9 +16,10 @@ from trainyard.engine.config import TrainingConfig
 from trainyard.engine.state import Run, TrainState
 
 
-def optimizer_step(run: Run, cfg: TrainingConfig, state: TrainState, loss: torch.Tensor) -> tuple[float, float]:
+def optimizer_step(run: Run, cfg: TrainingConfig, state: TrainState, loss: torch.Tensor, stops: torch.Tensor) -> tuple[float, float, float]:
     """Take one optimizer step for a window whose mean loss is `loss` (a device scalar);
-    returns (loss, pre-clip gradient norm) as numbers: the step's one read of the device.
+    returns (loss, pre-clip gradient norm, `stops`) as numbers: the step's one read of the
+    device (`stops`: the ranks' votes to stop, read with them).
     A non-finite loss or norm raises, and the step changes nothing, so that state is never
     checkpointed (nor left in the model)."""
     if run.scaler is not None:
@@ -33,7 +36,7 @@ def optimizer_step(run: Run, cfg: TrainingConfig, state: TrainState, loss: torch
         run.optimizer.found_inf = (~torch.isfinite(loss) | ~torch.isfinite(norm)).float()
         run.optimizer.step()
         del run.optimizer.found_inf
-    loss_value, norm_value = torch.stack([loss.double(), norm.to(loss.device, torch.float64)]).tolist()
+    loss_value, norm_value, stops_value = torch.stack([loss.double(), norm.to(loss.device, torch.float64), stops.double()]).tolist()
     if not math.isfinite(loss_value):
         raise FloatingPointError(
             f"loss is {loss_value} at epoch {state.epoch}, step {state.global_step + 1}; no checkpoint was written "
@@ -51,7 +54,22 @@ def optimizer_step(run: Run, cfg: TrainingConfig, state: TrainState, loss: torch
     elif not guarded:
         run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
-    return loss_value, norm_value
+    return loss_value, norm_value, stops_value
+
+
+def reduce_window(run: Run, feed: Any, window_loss: torch.Tensor, stop: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The window's loss summed over ranks, and how many ranks must stop (`stop`: this one's
+    vote, from its context's `stop_signal`), in one collective; the host reads the votes with
+    the loss (`optimizer_step`). The prefetched window's target count rides along (every rank
+    has the same windows, so all agree whether) and is left in `feed.summed_count`."""
+    values = [window_loss, scalar(run, stop)]
+    upcoming = feed.upcoming_count()
+    if upcoming is not None:
+        values.append(scalar(run, upcoming))
+    summed = run.ctx.sum_tensor(torch.stack(values))
+    if upcoming is not None:
+        feed.summed_count = summed[2]
+    return summed[0], summed[1]
 
 
 def learning_rate(cfg: TrainingConfig, step: int, batches_per_epoch: int, accumulation: int | None = None) -> float:

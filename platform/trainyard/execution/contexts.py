@@ -28,6 +28,7 @@ from trainyard.engine import run_folder
 from trainyard.engine.checkpoint import local_path
 from trainyard.engine.config import TrainingConfig
 from trainyard.engine.context import LocalContext, RunContext
+from trainyard.execution import preemption
 from trainyard.execution.parallel import ProcessGroupContext
 from trainyard.storage import uri
 
@@ -52,6 +53,7 @@ class RayTrainContext(ProcessGroupContext):
         self.run_dir = Path(run_dir) if run_dir is not None else None  # where this rank stages its checkpoints
         self.run_name = context.get_experiment_name()  # the RunConfig's name: the run's folder in its storage
         self.use(training_config)
+        preemption.watch(self.rank)  # SIGTERM: a checkpoint at the next step, then Ray's restart
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         if self.shards_state:
@@ -71,6 +73,12 @@ class RayTrainContext(ProcessGroupContext):
             checkpoint_dir_name=checkpoint.name if checkpoint is not None else None,
             delete_local_checkpoint_after_upload=self._delete_local,
         )
+
+    def stop_signal(self) -> str | None:
+        return preemption.stop_signal()
+
+    def stopped_for_signal(self) -> None:
+        preemption.leave_for_ray()
 
     def checkpoint_to_resume(self) -> Path | None:
         """Ray Train's latest checkpoint; or, in the run's folder beside it, a newer one that
