@@ -27,7 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def ray_session():
+def ray_session(s3_endpoint):
+    """One local Ray for the session, started after the S3 endpoint: its workers inherit
+    this process's environment, AWS's variables for that endpoint included."""
     ray = pytest.importorskip("ray")
     # Ray's workers and Train controller unpickle objects defined in tests/: put the repo
     # on their path (they inherit this process's environment).

@@ -32,7 +32,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "export": ("data", "engine"),
     "data": ("engine",),
     "models": ("engine",),
-    "engine": (),
+    "engine": ("storage",),  # where data files are (local or in object storage)
     "report": ("storage",),  # report.html / report.md of any run, training or sweep directory (reads their files)
     "storage": (),  # where runs keep their outputs: local paths and URIs, told apart in one place
     "__init__": ("trainer", "engine"),  # trainyard/__init__.py: public names, loaded lazily

@@ -16,6 +16,8 @@ through AWS's own variables: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...), `gs://..
                                      (TRAINYARD_STORAGE, else runs/)
     uri(filesystem, path)            a pyarrow filesystem's path (what Ray reports) as a location
     exists(location)                 a file or folder is there
+    open_input(location)             a random-access file (a Parquet reader reads only the ranges it needs)
+    files_under(location, suffixes)  the files a location names: itself, or a folder's, in name order
     downloaded(location)             a local folder holding what is at a location (a context)
     staged(location)                 a local folder whose files end up at a location (a context)
     folder_name(name, what)          a run's name, which names its folder: one folder, never a path
@@ -159,6 +161,38 @@ def uri(filesystem: Any, path: str) -> str:
         return uri(filesystem.base_fs, f"{filesystem.base_path.rstrip('/')}/{path.lstrip('/')}")
     scheme = {"s3": "s3", "gcs": "gs", "hdfs": "hdfs"}.get(filesystem.type_name, filesystem.type_name)
     return f"{scheme}://{path.lstrip('/')}"
+
+
+def open_input(location: str | os.PathLike) -> Any:
+    """A pyarrow random-access file at `location`: a Parquet reader on it reads its footer,
+    then only the byte ranges of what it reads (a row group's columns), local or remote."""
+    if is_local(location):
+        import pyarrow
+
+        return pyarrow.OSFile(absolute(location))
+    fs, path = _filesystem(location)
+    return fs.open_input_file(path)
+
+
+def files_under(location: str | os.PathLike, suffixes: tuple[str, ...], what: str = "data") -> list[str]:
+    """The files `location` names: itself when it is a file, else the files under the folder
+    (at any depth, in name order) whose suffix is one of `suffixes`; FileNotFoundError naming
+    the location when there are none."""
+    import pyarrow.fs
+
+    text = absolute(location)
+    fs, path = _filesystem(text) if is_uri(text) else (pyarrow.fs.LocalFileSystem(), text)
+    info = fs.get_file_info(path)
+    if info.type == pyarrow.fs.FileType.File:
+        return [text]
+    if info.type != pyarrow.fs.FileType.Directory:
+        raise FileNotFoundError(f"{what}: nothing at {text}")
+    found = sorted(i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True))
+                   if i.type == pyarrow.fs.FileType.File and PurePosixPath(i.path).suffix.lower() in suffixes)
+    if not found:
+        others = f" (nor {', '.join(suffixes[1:])})" if len(suffixes) > 1 else ""
+        raise FileNotFoundError(f"{what}: the directory {text} holds no {suffixes[0]} files{others}")
+    return [uri(fs, f) for f in found]
 
 
 def exists(location: str | os.PathLike) -> bool:

@@ -44,6 +44,22 @@ def test_a_parquet_directory_reads_lazily_and_trains_as_the_same_samples_in_memo
     assert_same_run(train(str(tmp_path / "data" / "part-*.parquet"), tmp_path / "c"), train(DATA, tmp_path / "d"))
 
 
+def test_parquet_in_object_storage_streams_by_row_group_and_trains_as_the_same_files_here(tmp_path, bucket):
+    folder = write_parquet(tmp_path / "data", DATA)
+    for f in sorted(folder.iterdir()):
+        bucket.client.upload_file(str(f), bucket.name, f"data/{f.name}")
+    source = as_dataset(bucket.uri("data"))
+    assert isinstance(source, ParquetSource) and len(source) == 53 and len(source.pieces) == 9
+    assert not source.forks  # an S3 client is not safe across a fork: read in the training process
+    assert torch.equal(source[52]["input_ids"], DATA[52])
+    assert_same_run(train(bucket.uri("data"), tmp_path / "a"), train(str(folder), tmp_path / "b"))
+    assert_same_run(train(bucket.uri("data", "part-01.parquet"), tmp_path / "c"), train(str(folder / "part-01.parquet"), tmp_path / "d"))
+    with pytest.raises(FileNotFoundError, match=r"train_data: nothing at s3://.*/missing"):
+        as_dataset(bucket.uri("missing"))
+    with pytest.raises(ValueError, match=r"patterns are matched for local paths only; name the folder"):
+        as_dataset(bucket.uri("data", "part-*.parquet"))
+
+
 def test_a_parquet_source_holds_at_most_two_chunks(tmp_path):
     source = as_dataset(str(write_parquet(tmp_path / "data", DATA)))
     source.chunk_rows = 10
@@ -103,3 +119,34 @@ def test_block_statistics_carry_the_range_of_token_ids():
     assert (rows, shortest, longest, found) == (2, 2, 3, IdRange(1, 70, False))
     assert _block_stats(pa.table({"input_ids": [[0.5, 2.0]]}))[3] == IdRange(0.5, 2.0, True)
     assert _block_stats(pa.table({"x": [1]}))[3] is None
+
+
+def test_a_ranks_memory_stays_flat_from_1x_to_10x_rows(tmp_path):
+    """What a rank holds is two shuffle chunks, however many rows there are: its peak memory
+    reading an epoch of 10x the rows is that of 1x (the allocator gives back each chunk's
+    memory; before, it kept it, and the peak grew with the data)."""
+    import json
+    import subprocess
+    import sys
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.conftest import ROOT
+
+    grown = {}
+    for rows in (20_000, 200_000):  # a rank reads half: 5 MB, then 50 MB of tokens
+        folder = tmp_path / str(rows)
+        folder.mkdir()
+        ids = np.random.default_rng(0).integers(0, 100, size=(rows, 64))
+        for f, part in enumerate(np.split(ids, 4)):
+            pq.write_table(pa.table({"input_ids": pa.FixedSizeListArray.from_arrays(pa.array(part.ravel()), 64)}),
+                           folder / f"part-{f}.parquet", row_group_size=5000)
+        out = subprocess.run([sys.executable, str(ROOT / "tests" / "data" / "stream_memory.py"), str(folder), "5000"],
+                             capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert out.returncode == 0, out.stderr[-2000:]
+        measured = json.loads(out.stdout)
+        assert measured["rows"] == rows // 2
+        grown[rows] = (measured["peak"] - measured["before"]) / 1024  # MB
+    assert grown[200_000] < grown[20_000] + 8, grown  # the 45 MB more that it read are not held

@@ -70,6 +70,20 @@ def test_two_workers_on_uneven_parquet_train_every_sample_once_but_one_and_never
     assert dropped[0] != dropped[1]  # not the same row every epoch
 
 
+def test_parquet_in_object_storage_is_read_by_each_worker_itself_and_trains_alike(ray_session, in_process_batch_8, tmp_path, bucket):
+    from trainyard.engine.data.rows import ParquetSource
+    from trainyard.execution.ingest import run_inputs
+
+    folder = write_parquet(tmp_path / "data", DATA, files=2, row_group=8)
+    for f in sorted(folder.iterdir()):
+        bucket.client.upload_file(str(f), bucket.name, f"data/{f.name}")
+    # Nothing goes into the object store: the workers get where the row groups are.
+    train, _ = run_inputs(bucket.uri("data"), None, CONFIG, on_ray=True)
+    assert isinstance(train, ParquetSource) and {f for f, _, _ in train.pieces} == {bucket.uri("data", f.name) for f in folder.iterdir()}
+    results = Trainer(lm_factory(dropout=0.0), CONFIG, settings(), scaling=2, run_config=run_config(tmp_path)).train(bucket.uri("data"))
+    assert results["loss_history"] == pytest.approx(in_process_batch_8["loss_history"], abs=1e-6)
+
+
 def test_a_worker_killed_mid_epoch_resumes_sample_exact(ray_session, in_process_batch_8, tmp_path):
     hook = FailOnce(str(tmp_path / "marker"), rank=1, epoch=2, step=10)  # step 10 = 3rd of epoch 2's 7
     results = Trainer(
@@ -101,7 +115,7 @@ def test_bad_data_is_refused_before_any_worker_starts(ray_session, tmp_path):
     (tmp_path / "bad").mkdir()
     pq.write_table(pa.table({"input_ids": [[1, 2]]}), tmp_path / "bad" / "good.parquet")
     (tmp_path / "bad" / "broken.parquet").write_bytes(b"PAR1 this is not a parquet file")
-    with pytest.raises(ValueError, match=r"train_data: reading the data failed: .*broken\.parquet"):
+    with pytest.raises(ValueError, match=r"train_data: cannot read .*broken\.parquet as Parquet"):
         train(str(tmp_path / "bad"))
     assert not (tmp_path / "storage").exists() or not any((tmp_path / "storage").iterdir()), "no Ray Train run started"
 
@@ -132,6 +146,30 @@ def test_text_files_are_tokenized_and_packed_into_seq_len_blocks_by_ray_data(ray
     results = exp.trainer().train(exp.train_data)
     assert results["metrics_summary"]["throughput/tokens_per_s"].iloc[0] > 0
     assert math.isfinite(results["final_loss"])
+
+
+def test_text_is_tokenized_once_into_the_storage_and_later_runs_stream_it(ray_session, tmp_path, bucket):
+    import dataclasses
+
+    import torch
+    from trainyard.engine.data.rows import ParquetSource
+    from trainyard.execution.ingest import ingest, run_inputs
+    from trainyard.experiment import build
+
+    spec, _ = text_spec(tmp_path, seq_len=16, pack=True)
+    exp = build(spec)
+    in_store = ingest(exp.train_data, "train_data")  # the tokens put into the object store
+    expected = in_store.__getitems__(list(range(len(in_store))))["input_ids"]
+    for storage in (str(tmp_path / "runs"), bucket.uri("runs")):
+        first, _ = run_inputs(exp.train_data, None, exp.model_config, on_ray=True, storage=storage)
+        assert isinstance(first, ParquetSource) and all(f.startswith(f"{storage}/datasets/tokens-") for f, _, _ in first.pieces)
+        assert torch.equal(first.__getitems__(list(range(len(first))))["input_ids"], expected)  # the same rows, in order
+        again, _ = run_inputs(exp.train_data, None, exp.model_config, on_ray=True, storage=storage)
+        assert again.pieces == first.pieces  # the files written before: nothing tokenized again
+    assert [p.name for p in (tmp_path / "runs" / "datasets").iterdir()] == [first.pieces[0][0].split("/")[-3]]
+    shorter, _ = run_inputs(dataclasses.replace(exp.train_data, seq_len=8), None, exp.model_config, on_ray=True, storage=str(tmp_path / "runs"))
+    assert len(list((tmp_path / "runs" / "datasets").glob("tokens-*/COMPLETE.json"))) == 2  # other options: other tokens
+    assert shorter.__getitems__([0])["input_ids"].shape == (1, 8)
 
 
 def test_unpacked_text_is_cut_at_seq_len_and_padded_and_seq_len_must_fit_the_model(ray_session, tmp_path):

@@ -25,8 +25,12 @@ sample-exact.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import pickle
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,18 +40,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from trainyard._logging import say_if_slow
+from trainyard._logging import get_logger, say_if_slow
 from trainyard.data.files import DataFiles
 from trainyard.data.instructions import has_instruction_columns, pack_rows, tokenize_instructions
 from trainyard.engine.config import SHUFFLE_CHUNK_ROWS
 from trainyard.engine.data.inputs import as_dataset
-from trainyard.engine.data.rows import RowSource, is_list_type, local_paths
+from trainyard.engine.data.rows import PARQUET, ParquetSource, RowSource, is_list_type, local_paths, parquet_files
 from trainyard.engine.data.samples import ALIASES, KNOWN_KEYS, ColumnDataset, IdRange, check_columns
 from trainyard.engine.model_config import model_config_value
 from trainyard.engine.task import as_task_spec
 from trainyard.execution.ray_env import ensure_ray, verbose
-from trainyard.storage import is_local, is_uri, suffix
+from trainyard.storage import default_storage, files_under, is_local, is_uri, join, open_input, read_text, suffix, write_text
 
+log = get_logger("trainyard.execution")
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 
 
@@ -88,18 +93,25 @@ class Shared:
     ref: Any
 
 
-def ingest(data: Any, name: str, pad_token_id: int | None = None, context: int | None = None) -> Any:
+def ingest(data: Any, name: str, pad_token_id: int | None = None, context: int | None = None, prepared: str | None = None) -> Any:
     """`data` in the form workers read it (see the module docstring); None stays None.
     `pad_token_id` and `context` (the model's longest sequence) let bad data fail here,
-    before any worker starts."""
+    before any worker starts. `prepared`: where text files, once tokenized, are kept as
+    Parquet for every later run to stream (else their tokens go into the object store)."""
     import ray
 
     if data is None or isinstance(data, (RowSource, Shared)):
         return data
+    files = streamed_files(data, name)
+    if files is not None:
+        return stream(files, name, context)
     if isinstance(data, DataFiles):
         dataset = read(data.paths, name, data.format)
         if data.tokenizer is not None:
-            dataset = tokenize(dataset, name, data.tokenizer, data.text_column, data.seq_len, data.pack)
+            tokenized = tokenize(dataset, name, data.tokenizer, data.text_column, data.seq_len, data.pack)
+            if prepared is not None and tokenized is not dataset:
+                return prepare(tokenized, join(prepared, prepared_key(data, name)), name, context)
+            dataset = tokenized
         return blocks(dataset, name, pad_token_id, context)
     if _is_paths(data):
         data = read(data, name)
@@ -112,6 +124,94 @@ def ingest(data: Any, name: str, pad_token_id: int | None = None, context: int |
     return _put_blocks(table, name, local.id_range())
 
 
+def streamed_files(data: Any, name: str) -> list[str] | None:
+    """The Parquet files of `data` when every rank can read them itself, as they are (a path,
+    folder, glob or URI, or a list of them; `DataFiles` with nothing to tokenize); else None."""
+    paths = data.paths if isinstance(data, DataFiles) else data
+    if not _is_paths(paths) or (isinstance(data, DataFiles) and data.format not in (None, "parquet")):
+        return None
+    files = _expand(paths, name)
+    if any(suffix(f) not in PARQUET for f in files):
+        try:
+            files = [f for p in files for f in parquet_files(p, name)]
+        except (FileNotFoundError, ValueError):  # other formats, or nothing: Ray Data says which
+            return None
+    if isinstance(data, DataFiles) and data.tokenizer is not None:
+        found = pq.ParquetFile(open_input(files[0])).schema_arrow.names
+        if has_instruction_columns(found) or (data.text_column is not None and "input_ids" not in found):
+            return None  # text to tokenize first
+    return files
+
+
+def stream(files: list[str], name: str, context: int | None = None) -> ParquetSource:
+    """Parquet files every rank reads itself, row group by row group, in the engine's order:
+    nothing is put into the object store, and training starts once the footers are read.
+    What can be checked without reading every row is checked here (the rest, as each batch
+    is read: unequal lengths without a pad token)."""
+    source = ParquetSource(files, name)
+    if len(source) == 0:
+        raise ValueError(f"{name} is empty: it needs at least one sample")
+    first = source.read(0, min(len(source), source.chunk_rows))
+    longest = _block_stats(first)[2]
+    if context is not None and longest > context:
+        raise ValueError(f"{name}: sequences of up to {longest} tokens are longer than the model's context of {context}: cut them (seq_len: {context}) or use a model with a longer context")
+    return source
+
+
+def prepare(dataset: Any, folder: str, name: str, context: int | None = None) -> ParquetSource:
+    """Tokenized rows written once as Parquet into `folder` (by a Ray Data job, in their
+    order), then streamed; a later run whose inputs give the same folder streams them at once.
+    The folder counts once its `COMPLETE.json` (written last) lists the files: runs that
+    prepare it at the same time each write their own subfolder, and the last marker wins."""
+    done = read_text(join(folder, PREPARED_MARKER))
+    if done is not None:
+        log.info("%s: streaming the tokens prepared before in %s", name, folder)
+        return stream([join(folder, f) for f in json.loads(done)["files"]], name, context)
+    attempt = uuid.uuid4().hex[:12]
+    dataset.context.execution_options.preserve_order = True  # files named in the rows' order (by write task)
+    with say_if_slow(f"{name}: tokenizing once into {folder}"):
+        try:
+            _quiet(dataset).write_parquet(join(folder, attempt))
+        except Exception as e:  # noqa: BLE001 - Ray Data wraps the reader's error; name it
+            raise ValueError(f"{name}: reading or tokenizing the data failed: {_root_cause(e)}") from e
+    files = [f"{attempt}/{f.rsplit('/', 1)[-1]}" for f in files_under(join(folder, attempt), PARQUET, name)]
+    source = stream([join(folder, f) for f in files], name, context)
+    write_text(join(folder, PREPARED_MARKER), json.dumps({"files": files, "rows": len(source)}))
+    return source
+
+
+PREPARED_MARKER = "COMPLETE.json"
+
+
+def prepared_key(data: DataFiles, name: str) -> str:
+    """The folder name of `data`'s tokens: a digest of its files (names, sizes, modification
+    times: not their bytes, which may be terabytes), how they are read, and the tokenizer."""
+    import pyarrow.fs
+
+    entries = []
+    for p in _expand(data.paths, name):
+        fs, path = pyarrow.fs.FileSystem.from_uri(p) if is_uri(p) else (pyarrow.fs.LocalFileSystem(), p)
+        info = fs.get_file_info(path)
+        found = [info] if info.type == pyarrow.fs.FileType.File else fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True))
+        entries += sorted((i.path, i.size, i.mtime_ns) for i in found if i.type == pyarrow.fs.FileType.File)
+    how = {"files": entries, "format": data.format, "text_column": data.text_column, "seq_len": data.seq_len, "pack": data.pack,
+           "tokenizer": tokenizer_identity(data.tokenizer)}
+    return "tokens-" + hashlib.sha256(json.dumps(how, default=str).encode()).hexdigest()[:24]
+
+
+def tokenizer_identity(tokenizer: Any) -> str:
+    """A digest of what a tokenizer makes of text: a Hugging Face fast tokenizer's whole
+    definition, else its pickle; its chat template and special ids."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    try:
+        body = backend.to_str() if backend is not None else hashlib.sha256(pickle.dumps(tokenizer)).hexdigest()
+    except Exception:  # noqa: BLE001 - a tokenizer that does not pickle: its type and vocabulary size
+        body = f"{len(tokenizer.get_vocab()) if hasattr(tokenizer, 'get_vocab') else '?'}"
+    parts = [type(tokenizer).__qualname__, body, str(getattr(tokenizer, "chat_template", None))]
+    parts += [str(getattr(tokenizer, k, None)) for k in ("bos_token_id", "eos_token_id", "pad_token_id")]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
 def _put_blocks(table: Any, name: str, id_range: IdRange | None, rows: int = SHUFFLE_CHUNK_ROWS) -> "BlockSource":
     """A table put into the object store in blocks, once: every worker and trial reads them
     (a block per shuffle chunk, so reading a chunk touches one block)."""
@@ -121,17 +221,21 @@ def _put_blocks(table: Any, name: str, id_range: IdRange | None, rows: int = SHU
     return BlockSource([ray.put(p) for p in parts], [p.num_rows for p in parts], table.schema.names, name, id_range)
 
 
-def run_inputs(train_data: Any, val_data: Any, config: Any, task_spec: Any = None, *, on_ray: bool) -> tuple[Any, Any]:
+def run_inputs(train_data: Any, val_data: Any, config: Any, task_spec: Any = None, *, on_ray: bool, storage: str | None = None) -> tuple[Any, Any]:
     """(train, val) as a run reads them, bad data refused before anything starts (checked
     against the model config's or TaskSpec's pad token and the model's context). `on_ray`:
-    the run's processes are Ray's (Train workers, Tune trials), and read all of it from the
-    object store; else the run is in this process, and only what Ray must read (`is_ray_data`)
-    is read by Ray Data, the rest trained on as it is."""
+    the run's processes are Ray's (Train workers, Tune trials): Parquet they stream
+    themselves, text is tokenized once into `storage`'s `datasets/` (default: the default
+    storage) and streamed from there, the rest is read from the object store; else the run is
+    in this process, and only what Ray must read (`is_ray_data`) is read by Ray Data, the
+    rest trained on as it is."""
     needs_ray = on_ray or any(is_ray_data(d) for d in (train_data, val_data))
     if not needs_ray:
         return train_data, val_data
     ensure_ray()
     checks = data_checks(config, task_spec)
+    if on_ray:
+        checks["prepared"] = join(storage or default_storage(), "datasets")
     read = (lambda d: True) if on_ray else is_ray_data
     with say_if_slow("reading the data" + (" and tokenizing its text" if any(getattr(d, "text_column", None) for d in (train_data, val_data)) else "")):
         train_data = ingest(train_data, "train_data", **checks) if read(train_data) else train_data
@@ -160,16 +264,18 @@ def resolve(data: Any) -> Any:
 
 
 def is_ray_data(data: Any) -> bool:
-    """Whether `data` is read through Ray (a Ray Dataset, `DataFiles`, a JSON lines / CSV /
-    cloud path) rather than by the engine itself (in memory; a local Parquet path, which
-    the engine reads by row group)."""
+    """Whether `data` is read through Ray (a Ray Dataset, `DataFiles`, a JSON lines / CSV path,
+    a folder in object storage) rather than by the engine itself (in memory; a Parquet file
+    or a local Parquet folder, which the engine reads by row group)."""
     if type(data).__module__.startswith("ray.data") or isinstance(data, DataFiles):
         return True
     if isinstance(data, (list, tuple)) and _is_paths(data):  # several paths: Ray Data reads them together
         return True
     if isinstance(data, (str, os.PathLike)):
         text = os.fspath(data)
-        return is_uri(text) or os.path.splitext(text.rstrip("*"))[1].lower() in (".jsonl", ".json", ".csv")
+        if is_uri(text):  # Parquet is streamed by the engine; a folder may hold any format
+            return suffix(text) not in PARQUET and streamed_files(text, "data") is None
+        return os.path.splitext(text.rstrip("*"))[1].lower() in (".jsonl", ".json", ".csv")
     return False
 
 

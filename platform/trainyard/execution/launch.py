@@ -73,7 +73,8 @@ def fit(trainer: Any, train_data: Any, val_data: Any = None, resume_from: Any = 
     ensure_ray()
     scaling = scaling_config(trainer.scaling)
     training_config = elastic_global_batch(scaling, trainer.training_config)
-    train_data, val_data = run_inputs(train_data, val_data, trainer.config, trainer.task_spec, on_ray=True)
+    storage = trainer.run_config.storage_path if trainer.run_config is not None else None
+    train_data, val_data = run_inputs(train_data, val_data, trainer.config, trainer.task_spec, on_ray=True, storage=storage)
     payload = _Payload(
         model=trainer.model_or_factory,
         config=trainer.config,

@@ -136,8 +136,8 @@ def sweep(
     _quiet_optuna()
     resources = dict(resources_per_trial or {"cpu": 1})
     _check_resources(resources, workers_per_trial)
-    # One copy for every trial: Ray Data blocks, or in-memory data put into the object store once.
-    train_data, val_data = run_inputs(train_data, val_data, config, task_spec, on_ray=True)
+    # One copy for every trial: Parquet the trials stream, or Ray Data blocks / in-memory data put into the object store once.
+    train_data, val_data = run_inputs(train_data, val_data, config, task_spec, on_ray=True, storage=storage)
     payload = _TrialInputs(
         model_factory, config, train_data, val_data, base.replace(checkpoint_every_n_steps=None),
         task_spec, space, workers_per_trial, bool(resources.get("gpu")), checkpoint_every_epoch,

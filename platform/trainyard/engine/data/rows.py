@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 
 from trainyard.engine.config import SHUFFLE_CHUNK_ROWS
 from trainyard.engine.data.samples import ALIASES, KNOWN_KEYS, IdRange, SampleDataset, check_columns, to_tensor
+from trainyard.storage import files_under, is_uri, open_input, suffix
 
 
 class RowSource(SampleDataset):
@@ -70,6 +72,7 @@ class RowSource(SampleDataset):
         if c not in self._chunks:
             if len(self._chunks) >= 2:
                 self._chunks.pop(next(iter(self._chunks)))
+                pa.default_memory_pool().release_unused()  # else the allocator keeps what each chunk used: memory grows with the data
             self._chunks[c] = self.read(c * self.chunk_rows, min((c + 1) * self.chunk_rows, len(self)))
         return self._chunks[c]
 
@@ -78,23 +81,28 @@ class RowSource(SampleDataset):
 
 
 class ParquetSource(RowSource):
-    """A local Parquet file, directory or glob, read lazily by row groups (pyarrow)."""
+    """Parquet files (local, NFS or object storage: any `trainyard.storage` location), read
+    lazily by row groups (pyarrow): only a file's footer when opened, then only the byte
+    ranges of the row groups a batch's chunk lies in. What travels to a Ray worker is where
+    the rows are; each process opens the files itself."""
+
+    open_files = 16  # per process: footers kept in memory (a remote open is a request)
 
     def __init__(self, files: list[str], name: str):
         super().__init__(name)
         self.pieces: list[tuple[str, int, int]] = []  # (file, row group, first row)
+        self._opened: dict[str, Any] = {}
+        self.forks = not any(is_uri(f) for f in files)  # an object store's client is not safe across a fork
         rows, ranges = 0, []
-        for f in files:
-            try:
-                opened = pq.ParquetFile(f)
-            except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for a bad file
-                raise ValueError(f"{name}: cannot read {f} as Parquet ({type(e).__name__}: {e})") from e
-            found = opened.schema_arrow.names
+        with ThreadPoolExecutor(8) as pool:  # many remote footers: a request each, concurrently
+            metadata = list(pool.map(lambda f: self._file(f, name).metadata, files))
+        for f, meta in zip(files, metadata):
+            found = meta.schema.to_arrow_schema().names
             check_columns(found, name, f)
-            ranges.append(_statistics_range(opened.metadata))
-            for g in range(opened.metadata.num_row_groups):
+            ranges.append(_statistics_range(meta))
+            for g in range(meta.num_row_groups):
                 self.pieces.append((f, g, rows))
-                rows += opened.metadata.row_group(g).num_rows
+                rows += meta.row_group(g).num_rows
         self.num_rows = rows
         self.firsts = np.array([p[2] for p in self.pieces], dtype=np.int64)
         self.columns = [c for c in found if ALIASES.get(c, c) in KNOWN_KEYS]
@@ -114,9 +122,26 @@ class ParquetSource(RowSource):
         tables, first = [], self.pieces[i][2]
         while i < len(self.pieces) and self.pieces[i][2] < stop:
             f, g, _ = self.pieces[i]
-            tables.append(pq.ParquetFile(f).read_row_group(g, columns=self.columns))
+            tables.append(self._file(f, self.name).read_row_group(g, columns=self.columns))
             i += 1
         return pa.concat_tables(tables).slice(start - first, stop - start)
+
+    def _file(self, location: str, name: str) -> Any:
+        opened = self._opened.get(location)
+        if opened is None:
+            try:
+                opened = pq.ParquetFile(open_input(location))
+            except FileNotFoundError:
+                raise
+            except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for a bad file
+                raise ValueError(f"{name}: cannot read {location} as Parquet ({type(e).__name__}: {e})") from e
+            if len(self._opened) >= self.open_files:
+                self._opened.pop(next(iter(self._opened)))
+            self._opened[location] = opened
+        return opened
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "_opened": {}}
 
 
 def _statistics_range(metadata: Any) -> IdRange | None:
@@ -183,17 +208,21 @@ def local_paths(path: str | os.PathLike, name: str) -> list[str]:
 
 
 def parquet_files(path: str | os.PathLike, name: str) -> list[str]:
-    """The Parquet files a local path names: a file, a directory (its *.parquet files, in
-    name order) or a glob; a clear error when there are none."""
-    found = local_paths(path, name)
-    if any(ch in os.fspath(path) for ch in "*?["):  # what the glob matched
-        return found
-    p = Path(found[0])
-    if p.is_dir():
-        files = sorted(str(f) for f in p.rglob("*") if f.suffix in (".parquet", ".pq"))
-        if not files:
-            raise FileNotFoundError(f"{name}: the directory {p} holds no .parquet files")
-        return files
-    if p.suffix not in (".parquet", ".pq"):
-        raise ValueError(f"{name}: {p} is not a Parquet file; here a .parquet path, directory or glob is read (other formats go through trainyard.Trainer, which reads them with Ray Data)")
-    return [str(p)]
+    """The Parquet files a location names: a file, a folder (its *.parquet files at any
+    depth, in name order) or a local glob; local paths or URIs (`s3://...`); a clear error
+    when there are none."""
+    if is_uri(path):
+        if any(ch in os.fspath(path) for ch in "*?["):
+            raise ValueError(f"{name}: {path}: patterns are matched for local paths only; name the folder that holds the files")
+        found = files_under(path, PARQUET, name)
+    elif any(ch in os.fspath(path) for ch in "*?["):
+        return local_paths(path, name)  # what the glob matched
+    else:
+        local_paths(path, name)  # a clear error where there is nothing
+        found = files_under(path, PARQUET, name)
+    if len(found) == 1 and suffix(found[0]) not in PARQUET:
+        raise ValueError(f"{name}: {found[0]} is not a Parquet file; here a .parquet path, directory or glob is read (other formats go through trainyard.Trainer, which reads them with Ray Data)")
+    return found
+
+
+PARQUET = (".parquet", ".pq")
