@@ -169,7 +169,10 @@ def main() -> None:
     finally:
         server.stop()
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "cluster.json").write_text(json.dumps(out, indent=1))
+    written = RESULTS / "cluster.json"
+    if written.exists() and set(args.only) != {"streaming", "checkpoint", "nodeloss"}:  # --only: the other sections' last results stay
+        out = {**json.loads(written.read_text()), **out}
+    written.write_text(json.dumps(out, indent=1))
     print_tables(out)
     print(f"\nwritten to {RESULTS / 'cluster.json'}")
 

@@ -2,8 +2,8 @@
 data, and what a sweep holds of its data.
 
     memory  2 Ray Train workers, 20 steps, on generated token data (sequences of 64 int64)
-            at two sizes (1x and 10x rows), three ways in: a Parquet directory (read by
-            Ray Data into the object store), in-memory columns (put there once as Arrow
+            at two sizes (1x and 10x rows), three ways in: a Parquet directory (streamed:
+            each rank reads its row groups itself), in-memory columns (put there once as Arrow
             blocks), and a map-style Dataset of the user's own (one pickled copy per worker,
             which was every in-memory input's path before). Per worker: peak RSS (VmHWM,
             which counts the object-store pages a worker maps) and peak private memory
@@ -134,7 +134,7 @@ def memory_section(args, tmp: Path) -> list[dict]:
         data = tokens(n)
         folder = write_parquet(data, tmp / f"parquet-{scale}")
         disk_mb = sum(f.stat().st_size for f in folder.iterdir()) / 2**20
-        for way, value in (("parquet (Ray Data)", str(folder)), ("in-memory columns", {"input_ids": data}), ("own map-style Dataset", Rows(data))):
+        for way, value in (("Parquet, streamed", str(folder)), ("in-memory columns", {"input_ids": data}), ("own map-style Dataset", Rows(data))):
             result = memory_run(value, args, tmp / f"m{scale}-{len(rows)}")
             rows.append({"way": way, "rows": n, "tensor_mb": data.numel() * 8 / 2**20, "parquet_mb": disk_mb, **result})
             print(f"  memory: {way}, {n} rows: {result}", flush=True)
