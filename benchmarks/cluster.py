@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 import torch
-from data_ingest import MODEL, SEQ, memory_run, tokens, write_parquet
+from data_ingest import MODEL, SEQ, memory_run, tokens, with_ratio_to_1x, write_parquet
 from trainyard import Trainer, TrainingConfig, TrainingHooks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,10 +75,7 @@ def streaming_section(args, tmp: Path, s3) -> list[dict]:
             rows.append({"way": way, "rows": n, "tensor_mb": data.numel() * 8 / 2**20, **result})
             print(f"  streaming: {way}, {n} rows: {result}", flush=True)
         del data
-    for row in rows:
-        small = next(r for r in rows if r["way"] == row["way"] and r["rows"] == args.rows)
-        row["private_vs_1x"] = row["worker_peak_private_mb"] / small["worker_peak_private_mb"]
-    return rows
+    return with_ratio_to_1x(rows, args.rows)
 
 
 class StepEnds(TrainingHooks):

@@ -139,8 +139,13 @@ def memory_section(args, tmp: Path) -> list[dict]:
             rows.append({"way": way, "rows": n, "tensor_mb": data.numel() * 8 / 2**20, "parquet_mb": disk_mb, **result})
             print(f"  memory: {way}, {n} rows: {result}", flush=True)
         del data
+    return with_ratio_to_1x(rows, args.rows)
+
+
+def with_ratio_to_1x(rows: list[dict], base_rows: int) -> list[dict]:
+    """Each row's peak private memory against its way's 1x run (`private_vs_1x`)."""
     for row in rows:
-        small = next(r for r in rows if r["way"] == row["way"] and r["rows"] == args.rows)
+        small = next(r for r in rows if r["way"] == row["way"] and r["rows"] == base_rows)
         row["private_vs_1x"] = row["worker_peak_private_mb"] / small["worker_peak_private_mb"]
     return rows
 

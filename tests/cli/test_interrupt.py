@@ -73,26 +73,31 @@ def test_sigterm_in_this_process_saves_the_position_like_ctrl_c(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum, group, said", [
-    (signal.SIGTERM, False, r"stopped \(SIGTERM\)"),  # it exited -6 with Ray's C++ 'SIGTERM received' dump and no word of resuming
-    (signal.SIGINT, True, "interrupted"),  # Ctrl-C in a terminal: Ray Train's own handler aborted the run and exited 1, silent
-], ids=["sigterm", "ctrl-c"])
-def test_a_stopped_ray_run_says_how_to_resume_and_the_command_does(tmp_path, signum, group, said):
-    env = None  # each command starts its own local Ray, as `trainyard train --workers 2` does on one machine
+def test_a_stopped_ray_run_says_how_to_resume_and_the_command_does(tmp_path):
+    """SIGTERM to the command (it exited -6 with Ray's C++ 'SIGTERM received' dump and no word
+    of resuming), then Ctrl-C to the resumed command's process group, as a terminal sends it
+    (Ray Train's own handler aborted the run and exited 1, silent): each says how to resume,
+    and the command it prints resumes from the newest checkpoint kept. Each command starts its
+    own local Ray, as `trainyard train --workers 2` does on one machine."""
     # Epochs of a fraction of a second, and enough of them that the stop lands mid-run however
     # long the signal takes to reach the workers.
     tiny = ["data.train_size=2000", "data.val_size=50", "epochs=30", "model.d_model=32", "model.n_layers=1"]
     argv = ["train", CONFIG, *tiny, "--workers", "2", "--storage-path", str(tmp_path / "runs")]
-    code, out = _stop_once(argv, signum, "epoch 1/30", env=env, group=group)
-    assert code == 128 + signum and "Traceback" not in out and "SIGTERM received" not in out, out
-    match = re.search(rf"trainyard: {said}: run (\S+) keeps its checkpoints; resume it with: (trainyard train .*)\n", out)
-    assert match, out
-    name, command = match.groups()
-    left = {str(p) for p in (tmp_path / "runs" / name).glob("checkpoint_e*")}
-    assert left and not any("checkpoint_e0030" in p for p in left), out  # epoch 1 had ended, the last had not
-    resumed = subprocess.run([sys.executable, "-m", "trainyard.cli.main", *command.split()[1:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    kept: set[str] = set()
+    for signum, group, said in ((signal.SIGTERM, False, r"stopped \(SIGTERM\)"), (signal.SIGINT, True, "interrupted")):
+        code, out = _stop_once(argv, signum, "/30 | train/loss", group=group)  # once an epoch has ended
+        assert code == 128 + signum and "Traceback" not in out and "SIGTERM received" not in out, out
+        if kept:  # the resumed command: from the newest checkpoint the stopped one kept
+            assert re.findall(r"resumed from (\S+)", out) == [max(kept)], out
+        match = re.search(rf"trainyard: {said}: run (\S+) keeps its checkpoints; resume it with: (trainyard train .*)\n", out)
+        assert match, out
+        name, command = match.groups()
+        left = {str(p) for p in (tmp_path / "runs" / name).glob("checkpoint_e*")}
+        assert left - kept and not any("checkpoint_e0030" in p for p in left), out  # an epoch had ended, the last had not
+        kept, argv = left, command.split()[1:]
+    resumed = subprocess.run([sys.executable, "-m", "trainyard.cli.main", *argv], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     lines = re.findall(r"resumed from (\S+)", resumed.stderr)
     # One line, not one per rank; from the newest checkpoint the stopped run kept, whether or
     # not Ray Train had registered it before the stop (it resumed epochs earlier).
-    assert lines == [max(left)], f"kept {sorted(left)}; the rerun said:\n{resumed.stderr[-6000:]}"  # whole, not a truncated repr
+    assert lines == [max(kept)], f"kept {sorted(kept)}; the rerun said:\n{resumed.stderr[-6000:]}"  # whole, not a truncated repr

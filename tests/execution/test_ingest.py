@@ -80,8 +80,15 @@ def test_parquet_in_object_storage_is_read_by_each_worker_itself_and_trains_alik
     # Nothing goes into the object store: the workers get where the row groups are.
     train, _ = run_inputs(bucket.uri("data"), None, CONFIG, on_ray=True)
     assert isinstance(train, ParquetSource) and {f for f, _, _ in train.pieces} == {bucket.uri("data", f.name) for f in folder.iterdir()}
-    results = Trainer(lm_factory(dropout=0.0), CONFIG, settings(), scaling=2, run_config=run_config(tmp_path)).train(bucket.uri("data"))
+    # The checkpoints go to the bucket too: every 3 steps and at epoch ends, the newest 2 kept.
+    import ray.train
+
+    run = ray.train.RunConfig(storage_path=bucket.uri("runs"), name="streamed", checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))
+    results = Trainer(lm_factory(dropout=0.0), CONFIG, settings(checkpoint_every_n_steps=3), scaling=2, run_config=run).train(bucket.uri("data"))
     assert results["loss_history"] == pytest.approx(in_process_batch_8["loss_history"], abs=1e-6)
+    kept = sorted({k.split("/")[2] for k in bucket.keys("runs/streamed/") if "/checkpoint_e" in k})
+    assert kept == ["checkpoint_e0002_b0000005", "checkpoint_e0002_b0000007"], kept  # step 12 (5th of epoch 2's 7) and the run's end
+    assert all(f"runs/streamed/{c}/COMPLETE" in bucket.keys("runs/streamed/") for c in kept)
 
 
 def test_a_worker_killed_mid_epoch_resumes_sample_exact(ray_session, in_process_batch_8, tmp_path):

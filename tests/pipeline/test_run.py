@@ -41,8 +41,12 @@ def command(out: Path, name: str) -> list[str]:
     return [sys.executable, "-m", "trainyard.cli.main", "run", *MAIN, *TINY, "--output-dir", str(out), "--name", name]
 
 
-def env() -> dict:
-    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+def env(ray=None) -> dict:
+    """The command's environment: a Ray of its own, as the README's command starts; or, with
+    the session's `ray`, that one joined (a killed driver's trials and workers go with it,
+    and no command waits for a Ray to start and stop)."""
+    joined = {"RAY_ADDRESS": ray.get_runtime_context().gcs_address} if ray is not None else {}
+    return {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **joined}
 
 
 @pytest.fixture(scope="module")
@@ -106,25 +110,27 @@ def test_the_final_training_uses_the_best_params_and_the_final_section(uninterru
     assert json.loads((run / "export" / "model_config.json").read_text())["d_model"] == best["model.d_model"]
 
 
-def _kill_when(argv, run: Path, ready, timeout=300, cwd: Path = ROOT) -> None:
-    proc = subprocess.Popen(argv, cwd=cwd, env=env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _kill_when(argv, run: Path, ready, ray, timeout=300, cwd: Path = ROOT) -> None:
+    proc = subprocess.Popen(argv, cwd=cwd, env=env(ray), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None and not ready():
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started (joined: its job's actors are Ray's to end)
     proc.wait()
 
 
 def test_killed_in_the_sweep_in_the_final_training_and_between_stages_it_finishes_as_if_never_killed(uninterrupted, tmp_path):
+    # Each command starts a Ray of its own, killed with it: on a shared Ray a killed driver's
+    # running trial outlives it for a moment and writes its results into the sweep's folder.
     whole, _ = uninterrupted
     run = tmp_path / "killed"
     argv = command(tmp_path, "killed")
 
-    _kill_when(argv, run, lambda: len(list((run / "sweep").glob("_trial_*"))) >= 3)  # two trials done, the third started
+    _kill_when(argv, run, lambda: len(list((run / "sweep").glob("_trial_*"))) >= 3, None)  # two trials done, the third started
     assert stages(run) == {}, "killed inside the sweep"
-    _kill_when(argv, run, lambda: list((run / "final").glob("checkpoint_e0001_*")))
+    _kill_when(argv, run, lambda: list((run / "final").glob("checkpoint_e0001_*")), None)
     assert list(stages(run)) == ["sweep"], "killed inside the final training, after its first epoch"
-    _kill_when(argv, run, lambda: "final" in stages(run))
+    _kill_when(argv, run, lambda: "final" in stages(run), None)
     assert list(stages(run)) == ["sweep", "final"], "killed before the export finished"
 
     proc = subprocess.run(argv, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
@@ -160,7 +166,7 @@ def test_a_different_command_under_a_used_name_is_refused_and_the_run_kept(unint
     assert (run / "pipeline.json").read_text() == before
 
 
-def test_on_object_storage_everything_is_kept_there_and_a_rerun_elsewhere_finishes_it(uninterrupted, bucket, tmp_path):
+def test_on_object_storage_everything_is_kept_there_and_a_rerun_elsewhere_finishes_it(uninterrupted, ray_session, bucket, tmp_path):
     """`--storage s3://...`: every artifact in the bucket and nothing in the working directory;
     killed in the final training, the same command from another directory (as on another
     machine: only the URI in common) finishes with the uninterrupted result."""
@@ -173,10 +179,10 @@ def test_on_object_storage_everything_is_kept_there_and_a_rerun_elsewhere_finish
     argv = [sys.executable, "-m", "trainyard.cli.main", "run", *here, *TINY, "--storage", bucket.uri("runs"), "--name", "s3run"]
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir(), second.mkdir()
-    _kill_when(argv, first, lambda: any("/checkpoint_e0001_" in k for k in bucket.keys("runs/s3run/final/")), cwd=first)
+    _kill_when(argv, first, lambda: any("/checkpoint_e0001_" in k for k in bucket.keys("runs/s3run/final/")), ray_session, cwd=first)
     assert not any(k.startswith("runs/s3run/export/") for k in bucket.keys()), "killed in the final training"
 
-    proc = subprocess.run(argv, cwd=second, env=env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(argv, cwd=second, env=env(ray_session), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "resuming; done already: sweep" in proc.stdout + proc.stderr
     assert f"run {bucket.uri('runs', 's3run')}" in proc.stdout

@@ -4,14 +4,18 @@ store, never from a pickled payload.
     train, val = run_inputs(train, val, model_config, task_spec, on_ray=True)   # on the driver
     data = resolve(source)                  # in a worker or trial: what the engine trains on
 
-- A `ray.data.Dataset`, or a Parquet / JSON lines / CSV path, directory or glob (local, or
-  `s3://`, `gs://` ... read by Ray Data on its own CPU tasks, never loaded whole on the
-  driver): executed once into Arrow blocks in the object store, in a fixed order, and
-  handed to the engine as a `BlockSource`, which reads the rows a batch needs straight
-  from those blocks (zero-copy). Every rank and every trial reads the same blocks.
+- Parquet (a path, folder or local glob; local, NFS, `s3://`, `gs://` ...) is streamed: the
+  engine's `ParquetSource` travels to the workers, and each rank reads the row groups its
+  batches lie in itself. Nothing is put into the object store (`stream`).
 - Text (`text_column=`), and instruction or chat rows (`prompt`/`response`, `messages`: the
   prompt masked), are tokenized, cut or packed into `seq_len` blocks by Ray Data
-  transforms, on the way into the object store.
+  transforms: for a run on Ray, once, written as Parquet under the run's storage
+  (`datasets/tokens-<digest>/`, `prepare`) and streamed from there by this and later runs.
+- A `ray.data.Dataset`, or a JSON lines / CSV path, directory or glob (read by Ray Data on
+  its own CPU tasks, never loaded whole on the driver): executed once into Arrow blocks in
+  the object store, in a fixed order, and handed to the engine as a `BlockSource`, which
+  reads the rows a batch needs straight from those blocks (zero-copy). Every rank and every
+  trial reads the same blocks.
 - In-memory columns (tensors, dicts, Arrow, HF datasets): validated here, then put into the
   object store once as Arrow blocks, read like a Ray Dataset's. A map-style dataset of the
   user's own is put there as one pickled copy (`Shared`), which each worker fetches.
