@@ -15,8 +15,10 @@ default), not to `max_failures`. A second SIGTERM, or the deadline passing, exit
 A drain notice Ray gives itself (its PreemptionWatcher, a node being reclaimed) stops the run
 the same way, at the next step instead of at the deadline.
 
-These are Ray Train V2's internals (ray~=2.60): where they are missing, SIGTERM does what
-Ray's handler does and a warning says so once.
+These are Ray Train V2's internals (ray~=2.60), and a warning says when one is missing:
+without the worker's own actor call, SIGTERM does what Ray's handler does; without the
+preemption info, the run still saves at the next step, then fails (a run that returned would
+count as finished), so Ray restarts it within `max_failures`.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class _Watch:
         self.previous: Any = None  # the handler before ours (Ray's): a second SIGTERM gets it
         self.received: float | None = None  # when the SIGTERM came
         self.rank = 0
+        self.timer: threading.Timer | None = None  # exits as Ray would, if the run outlives GRACE_S
 
 
 _watch = _Watch()
@@ -80,9 +83,9 @@ def _on_sigterm(signum: int, frame: Any) -> None:
                 "from there (a second SIGTERM exits now)", _watch.rank)
     _tell_ray(_watch.received + GRACE_S)
     # The run should be gone well before; if it is stuck (a collective whose peer died), go as Ray would.
-    timer = threading.Timer(GRACE_S + 5, os.kill, (os.getpid(), signal.SIGTERM))
-    timer.daemon = True
-    timer.start()
+    _watch.timer = threading.Timer(GRACE_S + 5, os.kill, (os.getpid(), signal.SIGTERM))
+    _watch.timer.daemon = True
+    _watch.timer.start()
 
 
 def _exit_as_before(signum: int, frame: Any) -> None:
@@ -142,9 +145,12 @@ def leave_for_ray() -> None:
     try:
         info = _ray_notice()
     except Exception:  # noqa: BLE001 - not in a Ray Train worker, or internals moved
+        info = None
+    if _watch.received is None and (info is None or _watch.rank not in info.preempted_ranks):
         return
-    if info is None or (_watch.received is None and _watch.rank not in info.preempted_ranks):
-        return
+    if info is None:  # SIGTERM, and Ray could not be told
+        raise RuntimeError(f"rank {_watch.rank} got SIGTERM: its run saved a checkpoint at this step; Ray Train restarts it "
+                           "from there within FailureConfig(max_failures), else run the same command again to resume")
     if _watch.received is not None:
         _train_context().preemption_context.preemption_info = dataclasses.replace(info, deadline_ms=int(time.time() * 1000))
     limit = time.time() + GRACE_S + 10
