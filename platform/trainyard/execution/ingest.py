@@ -150,12 +150,12 @@ def streamed_files(data: Any, name: str) -> list[str] | None:
 def stream(files: list[str], name: str, context: int | None = None) -> ParquetSource:
     """Parquet files every rank reads itself, row group by row group, in the engine's order:
     nothing is put into the object store, and training starts once the footers are read.
-    What can be checked without reading every row is checked here (the rest, as each batch
-    is read: unequal lengths without a pad token)."""
+    What the footers and the first rows tell is checked here (the rest as each batch is read:
+    unequal lengths without a pad token, a longer sequence further on)."""
     source = ParquetSource(files, name)
     if len(source) == 0:
         raise ValueError(f"{name} is empty: it needs at least one sample")
-    first = source.read(0, min(len(source), source.chunk_rows))
+    first = source.read(0, min(len(source), 1024))  # the first row group's worth: not a chunk (it may be gigabytes of long rows)
     longest = _block_stats(first)[2]
     if context is not None and longest > context:
         raise ValueError(f"{name}: sequences of up to {longest} tokens are longer than the model's context of {context}: cut them (seq_len: {context}) or use a model with a longer context")
