@@ -124,3 +124,19 @@ class SigtermAt(TrainingHooks):
         while preemption.stop_signal() is None and time.monotonic() < deadline:
             time.sleep(0.05)
 
+
+
+class HoldAloneAfterCheckpoint(TrainingHooks):
+    """Rank 0 of a one-worker run holds after its first checkpoint (up to `cap` seconds, once):
+    time for a test's cluster to get a node back and for Ray to grow the run, which ends the
+    hold by stopping this worker; the run then resumes from that checkpoint, no step redone."""
+
+    def __init__(self, cap: float):
+        self.cap, self.held = cap, False
+
+    def on_checkpoint(self, trainer, path):
+        import time
+
+        if trainer.context.world_size == 1 and not self.held:
+            self.held = True
+            time.sleep(self.cap)

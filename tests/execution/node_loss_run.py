@@ -1,6 +1,6 @@
 """A 2-worker elastic run on a Ray cluster of three nodes (a head without CPUs, two worker
 nodes of one CPU, each with its own scratch directory), checkpoints in S3; one worker node
-is removed in the middle of epoch 2. Run by tests/execution/test_node_loss.py in a process
+is removed in the middle of epoch 2, and added back once the run goes on alone. Run by tests/execution/test_node_loss.py in a process
 of its own (the cluster is its own Ray); writes what happened as JSON to argv[1]."""
 
 import json
@@ -28,36 +28,68 @@ def main(out: Path, bucket: str) -> None:
     ray.init(address=cluster.address, logging_level="ERROR")
     from trainyard import Trainer, TrainingConfig
 
-    from tests.execution.hooks import MarkAt, RecordSteps
+    from tests.execution.hooks import HoldAloneAfterCheckpoint, MarkAt, RecordSteps
     from tests.helpers import VOCAB, lm_factory, lm_samples
 
     marker, steps = out / "marker", out / "steps.jsonl"
     removed = {}
 
-    def remove_when_marked():
-        while not marker.exists():
-            time.sleep(0.05)
-        removed["at"] = time.time()
-        cluster.remove_node(nodes[1])
-
-    threading.Thread(target=remove_when_marked, daemon=True).start()
     cfg = TrainingConfig(learning_rate=1e-2, batch_size=4, epochs=3, random_seed=3, checkpoint_every_n_steps=2)
     data, val = lm_samples(48), lm_samples(8, seed=4)
     run = ray.train.RunConfig(name="nodeloss", storage_path=f"s3://{bucket}/runs", failure_config=ray.train.FailureConfig(max_failures=2))
-    results = Trainer(lm_factory(dropout=0.0), SimpleNamespace(vocab_size=VOCAB), cfg, hooks=[MarkAt(str(marker), 2, 9), RecordSteps(str(steps))],
-                      scaling=(1, 2), run_config=run).train(data, val)
+    # Elastic 1-2 workers; Ray looks for room to grow every 2 s (60 s by default). Alone, the run
+    # holds after its first checkpoint until Ray grows it (its coordinator sees nodes on a 20 s tick).
+    scaling = ray.train.ScalingConfig(num_workers=(1, 2), elastic_resize_monitor_interval_s=2)
+    hooks = [MarkAt(str(marker), 2, 9), RecordSteps(str(steps)), HoldAloneAfterCheckpoint(90)]
+    trained: dict = {}
+
+    def train():  # in a thread: nodes are added from the main thread only (Ray sets signal handlers there)
+        try:
+            trained["results"] = Trainer(lm_factory(dropout=0.0), SimpleNamespace(vocab_size=VOCAB), cfg, hooks=hooks, scaling=scaling,
+                                         run_config=run).train(data, val)
+        except BaseException as e:  # noqa: BLE001 - raised again in the main thread
+            trained["error"] = e
+
+    training = threading.Thread(target=train)
+    training.start()
+    while not marker.exists() and training.is_alive():
+        time.sleep(0.05)
+    removed["at"] = time.time()
+    cluster.remove_node(nodes[1])
+    while 1 not in _worlds(steps) and training.is_alive():
+        time.sleep(0.05)  # the run goes on alone
+    removed["added_at"] = time.time()
+    scratch.append(out / "node3")  # a new machine in the lost one's place
+    scratch[-1].mkdir()
+    cluster.add_node(num_cpus=1, env_vars={"TMPDIR": str(scratch[-1])})
+    training.join()
+    if "error" in trained:
+        raise trained["error"]
+    results = trained["results"]
     whole = Trainer(lm_factory(dropout=0.0), SimpleNamespace(vocab_size=VOCAB), cfg.replace(checkpoint_dir=str(out / "whole"), global_batch_size=8)).train(data, val)
     recorded = [json.loads(line) for line in steps.read_text().splitlines()]
     losses = lambda r: r["metrics_summary"][["train/loss", "val/loss"]].values.ravel().tolist()  # noqa: E731
     after = [t for _, _, t in recorded if t > removed["at"] + 3]  # the marked step holds 3 s before the removal shows
     (out / "result.json").write_text(json.dumps({
         "losses": losses(results), "uninterrupted": losses(whole), "steps": recorded, "removed_at": removed["at"],
-        "recovery_s": after[0] - removed["at"] if after else None, "checkpoint": results["checkpoint_path"],
+        "recovery_s": after[0] - removed["at"] if after else None, "checkpoint": results["checkpoint_path"], "added_at": removed.get("added_at"),
+        "regrowth_s": next((t - removed["added_at"] for _, world, t in recorded if world == 2 and t > removed.get("added_at", float("inf"))), None),
         "checkpoints": sorted(p.rsplit("/", 2)[-2] for p in _listing(f"s3://{bucket}/runs/nodeloss") if "/checkpoint_e" in p and p.endswith("/COMPLETE")),
         "scratch_files": sorted(str(p.relative_to(out)) for folder in scratch for p in folder.rglob("*") if p.is_file()),
     }))
     ray.shutdown()
     cluster.shutdown()
+
+
+def _worlds(steps: Path) -> set[int]:
+    """The world sizes recorded so far (a line being written is skipped)."""
+    worlds = set()
+    for line in steps.read_text().splitlines() if steps.exists() else []:
+        try:
+            worlds.add(json.loads(line)[1])
+        except ValueError:
+            pass
+    return worlds
 
 
 def _listing(location: str) -> list[str]:

@@ -307,10 +307,10 @@ def restore(run: Run, loaded: ckpt.LoadedCheckpoint) -> TrainState:
     before = BatchPlan.saved(s)
     if not state.epoch_complete and before != run.plan:  # another split of the same global batch (checked): the same samples
         state.batch_in_epoch = resume_batch(state.batch_in_epoch, before, run.plan)
-    ranks = s.get("ranks")  # at an epoch end the sums start afresh
-    if ranks and len(ranks) != run.ctx.world_size:  # mid-epoch on other workers: the epoch's sums so far go to the main rank
+    ranks = s.get("ranks")  # per rank where several saved it (at an epoch end the sums start afresh)
+    if len(ranks or [s]) != run.ctx.world_size:  # on other workers: the epoch's sums so far go to the main rank alone
         merged = MetricSums()
-        for r in ranks:
+        for r in ranks or [s]:
             for name, value in vars(MetricSums.saved(r["epoch_sums"])).items():
                 setattr(merged, name, getattr(merged, name) + value)
         ranks = None

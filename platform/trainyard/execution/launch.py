@@ -149,7 +149,8 @@ def _train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         _quiet_worker_logs()
     # This rank writes its checkpoints here; Ray copies each into the run's storage and the
     # local copy goes (the folder too, when the worker is done).
-    staging = tempfile.mkdtemp(prefix="trainyard-ckpt-")
+    _remove_abandoned_staging()
+    staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-")
     trainer = TrainingLoop(p.model, p.config, p.training_config, p.task_spec, hooks=p.hooks)
     trainer.tokenizer = p.tokenizer
     ctx = RayTrainContext(delete_local_checkpoints=True, training_config=p.training_config, run_dir=staging)
@@ -158,6 +159,24 @@ def _train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return results if ctx.is_main else None
+
+
+STAGING_PREFIX = "trainyard-ckpt-"  # + the worker's pid + "-"
+
+
+def _remove_abandoned_staging() -> None:
+    """Staging folders of workers that are gone: one killed by Ray (a restart, a resize, a
+    preemption's deadline) never removed its own, with the checkpoint it resumed from in it."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{STAGING_PREFIX}*-*"):
+        pid = folder.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # another user's process: alive
+            pass
 
 
 def _quiet_worker_logs() -> None:
