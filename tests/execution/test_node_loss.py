@@ -1,7 +1,7 @@
 """A node lost in the middle of an elastic run, on a real multi-node Ray cluster with its
 checkpoints in S3: the run goes on with the workers left, from its newest checkpoint, grows
 back to 2 workers when the node returns, and ends with the losses of an uninterrupted run of
-the same global batch."""
+the same global batch. A fixed count of 2 that loses a node waits until capacity returns."""
 
 import json
 import os
@@ -40,5 +40,12 @@ def test_a_node_removed_mid_epoch_the_run_goes_on_with_the_workers_left(bucket, 
     assert re.search(rf"resumed from s3://{bucket.name}/runs/nodeloss/checkpoint_e0002_b0000002 \(epoch 2, step 8\)", said)
     assert "changed since that checkpoint: workers 2 -> 1: the global batch is kept, 8 samples a step" in said
     assert "changed since that checkpoint: workers 1 -> 2: the global batch is kept, 8 samples a step" in said
+    # A fixed count (2 workers) that loses a node waits for capacity, then goes on from its
+    # newest checkpoint on 2 workers again, with the same losses.
+    fixed = got["fixed"]
+    assert {world for _, world, _ in fixed["steps"]} == {2}
+    trained = [step for step, _, _ in fixed["steps"]]
+    assert trained[-1] == 18 and sorted(set(trained)) == list(range(1, 19)) and len(trained) - len(set(trained)) <= 1, trained
+    assert fixed["losses"] == pytest.approx(got["uninterrupted"], abs=1e-5)
     copies = [f for f in got["scratch_files"] if "checkpoint_tmp_" in f or "/resume/" in f]
     assert copies == [], "the checkpoint a worker resumed from is not left on its node's disk"
