@@ -140,9 +140,8 @@ def streamed_files(data: Any, name: str) -> list[str] | None:
             files = [f for p in files for f in parquet_files(p, name)]
         except (FileNotFoundError, ValueError):  # other formats, or nothing: Ray Data says which
             return None
-    if isinstance(data, DataFiles) and data.tokenizer is not None:
-        found = pq.ParquetFile(open_input(files[0])).schema_arrow.names
-        if has_instruction_columns(found) or (data.text_column is not None and "input_ids" not in found):
+    if isinstance(data, DataFiles) and data.tokenizer is not None:  # as `tokenize` decides: a text column, or instruction rows
+        if data.text_column is not None or has_instruction_columns(pq.read_schema(open_input(files[0])).names):
             return None  # text to tokenize first
     return files
 
