@@ -10,6 +10,13 @@ import pytest
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
+# As `import trainyard` does for a user, before anything imports Ray (a test module that
+# imports ray first would leave it unset): send Ray's token where `ray start` wrote one, so
+# the `ray` CLI the tests run talks to the heads they start.
+from trainyard.execution.ray_env import token_auth_if_available  # noqa: E402
+
+token_auth_if_available()
+
 from tests.helpers import lm_samples  # noqa: E402
 
 
@@ -145,3 +152,21 @@ def bucket(s3_endpoint, request):
     name = f"test-{abs(hash(request.node.nodeid)) % 10**10}"
     s3_endpoint.create_bucket(Bucket=name)
     return Bucket(s3_endpoint, name)
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """A real `ray start` head for the session (2 CPUs), in its own temp dir and on its own
+    ports: the job queue's jobs are Ray Jobs on it."""
+    from tests.ray_heads import head_env, start_head
+
+    head = start_head(head_env(), num_cpus=2)
+    yield head
+    head.stop()
+
+
+@pytest.fixture
+def queue_cluster(ray_head, monkeypatch):
+    """RAY_ADDRESS names the session's head, for this test and the processes it starts."""
+    monkeypatch.setenv("RAY_ADDRESS", ray_head.address)
+    return ray_head

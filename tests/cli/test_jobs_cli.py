@@ -23,25 +23,32 @@ def jobs(db, *argv, **kwargs):
                           capture_output=True, text=True, timeout=300, **kwargs)
 
 
-def test_a_job_submitted_from_the_shell_is_read_from_another_process(ray_session, jobs_db, tmp_path, monkeypatch, capsys):
+def test_a_job_submitted_from_the_shell_is_read_from_another_process(queue_cluster, jobs_db, tmp_path, monkeypatch, capsys):
     from trainyard.cli.main import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TRAINYARD_JOBS_DB", jobs_db)  # what --db defaults to
-    assert main(["jobs", "submit", CONFIG, *TINY, "--name", "tiny"]) == 0
+    assert main(["jobs", "submit", CONFIG, *TINY, "--name", "tiny", "--wait"]) == 0
     out = capsys.readouterr().out.splitlines()
     job_id = out[0].split()[1]
     assert out[0].startswith(f"job {job_id} submitted to ") and out[-1] == f"job {job_id}: completed"
+    assert any("epoch 2/2 | train/loss" in line for line in out[1:-1])  # followed: the job's lines, then its state
 
     listed = jobs(jobs_db, "list")
     assert listed.returncode == 0, listed.stderr
     header, row = listed.stdout.splitlines()
-    assert header.split() == ["ID", "NAME", "STATE", "SUBMITTED", "ATTEMPTS", "ERROR"]
-    assert row.split()[:3] == [job_id, "tiny", "completed"]
+    assert header.split() == ["ID", "NAME", "OWNER", "STATE", "PRIORITY", "QUEUED", "SUBMITTED", "ATTEMPTS", "WHY"]
+    assert row.split()[:5] == [job_id, "tiny", __import__("getpass").getuser(), "completed", "0"]
+    assert jobs(jobs_db, "list", "--owner", "someone-else").stdout.startswith("no jobs of someone-else in ")
     status = dict(line.split(None, 1) for line in jobs(jobs_db, "status", job_id).stdout.splitlines())
     assert status["state"] == "completed" and status["attempts"] == "1" and status["checkpoint"].startswith(status["checkpoint_dir"])
-    logs = jobs(jobs_db, "logs", job_id).stdout
+    assert status["ray_job"] == f"trainyard-{job_id}-1"
+    logs = jobs(jobs_db, "logs", job_id).stdout  # what `ray job logs trainyard-<id>-1` prints, less Ray's own lines
     assert f"job {job_id}: attempt 1 started on" in logs and "epoch 2/2 | train/loss" in logs and f"job {job_id}: completed" in logs
+    assert "job_manager.py" not in logs and "Running entrypoint" not in logs
+    ray_logs = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "job", "logs", f"trainyard-{job_id}-1", "--address", queue_cluster.address],
+                              capture_output=True, text=True, timeout=120)
+    assert "epoch 2/2 | train/loss" in ray_logs.stdout, ray_logs.stdout + ray_logs.stderr
     results = json.loads(jobs(jobs_db, "results", job_id).stdout)
     assert results["checkpoint_path"] == status["checkpoint"] and len(results["metrics_summary"]) == 2
     assert f"final_loss {results['final_loss']:.4f}" in logs
@@ -54,15 +61,14 @@ def test_a_job_submitted_from_the_shell_is_read_from_another_process(ray_session
 
 
 @pytest.mark.parametrize("jobs_db", ["postgresql"], indirect=True)
-def test_a_running_job_is_cancelled_from_another_shell_and_resumed_to_completion(jobs_db, tmp_path, ray_session):
-    """The submitting shell follows the job; a second one cancels it (it saves its position
-    first), and `resume` runs it to the end from there, both on the cluster in RAY_ADDRESS.
-    (On PostgreSQL; cancel and resume on SQLite are tests/job_queue/test_queue.py's, through
-    the API the CLI calls.)"""
+def test_a_running_job_is_cancelled_from_another_shell_and_resumed_to_completion(jobs_db, tmp_path, queue_cluster):
+    """The submitting shell follows the job (--wait); a second one cancels it (it saves its
+    position first), and `resume --wait` runs it to the end from there, both on the cluster
+    in RAY_ADDRESS. (On PostgreSQL; cancel and resume on SQLite are
+    tests/job_queue/test_queue.py's, through the API the CLI calls.)"""
     env = {k: v for k, v in os.environ.items() if k != "TRAINYARD_JOBS_DB"}
-    env["RAY_ADDRESS"] = ray_session.get_runtime_context().gcs_address
     submit = subprocess.Popen([sys.executable, "-m", "trainyard.cli.main", "jobs", "submit", CONFIG, *TINY[:-1], "data.train_size=8000",
-                               "--db", jobs_db], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               "--db", jobs_db, "--wait"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     job_id = submit.stdout.readline().split()[1]
     from trainyard.job_queue import JobQueue
 
@@ -79,7 +85,7 @@ def test_a_running_job_is_cancelled_from_another_shell_and_resumed_to_completion
     stopped = dict(line.split(None, 1) for line in jobs(jobs_db, "status", job_id).stdout.splitlines())
     assert stopped["state"] == "cancelled" and stopped["checkpoint"].endswith(" (resume continues from it)"), stopped
     where = stopped["checkpoint"].split()[0]
-    resumed = subprocess.run([sys.executable, "-m", "trainyard.cli.main", "jobs", "resume", job_id, "--db", jobs_db], cwd=tmp_path, env=env,
+    resumed = subprocess.run([sys.executable, "-m", "trainyard.cli.main", "jobs", "resume", job_id, "--db", jobs_db, "--wait"], cwd=tmp_path, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)  # as a terminal shows them
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     lines = resumed.stdout.strip().splitlines()

@@ -1,32 +1,23 @@
 """`ray job submit --working-dir .` against a real local head, as on a cluster.
 
 The head runs from a bare environment that has torch and Ray but not trainyard, so the
-job proves the source is shipped to every worker from the working dir. The head is started
-with `--block` and terminated at the end: `ray stop` would also stop other Ray instances.
+job proves the source is shipped to every worker from the working dir (tests/ray_heads.py
+starts and stops it).
 """
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.ray_heads import start_head
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["data.train_size=64", "data.val_size=16", "model.d_model=16", "model.n_heads=2", "model.n_layers=1", "batch_size=16", "epochs=2"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -46,43 +37,9 @@ def bare_head(tmp_path_factory):
     env.pop("RAY_ADDRESS", None)
     check = subprocess.run([python, "-c", "import trainyard"], env=env, capture_output=True)
     assert check.returncode != 0, "the bare environment must not see trainyard"
-    dashboard, gcs_port = _free_port(), _free_port()
-    # Every port of its own: the test session's local Ray may hold the default ones.
-    ports = [f"--{name}={_free_port()}" for name in (
-        "node-manager-port", "object-manager-port", "ray-client-server-port", "metrics-export-port",
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
-    )]
-    head = subprocess.Popen(
-        [python, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={gcs_port}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=3",
-         "--include-dashboard=true", "--disable-usage-stats", *ports],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    address = f"http://127.0.0.1:{dashboard}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{address}/api/version", timeout=2)
-            break
-        except urllib.error.HTTPError:  # it answers (401 with token auth): it is up
-            break
-        except OSError:  # not listening yet
-            time.sleep(1)
-    else:
-        head.terminate()
-        pytest.fail("the Ray head did not start within 60 s")
-    yield python, {**env, "RAY_ADDRESS": address}
-    os.killpg(head.pid, signal.SIGTERM)
-    try:
-        head.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait(timeout=30)
-    # `ray stop` would delete the head's address file; we did not call it, so do its part:
-    # a stale file sends later state-API clients to a dead address (40 s time-outs).
-    current = Path(tempfile.gettempdir(), "ray", "ray_current_cluster")
-    if current.exists() and current.read_text().strip().endswith(f":{gcs_port}"):
-        current.unlink()
+    head = start_head(env, num_cpus=3, python=python, timeout=60, own_temp_dir=False)  # "the `ray start` head on this machine"
+    yield python, {**env, "RAY_ADDRESS": head.address}
+    head.stop()
 
 
 def submit(python, env, *entrypoint, timeout=300):
@@ -132,11 +89,11 @@ def test_a_command_that_would_join_a_head_without_trainyard_says_so_in_one_line(
     """With another `ray start` head on the machine, `trainyard train --workers 2` joined it
     and ended in a 40-line traceback ('No module named trainyard'). It says which cluster and
     why, refuses before any work, and RAY_ADDRESS=local runs on a Ray of its own."""
-    from trainyard.execution.ray_env import _running_cluster
+    from trainyard.execution.ray_env import running_cluster
 
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # the bare head is this machine's `ray start` head
     deadline = time.time() + 60
-    while _running_cluster() is None and time.time() < deadline:  # `ray start` names its head a moment after it answers
+    while running_cluster() is None and time.time() < deadline:  # `ray start` names its head a moment after it answers
         time.sleep(0.5)
     argv = [sys.executable, "-m", "trainyard.cli.main", "train", "jobs/configs/addition.yaml", *TINY, "--workers", "2",
             "--storage-path", str(tmp_path / "runs")]

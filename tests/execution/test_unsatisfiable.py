@@ -32,12 +32,15 @@ def test_a_sweep_whose_trial_cannot_fit_is_refused(ray_session, tmp_path):
               training_config=TrainingConfig(epochs=1), resources_per_trial={"cpu": 1, "gpu": 1}, storage_path=tmp_path, num_samples=1)
 
 
-def test_a_job_that_cannot_fit_is_refused_and_leaves_no_row(ray_session, tmp_path):
+def test_a_job_that_cannot_fit_is_refused_and_leaves_no_row(queue_cluster, tmp_path):
+    """Checked against the nodes the queue's admission actor last saw (the session's head: 2 CPUs)."""
     from trainyard.job_queue import JobConfig, JobQueue
 
     queue = JobQueue(f"sqlite:///{tmp_path}/jobs.db")
     with pytest.raises(ValueError, match=r"JobConfig\(num_workers=1, use_gpu=True\) needs 1 GPU"):
         queue.submit_job(JobConfig(model_factory=lm_factory(), config={"vocab_size": VOCAB}, train_data=lm_samples(), use_gpu=True))
+    with pytest.raises(ValueError, match=r"JobConfig\(num_workers=3\) needs 3 CPU \(3 x 1\), but this Ray cluster has 2 CPU"):
+        queue.submit_job(JobConfig(model_factory=lm_factory(), config={"vocab_size": VOCAB}, train_data=lm_samples(), num_workers=3))
     assert queue.list_jobs() == []
 
 

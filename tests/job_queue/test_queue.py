@@ -1,7 +1,5 @@
-"""The durable job queue (seeds/000 Feature 4): records in SQLite, jobs on the session's Ray."""
+"""The durable job queue (seeds/000 Feature 4): records in SQLite, each job a Ray Job on the session's head."""
 
-import subprocess
-import sys
 import time
 from types import SimpleNamespace
 
@@ -20,7 +18,7 @@ def _data(n=24):
     return [torch.randint(0, 50, (12,), generator=g) for _ in range(n)]
 
 
-def test_feature_4_example_runs_and_matches_a_direct_run(ray_session, tmp_path, monkeypatch):
+def test_feature_4_example_runs_and_matches_a_direct_run(queue_cluster, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     enable_legacy_imports()
     try:
@@ -63,7 +61,7 @@ class Broken(torch.nn.Module):
         raise RuntimeError("this model is broken")
 
 
-def test_a_failing_job_is_failed_with_its_error_and_nothing_else_breaks(ray_session, tmp_path):
+def test_a_failing_job_is_failed_with_its_error_and_nothing_else_breaks(queue_cluster, tmp_path):
     queue = JobQueue_(tmp_path)
     job_id = queue.submit_job(_JobConfig(model_factory=Broken, train_data=_data()))
     assert queue.wait(job_id, timeout=120) == "failed"
@@ -89,7 +87,7 @@ def test_bad_input_is_refused_with_the_fix(tmp_path):
         JobQueue("nosuchdb://x")
 
 
-def test_cancel_then_resume_continues_from_the_checkpoint(ray_session, tmp_path):
+def test_cancel_then_resume_continues_from_the_checkpoint(queue_cluster, tmp_path):
     from tests.execution.hooks import SlowBatches
 
     config = SimpleNamespace(vocab_size=50, d_model=16)
@@ -116,20 +114,38 @@ def test_cancel_then_resume_continues_from_the_checkpoint(ray_session, tmp_path)
     assert resumed["loss_history"] == direct["loss_history"]
 
 
-def test_a_job_whose_submitter_died_is_interrupted_and_can_be_resumed(ray_session, tmp_path):
-    queue = JobQueue_(tmp_path)
+def test_a_job_whose_driver_is_stopped_through_ray_is_interrupted_and_resumes_from_its_checkpoint(queue_cluster, tmp_path):
+    """`ray job stop` (or any end of the job's process that it did not choose): the record
+    says interrupted and why, and resume_job continues from the newest checkpoint to the
+    uninterrupted losses."""
+    from ray.job_submission import JobSubmissionClient
+
+    from tests.execution.hooks import SlowBatches
+
     config = SimpleNamespace(vocab_size=50, d_model=16)
-    job_id = queue.submit_job(_JobConfig(model_factory=ModelFactory(config), config=config, train_data=_data()))
-    queue.wait(job_id, timeout=120)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
-    host = __import__("socket").gethostname()
-    with queue._engine.begin() as c:  # as if processes that have since died had launched and run it
-        c.execute(queue._table.update().values(state="running", owner=f"{host}:{dead}", worker=f"{host}:{dead}", results=None))
-    assert queue.get_job_status(job_id) == "interrupted"
+    training = TrainingConfig(epochs=3, batch_size=4, checkpoint_every_n_steps=1)
+    queue = JobQueue_(tmp_path)
+    job_id = queue.submit_job(_JobConfig(model_factory=ModelFactory(config), config=config, train_data=_data(), training_config=training,
+                                         hooks=[SlowBatches(0.4)], max_retries=0))
+    from trainyard.engine.run_folder import latest_valid
+
+    deadline = time.monotonic() + 120
+    while latest_valid(tmp_path / "jobs" / job_id) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    record = queue.get_job(job_id)
+    assert record.state == "running" and record.ray_job == f"trainyard-{job_id}-1"
+    JobSubmissionClient(queue_cluster.address).stop_job(record.ray_job)
+    assert queue.wait(job_id, timeout=60) == "interrupted"
+    assert "SIGTERM" in queue.get_job(job_id).error or "STOPPED" in queue.get_job(job_id).error, queue.get_job(job_id).error
     with pytest.raises(RuntimeError, match="is interrupted"):
         queue.get_job_results(job_id)
     queue.resume_job(job_id)
     assert queue.wait(job_id, timeout=120) == "completed"
+    assert queue.get_job(job_id).attempts == 2
+    log = (tmp_path / "jobs" / job_id / "job.log").read_text()
+    assert "attempt 2 started" in log and "resumed from" in log, log[-2000:]
+    direct = Trainer(ModelFactory(config), config, training.replace(checkpoint_dir=str(tmp_path / "d"))).train(_data())
+    assert queue.get_job_results(job_id)["loss_history"] == direct["loss_history"]
 
 
 class ModelFactory:
@@ -152,7 +168,7 @@ def _JobConfig(**kwargs):  # noqa: N802
     return JobConfig(**kwargs)
 
 
-def test_an_fsdp_job_shards_across_its_workers_and_trains_as_one_process(ray_session, tmp_path):
+def test_an_fsdp_job_shards_across_its_workers_and_trains_as_one_process(queue_cluster, tmp_path):
     import functools
 
     from trainyard.engine import checkpoint as ck

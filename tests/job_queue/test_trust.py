@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from trainyard._trust import SharedStorageError
 from trainyard.job_queue import JobQueue
-from trainyard.job_queue.records import HEARTBEAT_S, observed_state
+from trainyard.job_queue.records import HEARTBEAT_S, STALE_S, observed_state
 from trainyard.job_queue.runner import run_job
 
 NOBODY = 65534  # a uid and gid that are not this user's
@@ -109,16 +109,10 @@ def test_a_task_of_an_earlier_attempt_neither_claims_nor_finishes_the_job(tmp_pa
     assert (row["state"], row["started_at"], row["worker"]) == ("pending", None, None)
 
 
-def test_concurrent_resumes_launch_a_job_once(tmp_path, monkeypatch):
-    from trainyard.job_queue import queue as queue_module
-
+def test_concurrent_resumes_queue_a_job_once(tmp_path, monkeypatch):
     queue, db, _ = _planted(tmp_path, "failed")
-    with queue._engine.begin() as c:
-        c.execute(queue._table.update().values(payload=pickle.dumps({"a": "job"})))
-    launches = []
-    monkeypatch.setattr(queue_module, "ensure_ray", lambda: None)
-    monkeypatch.setattr(queue_module, "JobConfig", dict)
-    monkeypatch.setattr(JobQueue, "_launch", lambda self, job_id, attempt, *a: launches.append(attempt))
+    looks = []
+    monkeypatch.setattr(JobQueue, "_ensure_admitter", lambda self, **kw: looks.append(kw))  # no cluster: the record is the point
     queues = [JobQueue(queue.url) for _ in range(8)]
     outcomes, start = [], threading.Barrier(8)
 
@@ -135,47 +129,47 @@ def test_concurrent_resumes_launch_a_job_once(tmp_path, monkeypatch):
         t.start()
     for t in threads:
         t.join()
-    assert outcomes.count("resumed") == 1 and launches == [2], outcomes
+    assert outcomes.count("resumed") == 1, outcomes
     assert all("changed while it was being resumed" in o or "is pending" in o for o in outcomes if o != "resumed")
-    assert queue._row("failed")["attempts"] == 2
+    row = queue._row("failed")
+    assert (row["state"], row["attempts"], row["ray_job"]) == ("pending", 2, None)
 
 
-def _row(state, owner, worker, heartbeat_age):
-    return {"state": state, "owner": owner, "worker": worker, "heartbeat_at": None if heartbeat_age is None else time.time() - heartbeat_age}
+def _row(state, worker, heartbeat_age):
+    return {"state": state, "worker": worker, "heartbeat_at": None if heartbeat_age is None else time.time() - heartbeat_age}
 
 
 def test_a_job_reads_interrupted_only_once_the_process_running_it_is_gone():
     host = socket.gethostname()
     dead = f"{host}:{subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True).stdout.strip()}"
     alive = f"{host}:{os.getpid()}"
-    # the submitter died; Ray is still stopping its worker: resuming now would overlap it
-    assert observed_state(_row("running", dead, alive, 0.5)) == "running"
-    assert observed_state(_row("running", dead, dead, 0.5)) == "interrupted"
-    # a worker on another node is known gone by its silence
-    assert observed_state(_row("running", dead, "elsewhere:1", HEARTBEAT_S)) == "running"
-    assert observed_state(_row("running", dead, "elsewhere:1", 3 * HEARTBEAT_S + 2)) == "interrupted"
-    # a pending job of a dead submitter never started (its claim is fenced by the attempt)
-    assert observed_state(_row("pending", dead, None, None)) == "interrupted"
-    assert observed_state(_row("running", alive, alive, 0.5)) == "running"
-    assert observed_state(_row("interrupted", dead, dead, 100)) == "interrupted"
+    # its process here ended without recording it: interrupted once three beats are missed
+    assert observed_state(_row("running", dead, 0.5)) == "running"
+    assert observed_state(_row("running", dead, 3 * HEARTBEAT_S + 2)) == "interrupted"
+    # alive and beating: running, however long ago its submitter left
+    assert observed_state(_row("running", alive, 3 * HEARTBEAT_S + 2)) == "running"
+    # a process on another node is known gone by a minute's silence
+    assert observed_state(_row("running", "elsewhere:1", 3 * HEARTBEAT_S + 2)) == "running"
+    assert observed_state(_row("running", "elsewhere:1", STALE_S + 1)) == "interrupted"
+    # a pending job waits for the admitter: never interrupted by itself
+    assert observed_state(_row("pending", None, None)) == "pending"
+    assert observed_state(_row("interrupted", dead, 100)) == "interrupted"
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="a zombie is told from /proc")
-def test_a_killed_submitter_not_yet_reaped_by_its_parent_is_gone():
-    """A SIGKILLed submitter stays a zombie until its parent (a shell, a test) waits for it:
-    its job reads interrupted then, not a minute later when its heartbeat goes stale."""
+def test_a_killed_job_process_not_yet_reaped_by_its_parent_is_gone():
+    """A SIGKILLed process stays a zombie until its parent waits for it: its job reads
+    interrupted once its beats are missed, not a minute later."""
     host = socket.gethostname()
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         time.sleep(0.2)
-        assert observed_state(_row("running", f"{host}:{child.pid}", f"{host}:{os.getpid()}", 0.5)) == "running"
+        assert observed_state(_row("running", f"{host}:{child.pid}", 3 * HEARTBEAT_S + 2)) == "running"
         os.kill(child.pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
         while Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z" and time.monotonic() < deadline:
             time.sleep(0.02)
-        zombie = f"{host}:{child.pid}"
-        assert observed_state(_row("pending", zombie, None, None)) == "interrupted"
-        assert observed_state(_row("running", zombie, zombie, 0.5)) == "interrupted"
+        assert observed_state(_row("running", f"{host}:{child.pid}", 3 * HEARTBEAT_S + 2)) == "interrupted"
     finally:
         child.kill()
         child.wait()

@@ -1,15 +1,17 @@
 """`trainyard jobs ...`: the job queue from the shell.
 
-    trainyard jobs submit jobs/configs/addition.yaml epochs=3 [--workers 2] [--db URL]
-    trainyard jobs list [--state running]
-    trainyard jobs status ID | logs ID | results ID | cancel ID | resume ID
+    trainyard jobs submit jobs/configs/addition.yaml epochs=3 [--workers 2] [--priority 5] [--wait] [--db URL]
+    trainyard jobs list [--state pending] [--owner NAME]
+    trainyard jobs status ID | logs ID | results ID | cancel ID | resume ID [--wait]
+    trainyard jobs max-running N|none
 
 `--db` is a SQLAlchemy URL: `TRAINYARD_JOBS_DB` if set, else `sqlite:///training_jobs.db`
-(the seed's); `postgresql://user@host/db` with the `postgres` extra. A job runs on Ray as
-a task of the process that submitted it, so `submit` (and `resume`) stay with the job until
-it ends, its lines reaching the terminal as they are logged; if that process dies the job
-reads `interrupted`, and `trainyard jobs resume ID` continues it from its last checkpoint.
-`logs` prints the job's log file (`job.log` in its directory) from any process.
+(the seed's); `postgresql://user@host/db` with the `postgres` extra. `submit` prints the
+job's id and returns: the job is a Ray Job on the cluster in RAY_ADDRESS (else the `ray
+start` head on this machine, else one started here), started by the queue's admission actor
+there when the cluster has room, by priority then submission. It shows in `ray job list`
+(submission id `trainyard-<id>-<attempt>`); `logs` prints what its Ray Job logged (or its
+`job.log`, which keeps every attempt's lines), `--wait` follows it to its end.
 """
 
 from __future__ import annotations
@@ -42,19 +44,28 @@ def add_parser(sub) -> None:
                                  "else beside the database file)")
         return parser
 
-    submit = verb("submit", "submit an experiment config as a job, and follow it to its end", job_id=False)
+    submit = verb("submit", "submit an experiment config as a job (prints its id and returns; --wait follows it)", job_id=False)
     submit.add_argument("config", help="experiment YAML, e.g. jobs/configs/addition.yaml")
     submit.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=3")
     submit.add_argument("--workers", type=int, default=1, help="> 1: a Ray Train run with DDP")
     submit.add_argument("--gpu", action="store_true", help="a GPU per worker")
     submit.add_argument("--name", default=None, help="the job's name (default: the config's)")
-    listing = verb("list", "the jobs, oldest first", job_id=False)
+    submit.add_argument("--priority", type=int, default=0, help="higher starts first (default 0); equal ones in submission order")
+    submit.add_argument("--retries", type=int, default=2, metavar="N",
+                        help="times a job whose Ray Job was lost (a node, the head) resumes by itself (default 2)")
+    submit.add_argument("--owner", default=None, help="who submits it (default: the OS user)")
+    submit.add_argument("--wait", action="store_true", help="follow the job to its end (Ctrl-C stops following, not the job)")
+    listing = verb("list", "the jobs, oldest first (a pending job with its place in the queue and why it waits)", job_id=False)
     listing.add_argument("--state", default=None, help="only jobs in this state (pending, running, completed, ...)")
+    listing.add_argument("--owner", default=None, help="only the jobs this user submitted")
     verb("status", "one job's record")
     verb("logs", "what the job's processes logged")
     verb("results", "a completed job's results, as JSON")
     verb("cancel", "stop a pending or running job (a running one saves a checkpoint first)")
-    verb("resume", "run a cancelled, failed or interrupted job again from its last checkpoint, and follow it")
+    resume = verb("resume", "queue a cancelled, failed or interrupted job again, to continue from its last checkpoint")
+    resume.add_argument("--wait", action="store_true", help="follow the job to its end")
+    limit = verb("max-running", "how many of the queue's jobs may run at once", job_id=False)
+    limit.add_argument("limit", help="a number (0 holds every pending job), or none for as many as the cluster fits")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,69 +90,91 @@ def _submit(queue, args) -> int:
         raise ValueError(f"--workers {args.workers}: a job needs at least 1 worker")
     with say_if_slow(f"preparing the job: reading {args.config}'s data", logger="trainyard.cli"):
         exp = build(load_spec(args.config, args.overrides))
+    if args.retries < 0:
+        raise ValueError(f"--retries {args.retries}: give 0 or more")
     job = JobConfig(
         model_factory=exp.model_factory, config=exp.model_config, train_data=exp.train_data, val_data=exp.val_data,
         training_config=exp.training_config, task_spec=exp.task_spec, num_workers=args.workers, use_gpu=args.gpu,
-        name=args.name or Path(args.config).stem,
+        name=args.name or Path(args.config).stem, priority=args.priority, max_retries=args.retries, owner=args.owner,
     )
     with say_if_slow(f"submitting the job to {queue.url}", logger="trainyard.cli"):
         job_id = queue.submit_job(job)
-    print(f"job {job_id} submitted to {queue.url}; following it (Ctrl-C stops it; `trainyard jobs resume {job_id}` continues)", flush=True)
+    if not args.wait:
+        print(f"job {job_id} submitted to {queue.url}; it runs on without this shell (`trainyard jobs status {job_id}`, "
+              f"`trainyard jobs logs {job_id}`)", flush=True)
+        return 0
+    print(f"job {job_id} submitted to {queue.url}; following it (Ctrl-C stops following; `trainyard jobs cancel {job_id}` stops the job)", flush=True)
     return _follow(queue, job_id)
 
 
 def _resume(queue, args) -> int:
     queue.resume_job(args.id)
-    print(f"job {args.id} resumed; following it", flush=True)
+    if not args.wait:
+        print(f"job {args.id} queued again; it continues from its last checkpoint (`trainyard jobs status {args.id}`)", flush=True)
+        return 0
+    print(f"job {args.id} queued again; following it", flush=True)
     return _follow(queue, args.id)
 
 
-def _follow(queue, job_id: str) -> int:
-    """Wait for the job to end (its lines reach this terminal through Ray, as they are
-    logged), then for its last logged line to arrive; exit code 0 when it completed."""
-    from trainyard.execution.ray_env import forwarded_lines
-
-    with forwarded_lines() as seen:
-        state = queue.wait(job_id)
-        record = queue.get_job(job_id)
-        _catch_up(seen, record.checkpoint_dir)
-    print(f"job {job_id}: {state}" + (f" ({_last_line(record.error)})" if record.error else ""), flush=True)
-    return 0 if state == "completed" else 1
+def _max_running(queue, args) -> int:
+    value = args.limit.strip().lower()
+    if value not in ("none", "") and not value.isdigit():
+        raise ValueError(f"max-running {args.limit!r}: give a number (0 holds every pending job) or none")
+    queue.set_max_running(None if value in ("none", "") else int(value))
+    print(f"the queue at {queue.url} runs {'as many jobs as the cluster fits' if value in ('none', '') else f'at most {value} job(s)'} at once")
+    return 0
 
 
-def _catch_up(seen: list[str], checkpoint_dir: str, timeout: float = 5.0) -> None:
-    """Ray forwards a job's lines a moment after they are logged, so the job can end before
-    its last epoch line has reached this terminal: wait (a few seconds at most) until the
-    last line of its log (job.log, stamped) has arrived, so the state is said last."""
-    from trainyard.job_queue.runner import log_path
-
-    path = log_path(checkpoint_dir) if is_local(checkpoint_dir) else None
-    lines = path.read_text(errors="replace").splitlines() if path is not None and path.is_file() else []
-    if not lines:
-        return
-    last = lines[-1].split(" ", 2)[-1]  # without its date and time
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not any(last in line for line in seen[-50:]):
-        time.sleep(0.05)
+def _follow(queue, job_id: str, poll: float = 0.5) -> int:
+    """Print what the job's Ray Job logs as it comes (each attempt's in turn), until the job
+    ends; exit code 0 when it completed. Ctrl-C stops following, not the job."""
+    printed: dict[str, int] = {}
+    try:
+        while True:
+            record = queue.get_job(job_id)
+            done = record.state in ("completed", "failed", "cancelled", "interrupted") and not queue._still_stopping(job_id)
+            text = queue.ray_job_logs(job_id) if record.ray_job else None
+            if text is not None:
+                sys.stdout.write(text[printed.get(record.ray_job, 0):])
+                sys.stdout.flush()
+                printed[record.ray_job] = len(text)
+            if done:
+                break
+            time.sleep(poll)
+    except KeyboardInterrupt:
+        print(f"\nstopped following job {job_id}; it runs on (`trainyard jobs cancel {job_id}` stops it)", flush=True)
+        return 130
+    print(f"job {job_id}: {record.state}" + (f" ({_last_line(record.error)})" if record.error else ""), flush=True)
+    return 0 if record.state == "completed" else 1
 
 
 def _list(queue, args) -> int:
-    records = queue.list_jobs(args.state)
+    records = queue.list_jobs(args.state, owner=args.owner)
     if not records:
-        print(f"no jobs{' ' + args.state if args.state else ''} in {queue.url}")
+        print(f"no jobs{' ' + args.state if args.state else ''}{' of ' + args.owner if args.owner else ''} in {queue.url}")
         return 0
-    rows = [("ID", "NAME", "STATE", "SUBMITTED", "ATTEMPTS", "ERROR")]
-    rows += [(r.id, r.name or "", r.state, _when(r.submitted_at), str(r.attempts), _last_line(r.error)[:60]) for r in records]
+    rows = [("ID", "NAME", "OWNER", "STATE", "PRIORITY", "QUEUED", "SUBMITTED", "ATTEMPTS", "WHY")]
+    rows += [(r.id, r.name or "", r.owner or "", r.state, str(r.priority), f"#{r.position}" if r.position else "", _when(r.submitted_at),
+              str(r.attempts), _why(r)[:70]) for r in records]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     return 0
 
 
+def _why(record) -> str:
+    """A pending job's reason to wait; a finished one's error."""
+    if record.state == "pending":
+        return record.reason or ("starting" if record.ray_job else "waiting for the admission actor")
+    return _last_line(record.error)
+
+
 def _status(queue, args) -> int:
     record = queue.get_job(args.id)
     fields = {
-        "id": record.id, "name": record.name, "state": record.state, "submitted": _when(record.submitted_at),
+        "id": record.id, "name": record.name, "owner": record.owner, "state": record.state, "priority": record.priority,
+        "queued": f"#{record.position}" if record.position else None, "waiting": record.reason if record.state == "pending" else None,
+        "ray_job": record.ray_job, "submitted": _when(record.submitted_at),
         "started": _when(record.started_at), "finished": _when(record.finished_at), "attempts": record.attempts,
         "checkpoint_dir": record.checkpoint_dir, "checkpoint": record.checkpoint_path or _resumes_from(record), "error": _last_line(record.error),
     }
@@ -164,9 +197,16 @@ def _resumes_from(record) -> str | None:
 
 
 def _logs(queue, args) -> int:
+    """The Ray Job's log of the job's current attempt (what `ray job logs` prints); where the
+    cluster no longer knows it, the job's own log file."""
     from trainyard.job_queue.runner import log_path
 
-    path = log_path(queue.get_job(args.id).checkpoint_dir)
+    record = queue.get_job(args.id)
+    text = queue.ray_job_logs(args.id)
+    if text:
+        sys.stdout.write(text)
+        return 0
+    path = log_path(record.checkpoint_dir)
     if not path.is_file():
         print(f"job {args.id} has logged nothing yet ({path})")
         return 0
@@ -191,7 +231,8 @@ def _cancel(queue, args) -> int:
     return 1
 
 
-_VERBS = {"submit": _submit, "list": _list, "status": _status, "logs": _logs, "results": _results, "cancel": _cancel, "resume": _resume}
+_VERBS = {"submit": _submit, "list": _list, "status": _status, "logs": _logs, "results": _results, "cancel": _cancel, "resume": _resume,
+          "max-running": _max_running}
 
 
 def _when(timestamp: float | None) -> str:

@@ -8,7 +8,8 @@
                   workers_per_trial > 1, final training, job-queue jobs)
     configs.py    Ray Train's ScalingConfig / RunConfig / CheckpointConfig, built in one place
     remote.py     what crosses into Ray's processes: absolute paths, pickling, run names
-    tasks.py      plain Ray tasks (a job-queue job's driver)
+    ray_jobs.py   Ray's job system: its HTTP API from outside a cluster (a head started when
+                  there is none), detached actors and cluster facts from inside one
 
 It depends on the engine only; `hpo`, the job queue and everything above depend on it.
 Nothing here imports Ray until it is used, so the engine and `import trainyard` stay free

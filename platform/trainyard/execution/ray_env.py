@@ -123,7 +123,7 @@ def _connect(ray, num_cpus: int | None, py_modules: list[str] | None) -> None:
     if not verbose():
         logging.getLogger("ray").setLevel(logging.ERROR)
     given = os.environ.get("RAY_ADDRESS")
-    address = None if given == "local" else given or _running_cluster()
+    address = None if given == "local" else given or running_cluster()
     if address:
         _check_reachable(address)
         why = "RAY_ADDRESS" if given else "a `ray start` head on this machine; RAY_ADDRESS=local runs a Ray of this process's own instead"
@@ -241,14 +241,26 @@ def check_satisfiable(per_unit: dict[str, float], count: int, what: str, fix: st
     without an autoscaler, Ray waits for them forever ("No available node types can fulfill
     resource request"). With an autoscaler configured it may add nodes, so anything goes."""
     import ray
+
+    if autoscaling():
+        return  # an autoscaler can add nodes (and Ray Train checks its maximum itself)
+    problem = unsatisfiable(per_unit, count, [node["Resources"] for node in ray.nodes() if node.get("Alive")], what, fix)
+    if problem is not None:
+        raise ValueError(problem)
+
+
+def autoscaling() -> bool:
+    """Whether the connected cluster has an autoscaler that can add nodes."""
     from ray._private import state as ray_state
 
     try:
-        if ray_state.state.get_max_resources_from_cluster_config():
-            return  # an autoscaler can add nodes (and Ray Train checks its maximum itself)
+        return bool(ray_state.state.get_max_resources_from_cluster_config())
     except Exception:  # noqa: BLE001 - an older head without the key: judge by the nodes
-        pass
-    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        return False
+
+
+def unsatisfiable(per_unit: dict[str, float], count: int, nodes: list[dict[str, float]], what: str, fix: str) -> str | None:
+    """Why `count` bundles of `per_unit` never fit on these nodes (their resources), or None."""
     for key, amount in per_unit.items():
         if not amount:
             continue
@@ -256,10 +268,11 @@ def check_satisfiable(per_unit: dict[str, float], count: int, what: str, fix: st
         largest = max((node.get(key, 0) for node in nodes), default=0)
         if total < amount * count or largest < amount:
             per_node = f", at most {largest:g} on one node" if len(nodes) > 1 else ""
-            raise ValueError(
+            return (
                 f"{what} needs {amount * count:g} {key} ({count} x {amount:g}), but this Ray cluster has "
                 f"{total:g} {key}{per_node} and no autoscaler to add nodes: Ray would wait for them forever. {fix}"
             )
+    return None
 
 
 # Lines Ray's own processes print for a run that is fine, each with why it is noise. A
@@ -362,7 +375,7 @@ def _free_port() -> int:
 def _check_reachable(address: str, timeout: float = 10.0) -> None:
     """Ray waits minutes, logging a warning every few seconds, for a cluster address that
     nothing answers at: find that out in seconds and say what to do."""
-    e = _unanswered(address, timeout)
+    e = unanswered(address, timeout)
     if e is not None:
         raise ConnectionError(
             f"no Ray cluster answers at {address} (RAY_ADDRESS; {e.strerror or type(e).__name__}). "
@@ -371,7 +384,7 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
         )
 
 
-def _unanswered(address: str, timeout: float) -> OSError | None:
+def unanswered(address: str, timeout: float) -> OSError | None:
     """Why nothing accepts a connection at `[scheme://]host:port`, or None if something does
     (or the address is no host:port, like "auto", which Ray resolves itself)."""
     host, sep, port = address.split("://", 1)[-1].rpartition(":")
@@ -384,7 +397,7 @@ def _unanswered(address: str, timeout: float) -> OSError | None:
         return e
 
 
-def _running_cluster() -> str | None:
+def running_cluster() -> str | None:
     """The address of a cluster `ray start` left running on this machine, if it is alive.
 
     Only `ray start` writes ray_current_cluster; another program's in-process Ray does
@@ -398,7 +411,7 @@ def _running_cluster() -> str | None:
         return None
     if not address.rpartition(":")[2].isdigit():
         return None  # not host:port: not written by `ray start`
-    return address if _unanswered(address, timeout=0.5) is None else None
+    return address if unanswered(address, timeout=0.5) is None else None
 
 
 @contextlib.contextmanager

@@ -1,9 +1,13 @@
-"""The job queue's API: submit, control and read jobs; the jobs themselves run on Ray."""
+"""The job queue's API: submit, control and read jobs; the jobs themselves run as Ray Jobs."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import re
+import shlex
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -13,24 +17,30 @@ from typing import Any
 from trainyard._logging import get_logger, show_logs
 from trainyard._trust import check_private, make_private_dir
 from trainyard.engine.config import TrainingConfig
-from trainyard.execution.ray_env import check_satisfiable, ensure_ray
+from trainyard.execution.ray_env import unsatisfiable
+from trainyard.execution.ray_jobs import dashboard_address, jobs_client, start_and_wait
 from trainyard.execution.remote import dumps, loads
-from trainyard.execution.tasks import RemoteTask, start_task
+from trainyard.job_queue.admission import admitter_name, queue_order
 from trainyard.job_queue.records import (
     FINISHED,
     JOB_STATES,
     JobRecord,
     absolute_sqlite,
+    claim_setting,
     database_files,
     default_storage,
     open_table,
-    owner,
+    read_setting,
     to_record,
+    user,
+    write_setting,
 )
-from trainyard.job_queue.runner import run_job
 from trainyard.storage import STORAGE_VARIABLE, is_uri, join
 
 log = get_logger("trainyard.job_queue")
+ADMITTER_FRESH_S = 6.0  # an admission actor whose heartbeat is older is taken for gone (it beats every 2 s)
+BOOTSTRAP_S = 120.0  # the longest an admission actor takes to start
+_BOOTSTRAPPING = threading.Lock()  # this process's threads start an admission actor one at a time
 
 
 @dataclass
@@ -47,6 +57,9 @@ class JobConfig:
     num_workers: int = 1  # > 1: a Ray Train run with DDP
     use_gpu: bool = False
     name: str | None = None
+    priority: int = 0  # higher starts first; equal priorities in submission order
+    max_retries: int = 2  # times a job whose Ray Job was lost (a node, the head) is resumed by itself
+    owner: str | None = None  # who submits it (default: the OS user)
 
     def __post_init__(self) -> None:
         if not callable(self.model_factory):
@@ -59,6 +72,10 @@ class JobConfig:
             raise TypeError(f"JobConfig.training_config must be a TrainingConfig or a dict, got {type(self.training_config).__name__}")
         if not isinstance(self.num_workers, int) or isinstance(self.num_workers, bool) or self.num_workers < 1:
             raise ValueError(f"JobConfig.num_workers={self.num_workers!r} must be an integer >= 1")
+        for name in ("priority", "max_retries"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or (name == "max_retries" and value < 0):
+                raise ValueError(f"JobConfig.{name}={value!r} must be an integer{' >= 0' if name == 'max_retries' else ''}")
         if self.training_config.parallelism == "fsdp" and self.num_workers == 1:
             raise ValueError("JobConfig.training_config.parallelism='fsdp' shards the model across workers: set num_workers >= 2, or parallelism='ddp'")
 
@@ -84,6 +101,11 @@ class JobQueue:
         (default: `$TRAINYARD_STORAGE/jobs`, else beside a SQLite file, `<name>_jobs/`, else
         `runs/jobs`).
 
+        Each job runs as a Ray Job on the cluster in RAY_ADDRESS (else a `ray start` head on
+        this machine, else one the queue starts here and says so), so it outlives the
+        process that submitted it. The queue's admission actor on that cluster starts pending
+        jobs when there is room, by priority then submission.
+
         Jobs and results are stored as pickles, so the database is trusted code: a new
         SQLite file is created owner-only, and one that another user owns or can write is
         refused when a pickle is read from it, unless `allow_shared_storage=True` (or
@@ -91,65 +113,56 @@ class JobQueue:
         database server, its credentials are the boundary."""
         show_logs()
         self.url = absolute_sqlite(url)  # the jobs' processes have other working directories
-        self._engine, self._table = open_table(self.url)
+        self._engine, self._table, self._settings = open_table(self.url, with_settings=True)
         self.storage_path = _job_storage(storage_path, self._engine)
         self.allow_shared_storage = bool(allow_shared_storage)
-        self._tasks: dict[str, tuple[RemoteTask, int]] = {}  # jobs this object launched, and which attempt
+        self._client = None
 
     # -- submitting and controlling ------------------------------------------------------
 
     def submit_job(self, job_config: JobConfig) -> str:
-        """Record the job and launch it on Ray; returns its id at once."""
+        """Record the job as pending and make sure the cluster's admission actor will start
+        it; returns its id at once. The job runs on when this process exits."""
         if not isinstance(job_config, JobConfig):
             raise TypeError(f"submit_job takes a JobConfig, got {type(job_config).__name__}")
         try:
             payload = dumps(job_config)
         except Exception as e:  # noqa: BLE001 - any pickling failure
             raise TypeError(f"the job cannot be stored: {type(e).__name__}: {e}. Keep open files, locks and connections out of it") from e
-        ensure_ray()  # first: a job is recorded only once it can be launched
-        check_satisfiable(
-            {"CPU": 1, "GPU": 1 if job_config.use_gpu else 0}, job_config.num_workers,
-            f"JobConfig(num_workers={job_config.num_workers}{', use_gpu=True' if job_config.use_gpu else ''})",
-            "Use fewer workers, use_gpu=False, or add nodes to the cluster.",
-        )
+        self._ensure_admitter(start_head=True)  # first: a job is recorded only once it can be launched
+        self._check_fits(job_config)
         job_id = uuid.uuid4().hex[:12]
-        checkpoint_dir = str(Path(self.storage_path) / job_id)
+        make_private_dir(Path(self.storage_path))
         with self._engine.begin() as c:
             c.execute(self._table.insert().values(
                 id=job_id, name=job_config.name, state="pending", submitted_at=time.time(), attempts=1,
-                checkpoint_dir=checkpoint_dir, owner=owner(), payload=payload,
+                checkpoint_dir=str(Path(self.storage_path) / job_id), owner=job_config.owner or user(), payload=payload,
+                priority=job_config.priority, num_workers=job_config.num_workers, use_gpu=int(job_config.use_gpu),
+                max_retries=job_config.max_retries, retries=0,
             ))
-        try:
-            self._launch(job_id, 1, job_config, payload)
-        except BaseException:  # the caller gets no id: leave no row that reads as a job
-            with self._engine.begin() as c:
-                c.execute(self._table.delete().where(self._table.c.id == job_id))
-            raise
+        self._ensure_admitter()  # it may have left (idle) between the look above and the insert
         log.info("job %s submitted%s", job_id, f" ({job_config.name})" if job_config.name else "")
         return job_id
 
     def resume_job(self, job_id: str) -> None:
-        """Run a cancelled, failed or interrupted job again, from its last checkpoint."""
+        """Queue a cancelled, failed or interrupted job again, to continue from its last
+        checkpoint."""
         record = self.get_job(job_id)
         if record.state not in ("cancelled", "failed", "interrupted"):
             raise ValueError(f"job {job_id} is {record.state}; only cancelled, failed or interrupted jobs can be resumed")
         row = self._row(job_id)
-        payload, before = row["payload"], {k: row[k] for k in ("state", "error", "finished_at", "attempts", "owner")}
-        job_config = self._unpickle(payload)
-        ensure_ray()
-        attempt, t = record.attempts + 1, self._table
-        with self._engine.begin() as c:  # only from the row just read: two resumes launch once
+        # the driver will unpickle it: the trust check here, where the user can act on it
+        check_private(database_files(self._engine), "the job queue's database", allow=self.allow_shared_storage)
+        self._ensure_admitter(start_head=True)
+        t = self._table
+        with self._engine.begin() as c:  # only from the row just read: two resumes queue it once
             claimed = c.execute(t.update().where(
                 (t.c.id == job_id) & (t.c.attempts == record.attempts) & (t.c.state == row["state"])
-            ).values(state="pending", error=None, finished_at=None, attempts=attempt, owner=owner())).rowcount
+            ).values(state="pending", error=None, finished_at=None, started_at=None, attempts=record.attempts + 1,
+                     ray_job=None, reason=None, launched_at=None)).rowcount
         if not claimed:
             raise RuntimeError(f"job {job_id} changed while it was being resumed (another process resumed or launched it); queue.get_job({job_id!r}) shows it now")
-        try:
-            self._launch(job_id, attempt, job_config, payload)
-        except BaseException:  # not relaunched: it is as it was
-            with self._engine.begin() as c:
-                c.execute(t.update().where((t.c.id == job_id) & (t.c.attempts == attempt)).values(**before))
-            raise
+        self._ensure_admitter()
 
     def cancel_job(self, job_id: str) -> bool:
         """Stop a pending or running job (a running one saves a checkpoint first, so
@@ -160,16 +173,29 @@ class JobQueue:
             changed = c.execute(self._table.update().where(
                 (self._table.c.id == job_id) & self._table.c.state.in_(("pending", "running"))
             ).values(state="cancelled", finished_at=time.time())).rowcount
-        task, _ = self._tasks.get(job_id, (None, None))
-        if changed and task is not None and self._row(job_id)["started_at"] is None:
-            task.cancel()  # not started: drop it from Ray's queue
         return bool(changed)
+
+    def set_max_running(self, limit: int | None) -> None:
+        """At most `limit` jobs of this queue run at once (None: as many as the cluster
+        fits; 0 holds every pending job)."""
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+            raise ValueError(f"max_running={limit!r} must be an integer >= 0, or None for no limit")
+        write_setting(self._engine, self._settings, "max_running", None if limit is None else str(limit))
+
+    @property
+    def max_running(self) -> int | None:
+        value = read_setting(self._engine, self._settings, "max_running")
+        return None if value in (None, "") else int(value)
 
     # -- reading -------------------------------------------------------------------------
 
     def get_job(self, job_id: str) -> JobRecord:
-        self._reconcile(job_id)
-        return to_record(self._row(job_id))
+        row = self._row(job_id)
+        if row["state"] in ("pending", "running"):
+            self._ensure_admitter(quietly=True)
+            if row["state"] == "pending":
+                row["position"] = next((i for i, r in enumerate(self._pending(), 1) if r["id"] == job_id), None)
+        return to_record(row)
 
     def get_job_status(self, job_id: str) -> str:
         """One of JOB_STATES."""
@@ -183,31 +209,44 @@ class JobQueue:
             raise RuntimeError(f"job {job_id} is {record.state}{detail}; results exist only for completed jobs (see queue.wait)")
         return self._unpickle(self._row(job_id)["results"], pickle.loads)
 
-    def list_jobs(self, state: str | None = None) -> list[JobRecord]:
+    def list_jobs(self, state: str | None = None, owner: str | None = None) -> list[JobRecord]:
+        """The jobs, oldest first (a pending one with its `position` in the queue)."""
         if state is not None and state not in JOB_STATES:
             raise ValueError(f"state={state!r} must be one of {list(JOB_STATES)}")
-        for job_id in list(self._tasks):
-            self._reconcile(job_id)
+        t = self._table
         with self._engine.connect() as c:
-            rows = c.execute(self._table.select().order_by(self._table.c.submitted_at)).mappings().all()
-        records = [to_record(dict(row)) for row in rows]
-        return [r for r in records if state is None or r.state == state]
+            rows = [dict(r) for r in c.execute(t.select().order_by(t.c.submitted_at)).mappings()]
+        if any(r["state"] in ("pending", "running") for r in rows):
+            self._ensure_admitter(quietly=True)
+        positions = {r["id"]: i for i, r in enumerate(_in_queue_order(rows), 1)}
+        records = [to_record({**r, "position": positions.get(r["id"])}) for r in rows]
+        return [r for r in records if (state is None or r.state == state) and (owner is None or r.owner == owner)]
 
     def wait(self, job_id: str, timeout: float | None = None, poll: float = 0.2) -> str:
         """Block until the job is completed, failed, cancelled or interrupted; its state.
-        For a job this queue launched, also until its process has ended: a cancelled job
-        saves its checkpoint first, which it cannot do once this process exits."""
+        A cancelled job is waited for until its process has ended (it saves its checkpoint
+        first), so `resume_job` may follow at once."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             state = self.get_job_status(job_id)
-            if state in (*FINISHED, "interrupted"):
-                task, _ = self._tasks.get(job_id, (None, None))
-                if task is not None:
-                    task.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if state in (*FINISHED, "interrupted") and not self._still_stopping(job_id):
                 return state
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} is still {state} after {timeout} s")
             time.sleep(poll)
+
+    def ray_job_logs(self, job_id: str) -> str | None:
+        """What the Ray Job of the job's current (or last) attempt logged, from Ray (less Ray's
+        own lines about starting it); None when the cluster no longer knows it (the job's own
+        log file keeps every attempt's lines)."""
+        ray_job = self._row(job_id)["ray_job"]
+        if not ray_job:
+            return None
+        try:
+            text = self._jobs(start_head=False).get_job_logs(ray_job)
+        except Exception:  # noqa: BLE001 - not on this cluster (restarted), or no cluster
+            return None
+        return "".join(line for line in text.splitlines(keepends=True) if not _RAY_JOB_NOISE.search(line))
 
     # -- internals -----------------------------------------------------------------------
 
@@ -218,30 +257,85 @@ class JobQueue:
             raise KeyError(f"no job {job_id!r} in {self.url}; queue.list_jobs() lists the jobs there")
         return dict(row)
 
+    def _pending(self) -> list[dict[str, Any]]:
+        t = self._table
+        with self._engine.connect() as c:
+            rows = c.execute(t.select().with_only_columns(t.c.id, t.c.state, t.c.priority, t.c.submitted_at, t.c.ray_job)
+                             .where(t.c.state == "pending")).mappings().all()
+        return _in_queue_order([dict(r) for r in rows])
+
+    def _still_stopping(self, job_id: str) -> bool:
+        """A cancelled job whose process has not ended yet (it is saving its position)."""
+        row = self._row(job_id)
+        if row["state"] != "cancelled" or not row["ray_job"]:
+            return False
+        try:
+            status = str(self._jobs(start_head=False).get_job_info(row["ray_job"]).status)
+        except Exception:  # noqa: BLE001 - no cluster, or it no longer knows the job
+            return False
+        return status in ("PENDING", "RUNNING") and time.time() - (row["finished_at"] or 0) < 120
+
     def _unpickle(self, data: bytes, load=loads) -> Any:
         """A pickle from the database, once the database is known to be the user's own."""
         check_private(database_files(self._engine), "the job queue's database", allow=self.allow_shared_storage)
         return load(data)  # noqa: S301 - from a database only this user can write
 
-    def _reconcile(self, job_id: str) -> None:
-        """A job task launched here that ended without recording its end (it could not
-        even start, e.g. its payload failed to unpickle there) is failed, with Ray's error."""
-        task, attempt = self._tasks.get(job_id, (None, None))
-        if task is None or not task.done():
-            return
-        del self._tasks[job_id]
-        error = task.failure()
-        if error is not None:
-            t = self._table
-            with self._engine.begin() as c:
-                c.execute(t.update().where(
-                    (t.c.id == job_id) & (t.c.attempts == attempt) & t.c.state.in_(("pending", "running"))
-                ).values(state="failed", finished_at=time.time(), error=error))
+    def _jobs(self, start_head: bool = True):
+        if self._client is None:
+            address = dashboard_address(start=start_head)
+            if address is None:
+                raise ConnectionError("no Ray cluster is running")
+            self._client = jobs_client(address)
+        return self._client
 
-    def _launch(self, job_id: str, attempt: int, job_config: JobConfig, payload: bytes) -> None:
-        make_private_dir(Path(self.storage_path))
-        self._tasks[job_id] = start_task(
-            run_job, self.url, job_id, attempt, payload, self.storage_path, self.allow_shared_storage,
-            num_cpus=1, num_gpus=1 if job_config.use_gpu and job_config.num_workers == 1 else 0,
-            on_this_node=self._engine.dialect.name == "sqlite",  # the database file is on this node
-        ), attempt
+    def _admitter_beating(self) -> bool:
+        return read_setting(self._engine, self._settings, "admitter", fresh_within=ADMITTER_FRESH_S) is not None
+
+    def _ensure_admitter(self, start_head: bool = False, quietly: bool = False) -> None:
+        """The cluster's admission actor for this database is beating, or is started by a
+        short Ray Job (`python -m trainyard.job_queue.admission`), waited for until it beats.
+        Many threads and processes at once: one of them (holding the database's "bootstrap"
+        lease) starts it, the others wait for its beat. `quietly`: a reader's look, which
+        never starts a head and gives up in silence."""
+        try:
+            with _BOOTSTRAPPING:
+                self._start_admitter(start_head)
+        except Exception:
+            if not quietly:
+                raise
+
+    def _start_admitter(self, start_head: bool) -> None:
+        deadline = time.monotonic() + BOOTSTRAP_S
+        while not self._admitter_beating():
+            submission_id = f"{admitter_name(self.url)}-{uuid.uuid4().hex[:6]}"
+            if claim_setting(self._engine, self._settings, "bootstrap", submission_id, stale_s=BOOTSTRAP_S):
+                argv = [self.url, self.storage_path, "1" if self.allow_shared_storage else "0"]
+                try:
+                    start_and_wait(self._jobs(start_head=start_head), f"python -m trainyard.job_queue.admission {shlex.join(argv)}",
+                                   submission_id, self._admitter_beating, "the job queue's admission actor", timeout=BOOTSTRAP_S)
+                finally:
+                    write_setting(self._engine, self._settings, "bootstrap", None, at=0.0)  # released
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the job queue's admission actor did not start within {BOOTSTRAP_S:.0f} s (another process was starting it)")
+            time.sleep(0.2)
+
+    def _check_fits(self, job: JobConfig) -> None:
+        """Refuse a job the cluster can never run (as its admitter last saw the nodes)."""
+        seen = read_setting(self._engine, self._settings, "admitter")
+        cluster = json.loads(seen) if seen else {}
+        if cluster.get("autoscaling") or not cluster.get("nodes"):
+            return
+        problem = unsatisfiable({"CPU": 1, "GPU": 1 if job.use_gpu else 0}, job.num_workers, cluster["nodes"],
+                                f"JobConfig(num_workers={job.num_workers}{', use_gpu=True' if job.use_gpu else ''})",
+                                "Use fewer workers, use_gpu=False, or add nodes to the cluster.")
+        if problem is not None:
+            raise ValueError(problem)
+
+
+_RAY_JOB_NOISE = re.compile(r"^\S+ \S+\s+INFO job_manager\.py:\d+ -- |^Running entrypoint for job ")
+
+
+def _in_queue_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pending jobs not yet launched, in the order the admitter starts them."""
+    return queue_order([r for r in rows if r["state"] == "pending" and not r.get("ray_job")])

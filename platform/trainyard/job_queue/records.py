@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import importlib.util
 import os
 import socket
@@ -17,6 +18,7 @@ FINISHED = ("completed", "failed", "cancelled")
 HEARTBEAT_S = 2.0  # a running job touches its record this often
 STALE_S = 60.0  # a running job silent this long is reported interrupted
 TABLE = "trainyard_jobs"
+SETTINGS = "trainyard_queue"  # queue-wide values: max_running, the admitter's heartbeat, the cluster's size
 
 
 @dataclass(frozen=True)
@@ -31,10 +33,17 @@ class JobRecord:
     error: str | None
     checkpoint_dir: str
     checkpoint_path: str | None  # the last checkpoint written (completed jobs)
+    owner: str | None = None  # who submitted it (the OS user unless given)
+    priority: int = 0  # higher starts first; equal priorities start in submission order
+    reason: str | None = None  # why a pending job waits (or how it was last resumed)
+    ray_job: str | None = None  # the Ray Job (submission id) running its current attempt
+    position: int | None = None  # a pending job's place in the queue, 1 = next to start
+    launched_at: float | None = None  # when its current attempt's Ray Job was started
 
 
-def open_table(url: str):
-    """(SQLAlchemy engine, the jobs table), created if it does not exist."""
+def open_table(url: str, with_settings: bool = False):
+    """(SQLAlchemy engine, the jobs table), created if it does not exist; with the
+    queue-wide settings table too when `with_settings`."""
     import sqlalchemy as sa
 
     url = _with_driver(url)
@@ -65,13 +74,27 @@ def open_table(url: str):
         sa.Column("finished_at", sa.Float),
         sa.Column("heartbeat_at", sa.Float),
         sa.Column("attempts", sa.Integer, nullable=False, default=1),
-        sa.Column("owner", sa.String(300)),  # host:pid of the process that launched it
+        sa.Column("owner", sa.String(300)),  # who submitted it (before Ray Jobs: host:pid of the launcher)
         sa.Column("worker", sa.String(300)),  # host:pid of the process running it
         sa.Column("error", sa.Text),
         sa.Column("checkpoint_dir", sa.Text, nullable=False),
         sa.Column("checkpoint_path", sa.Text),
         sa.Column("payload", sa.LargeBinary, nullable=False),
         sa.Column("results", sa.LargeBinary),
+        sa.Column("priority", sa.Integer),
+        sa.Column("num_workers", sa.Integer),
+        sa.Column("use_gpu", sa.Integer),
+        sa.Column("max_retries", sa.Integer),
+        sa.Column("retries", sa.Integer),  # automatic resumptions so far
+        sa.Column("ray_job", sa.String(100)),  # the Ray Job's submission id of the current attempt
+        sa.Column("launched_at", sa.Float),  # when the admitter started that Ray Job
+        sa.Column("reason", sa.Text),
+    )
+    settings = sa.Table(
+        SETTINGS, meta,
+        sa.Column("name", sa.String(64), primary_key=True),
+        sa.Column("value", sa.Text),
+        sa.Column("updated_at", sa.Float),
     )
     for attempt in range(5):
         try:
@@ -83,7 +106,7 @@ def open_table(url: str):
                 continue
             raise ValueError(f"JobQueue cannot open {url!r}: {e.orig}") from None
     _add_missing_columns(engine, table)
-    return engine, table
+    return (engine, table, settings) if with_settings else (engine, table)
 
 
 def _with_driver(url: str) -> str:
@@ -110,6 +133,49 @@ def _add_missing_columns(engine, table) -> None:
             except (sa.exc.OperationalError, sa.exc.ProgrammingError) as e:
                 if "duplicate column" not in str(e.orig).lower() and "already exists" not in str(e.orig).lower():
                     raise  # another process added it first otherwise
+
+
+def read_setting(engine, settings, name: str, fresh_within: float | None = None) -> str | None:
+    """A queue-wide setting's value (None when unset, or older than `fresh_within` seconds)."""
+    with engine.connect() as c:
+        row = c.execute(settings.select().where(settings.c.name == name)).first()
+    if row is None or (fresh_within is not None and time.time() - (row.updated_at or 0) > fresh_within):
+        return None
+    return row.value
+
+
+def write_setting(engine, settings, name: str, value: str | None, at: float | None = None) -> None:
+    import sqlalchemy as sa
+
+    values = {"value": value, "updated_at": time.time() if at is None else at}
+    with engine.begin() as c:
+        if c.execute(settings.update().where(settings.c.name == name).values(**values)).rowcount:
+            return
+    try:
+        with engine.begin() as c:
+            c.execute(settings.insert().values(name=name, **values))
+    except sa.exc.IntegrityError:  # another process inserted it first
+        with engine.begin() as c:
+            c.execute(settings.update().where(settings.c.name == name).values(**values))
+
+
+def claim_setting(engine, settings, name: str, value: str, stale_s: float) -> bool:
+    """Take the setting `name` as a lease (with `value`), unless another process holds it,
+    taken less than `stale_s` seconds ago; whether this process has it now. Released by
+    writing it with `at=0`."""
+    import sqlalchemy as sa
+
+    now = time.time()
+    with engine.begin() as c:
+        if c.execute(settings.update().where((settings.c.name == name) & (settings.c.updated_at < now - stale_s))
+                     .values(value=value, updated_at=now)).rowcount:
+            return True
+    try:
+        with engine.begin() as c:
+            c.execute(settings.insert().values(name=name, value=value, updated_at=now))
+        return True
+    except sa.exc.IntegrityError:  # it exists, and is held
+        return False
 
 
 def database_files(engine) -> list[Path]:
@@ -147,9 +213,17 @@ def default_storage(engine: Any) -> Path:
     return Path("runs") / "jobs"
 
 
-def owner() -> str:
-    """host:pid of this process, the launcher of the jobs it submits."""
+def this_process() -> str:
+    """host:pid of this process (a job's record names the process running it)."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def user() -> str:
+    """Who is submitting: the OS user."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        return str(os.getuid())
 
 
 def to_record(row: dict[str, Any]) -> JobRecord:
@@ -157,35 +231,28 @@ def to_record(row: dict[str, Any]) -> JobRecord:
         id=row["id"], name=row["name"], state=observed_state(row), submitted_at=row["submitted_at"],
         started_at=row["started_at"], finished_at=row["finished_at"], attempts=row["attempts"],
         error=row["error"], checkpoint_dir=row["checkpoint_dir"], checkpoint_path=row["checkpoint_path"],
+        owner=row.get("owner"), priority=row.get("priority") or 0, reason=row.get("reason"), ray_job=row.get("ray_job"),
+        position=row.get("position"), launched_at=row.get("launched_at"),
     )
 
 
 def observed_state(row: dict[str, Any]) -> str:
-    """The stored state, or 'interrupted' for a pending/running job nobody runs any more.
-
-    A job whose launching process died is interrupted (Ray stops the tasks of a dead
-    submitter), but not while its own process is still alive: it is still running, and
-    resuming it then would put two trainers in one checkpoint directory."""
+    """The stored state, or 'interrupted' for a running job nobody runs any more: its
+    heartbeat a minute silent, or silent for three beats with its process here gone. (The
+    queue's admitter finds a lost Ray Job sooner, from Ray; this rule holds where none is
+    looking.) Not while its process here is alive and beating: resuming it then would put
+    two trainers in one folder."""
     state = row["state"]
-    if state not in ("pending", "running"):
+    if state != "running":
         return state
-    launcher_gone = _gone(row["owner"]) is True
-    silent = row["heartbeat_at"] is not None and time.time() - row["heartbeat_at"] > STALE_S
-    if not (launcher_gone or (state == "running" and silent)):
+    if row["heartbeat_at"] is None:
         return state
-    if state == "running" and not _worker_gone(row):
-        return "running"  # being stopped, or wedged: not resumable until its process is gone
-    return "interrupted"
-
-
-def _worker_gone(row: dict[str, Any]) -> bool:
-    """The process running the job is known dead: on this host, by its pid; elsewhere, by
-    a heartbeat silent for three beats."""
-    silence = time.time() - row["heartbeat_at"] if row["heartbeat_at"] is not None else float("inf")
-    gone = _gone(row["worker"])
-    if gone is not None:
-        return gone or silence > STALE_S  # alive but a minute silent: its pid was reused
-    return silence > 3 * HEARTBEAT_S + 1
+    silence = time.time() - row["heartbeat_at"]
+    if silence > STALE_S:  # a minute silent: ended elsewhere, or its pid here was reused
+        return "interrupted"
+    if silence > 3 * HEARTBEAT_S + 1 and _gone(row["worker"]) is True:  # ended here without recording it
+        return "interrupted"
+    return state
 
 
 def _gone(who: str | None) -> bool | None:

@@ -1,10 +1,15 @@
-"""A job, inside its Ray task: mark it running, heartbeat, train, record the outcome."""
+"""A job's driver, run by Ray's job system: mark it running, heartbeat, train, record the outcome.
+
+    python -m trainyard.job_queue.runner URL JOB_ID ATTEMPT STORAGE ALLOW   # the Ray Job's entrypoint
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import pickle
+import signal
+import sys
 import threading
 import time
 import traceback
@@ -18,27 +23,30 @@ from trainyard.engine.run_folder import latest_valid
 from trainyard.execution.configs import run_config, scaling_config
 from trainyard.execution.ingest import run_inputs
 from trainyard.execution.remote import loads
-from trainyard.job_queue.records import HEARTBEAT_S, database_files, finish, open_table, owner
+from trainyard.job_queue.records import HEARTBEAT_S, database_files, finish, open_table, this_process
 from trainyard.trainer import Trainer
 
 
-def run_job(url: str, job_id: str, attempt: int, payload: bytes, storage_path: str, allow_shared_storage: bool = False) -> None:
-    """Runs as a Ray task: the job's whole life, written to its record as it goes.
+def run_job(url: str, job_id: str, attempt: int, payload: bytes | None, storage_path: str, allow_shared_storage: bool = False) -> None:
+    """The job's whole life, written to its record as it goes (in its Ray Job's driver).
 
-    `attempt` fences the record: this task claims, heartbeats and finishes the job only
-    while the record still counts that attempt, so a task of an earlier launch that is
+    `attempt` fences the record: this process claims, heartbeats and finishes the job only
+    while the record still counts that attempt, so a driver of an earlier launch that is
     still dying never writes over (or trains beside) the run that resumed it."""
     engine, table = open_table(url)
     mine = (table.c.id == job_id) & (table.c.attempts == attempt)
     with engine.begin() as c:
         started = c.execute(table.update().where(mine & (table.c.state == "pending")).values(
-            state="running", started_at=time.time(), heartbeat_at=time.time(), worker=owner(),
+            state="running", started_at=time.time(), heartbeat_at=time.time(), worker=this_process(),
         )).rowcount
     if not started:  # cancelled before it began, or launched again since
         return
+    if payload is None:  # the job as submitted, from its record
+        with engine.connect() as c:
+            payload = c.execute(table.select().with_only_columns(table.c.payload).where(table.c.id == job_id)).scalar_one()
     log_file = log_path(Path(storage_path) / job_id)  # the record's checkpoint_dir
     with job_log(log_file):
-        get_logger("trainyard.job_queue").info("job %s: attempt %d started on %s", job_id, attempt, owner())
+        get_logger("trainyard.job_queue").info("job %s: attempt %d started on %s", job_id, attempt, this_process())
         _run(engine, table, job_id, attempt, payload, storage_path, log_file, allow_shared_storage)
 
 
@@ -115,11 +123,10 @@ def _run(engine, table, job_id: str, attempt: int, payload: bytes, storage_path:
         log.info("job %s: attempt %d stopped, the job was launched again", job_id, attempt)
         return  # the record is the newer attempt's
     except (SystemExit, KeyboardInterrupt) as e:
-        # Ray ends a task this way when the process that submitted it dies (or on ray.cancel)
+        # `ray job stop` (SIGTERM, below) or Ctrl-C where it was run by hand
         finish(engine, table, job_id, attempt, state="interrupted", error=(
-            f"the job's process was told to exit ({type(e).__name__}: {e}) at {time.strftime('%Y-%m-%d %H:%M:%S')}, "
-            "most likely because the process that submitted it died; queue.resume_job(job_id) continues "
-            "from its last checkpoint"
+            f"the job's process was told to exit ({type(e).__name__}: {e}) at {time.strftime('%Y-%m-%d %H:%M:%S')}; "
+            "queue.resume_job(job_id) continues from its last checkpoint"
         ))
         raise
     except BaseException:
@@ -168,3 +175,17 @@ class _StopWhenCancelled(TrainingHooks):
             raise _Superseded(f"job {self.watch.job_id} was launched again (attempt > {self.watch.attempt})")
         if self.watch.cancelled and not trainer.stop_requested:
             trainer.request_stop("the job was cancelled")
+
+
+def main(argv: list[str]) -> int:
+    def stop(signum, frame):  # `ray job stop`: recorded as interrupted, then the process ends
+        raise SystemExit(f"stopped by signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, stop)
+    url, job_id, attempt, storage_path, allow = argv
+    run_job(url, job_id, int(attempt), None, storage_path, allow == "1")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
