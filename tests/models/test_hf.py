@@ -105,6 +105,31 @@ def test_dtype_and_gradient_checkpointing_go_through_the_models_own_switches(tmp
         hf.model_builder(str(directory), None, dtype="int8")
 
 
+@pytest.mark.parametrize("adapters", [False, True], ids=["full", "lora"])
+def test_training_builds_no_generation_cache_and_the_model_keeps_it_for_generation(tmp_path, adapters):
+    """Hugging Face models build their key/value cache in every forward (config.use_cache),
+    training ones too: a concatenation per layer kept for backward, 5% of a LoRA step. It is
+    not built while trainyard trains, and the model keeps the setting for generation."""
+    from trainyard import Trainer, TrainingConfig
+    from trainyard.models import hf
+
+    model = hf.model_builder(str(save_tiny_gpt2(tmp_path / "tiny")), None)(None)
+    caches = []
+    model.register_forward_hook(lambda m, args, out: caches.append(out.past_key_values) if m.training else None)
+    peft = {"method": "lora", "r": 2, "target_modules": ["c_attn"]} if adapters else None
+    ids = [torch.arange(1, 9) % 8 + 1 for _ in range(8)]
+    Trainer(model, {"pad_token_id": 0}, TrainingConfig(epochs=1, batch_size=4, checkpoint_dir=str(tmp_path / "run")),
+            task_spec="language_modeling", peft_config=peft).train(ids)
+    assert len(caches) == 2 and caches == [None, None]
+    assert model.config.use_cache is True
+    if not adapters:  # (with adapters the hook is on the PEFT model trainyard built around this one)
+        model.train()
+        assert model(torch.arange(1, 9)[None]).past_key_values is None  # training: none, unless asked
+        assert model(torch.arange(1, 9)[None], use_cache=True).past_key_values is not None
+    model.eval()
+    assert model(torch.arange(1, 9)[None]).past_key_values is not None  # generation as before
+
+
 @pytest.mark.parametrize("section, message", [
     ({"name": "hf"}, "model.name=hf needs name_or_path"),
     ({"name": "gpt", "name_or_path": "gpt2"}, "a Hugging Face model is name: hf"),

@@ -41,7 +41,7 @@ from trainyard.engine.data.rows import RowSource
 from trainyard.engine.fields import optimizer_arguments, optimizer_class
 from trainyard.engine.model_config import model_config_value
 from trainyard.engine.task import compute_loss
-from trainyard.engine.trainable import load_model_state
+from trainyard.engine.trainable import load_model_state, without_generation_cache
 
 
 def datasets(train_data: Any, val_data: Any, ctx: RunContext, cfg: TrainingConfig) -> tuple[Any, Any]:
@@ -143,6 +143,7 @@ def build_parts(raw_model: nn.Module, cfg: TrainingConfig, ctx: RunContext, load
     weights are in `raw_model` already)."""
     if cfg.activation_checkpointing:
         checkpoint_activations(raw_model, cfg.fsdp_wrap)
+    without_generation_cache(raw_model)  # a Hugging Face model's generation cache, not built while it trains
     model = ctx.prepare_model(raw_model)
     amp_dtype, scaler = amp_policy(cfg, ctx.device)
     optimizer = build_optimizer(raw_model, cfg)

@@ -1,9 +1,12 @@
-"""Which of a model's state a checkpoint holds, and reading it back: all of it, or, for a
-model with adapters (PEFT: its own weights frozen, rebuilt by its factory on resume), only
-the trainable parameters, so that checkpoints stay small and the base is never copied.
-Duck-typed: the engine never imports peft."""
+"""What the engine must know of the user's model, duck-typed (it never imports peft or
+transformers): which of its state a checkpoint holds, and reading it back (all of it, or,
+for a model with adapters, PEFT's, its own weights frozen and rebuilt by its factory on
+resume, only the trainable parameters, so that checkpoints stay small and the base is never
+copied); and a Hugging Face model's generation cache, which training does not build."""
 
 from __future__ import annotations
+
+import inspect
 
 from torch import nn
 
@@ -46,3 +49,34 @@ def load_model_state(model: nn.Module, loaded: ckpt.LoadedCheckpoint) -> None:
             what = f"has parameters this model lacks: {unexpected[:3]}" if unexpected else f"lacks trainable parameters of this model: {absent[:3]}"
             raise ckpt.CheckpointError(f"checkpoint {loaded.path} holds the trainable parameters of a model with adapters, and {what}; "
                                        "resume with the peft settings it was trained with")
+
+
+def without_generation_cache(model: nn.Module) -> bool:
+    """A Hugging Face model builds its key/value cache for generation (`config.use_cache`) in
+    every forward, training ones too: a concatenation per layer, kept in the graph for the
+    backward pass (5% of a LoRA step on a small GPT-2). Hugging Face's Trainer turns the
+    setting off for good; here a forward pre-hook passes `use_cache=False` while the model
+    trains, unless the caller passes it, so the model and its export keep the setting for
+    generation. Whether `model` (or the first module in it with such a config) got the hook."""
+    for module in model.modules():
+        if not getattr(getattr(module, "config", None), "use_cache", False) or not _takes_use_cache(module):
+            continue
+        if not getattr(module, "_trainyard_no_cache", False):
+            module.register_forward_pre_hook(_no_cache_while_training, with_kwargs=True)
+            module._trainyard_no_cache = True
+        return True
+    return False
+
+
+def _takes_use_cache(module: nn.Module) -> bool:
+    try:
+        params = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return "use_cache" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _no_cache_while_training(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    if module.training and kwargs.get("use_cache") is None:
+        return args, {**kwargs, "use_cache": False}
+    return None
