@@ -36,7 +36,9 @@ def test_the_readme_has_the_examples_this_file_runs():
 
 
 @pytest.mark.slow
-def test_every_python_example_runs_as_written(ray_session, tmp_path, monkeypatch):
+def test_every_python_example_runs_as_written(ray_session, queue_cluster, tmp_path, monkeypatch):
+    """(The job queue's example runs its job on the session's `ray start` head, which
+    queue_cluster names in RAY_ADDRESS: with none, the queue would start a head of its own.)"""
     monkeypatch.chdir(tmp_path)  # what the examples write (checkpoints, the job database) goes here
     namespace = {"__name__": "readme"}
     for code, needs in blocks("python"):

@@ -146,7 +146,7 @@ def _connect(ray, num_cpus: int | None, py_modules: list[str] | None) -> None:
         # shutdown, its PlacementGroupCleaner every second). They find it by looking for
         # the Ray instance on this machine, which fails ("Found multiple active Ray
         # instances") as soon as a second one runs here: give them its address instead.
-        port = _free_port()
+        port = free_port()
         options["runtime_env"]["env_vars"]["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
         # Ray Train's preemption watcher (one more actor process per run, ~1 s of a short
         # run on two cores) watches for nodes being drained: a one-node instance of this
@@ -366,7 +366,7 @@ def cluster_resources() -> dict[str, float]:
     return dict(ray.cluster_resources())
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -20,7 +20,7 @@ import time
 from typing import Any, Callable
 
 from trainyard._logging import get_logger, say_if_slow
-from trainyard.execution.ray_env import running_cluster, unanswered
+from trainyard.execution.ray_env import free_port, running_cluster, unanswered
 
 log = get_logger("trainyard.execution")
 
@@ -63,8 +63,13 @@ def _api_url(address: str) -> str:
 def _start_local_head() -> str:
     """`ray start --head` on this machine: Ray Jobs need a Ray that outlives the submitting
     process. Two processes starting one at once: the loser joins the winner's."""
+    # The ports a user addresses (6379, the dashboard's 8265) are Ray's defaults; the agents'
+    # are free ones: a Ray running inside another process here (a notebook's) holds the
+    # defaults, and the new head's job agent would never come up ("No available agent").
+    agents = [f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+                                                      "metrics-export-port")]
     command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--disable-usage-stats",
-               "--include-dashboard=true", "--dashboard-host=127.0.0.1"]
+               "--include-dashboard=true", "--dashboard-host=127.0.0.1", *agents]
     with say_if_slow("starting a Ray head on this machine", logger="trainyard.job_queue"):
         done = subprocess.run(command, capture_output=True, text=True, start_new_session=True)
     running = running_cluster()
@@ -94,7 +99,7 @@ def ray_states(client) -> dict[str, tuple[str, str]]:
 
 def submit_with_retry(client, **kwargs: Any) -> str:
     """client.submit_job, retried while a head just started has no job agent yet."""
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120  # a loaded machine's new head: over a minute
     while True:
         try:
             return client.submit_job(**kwargs)
