@@ -203,3 +203,26 @@ def test_a_database_writable_by_the_users_private_group_is_accepted(tmp_path):
     os.chmod(db, 0o660)
     queue.get_job_results("completed").close()
     assert marker.exists()
+
+
+def test_a_reader_does_not_start_the_admission_actor_at_every_look_while_that_fails(tmp_path, monkeypatch):
+    """`get_job` of a pending job starts the cluster's admission actor if none beats; where
+    that fails (a cluster without trainyard), a polling reader must not submit a bootstrap
+    Ray Job at every poll, and never raises for it."""
+    from trainyard.job_queue import queue as queue_module
+
+    queue, _, _ = _planted(tmp_path, "pending")
+    tries = []
+
+    def fails(*args, **kwargs):
+        tries.append(args[2])
+        raise RuntimeError("the job queue's admission actor did not start on the cluster")
+
+    monkeypatch.setattr(queue_module, "start_and_wait", fails)
+    monkeypatch.setattr(JobQueue, "_jobs", lambda self, start_head=True: object())
+    for _ in range(5):
+        assert queue.get_job_status("pending") == "pending"
+    assert len(tries) == 1
+    with pytest.raises(RuntimeError, match="did not start on the cluster"):  # a submission says why
+        queue._ensure_admitter(start_head=True)
+    assert len(tries) == 2

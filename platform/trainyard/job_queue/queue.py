@@ -40,6 +40,7 @@ from trainyard.storage import STORAGE_VARIABLE, is_uri, join
 log = get_logger("trainyard.job_queue")
 ADMITTER_FRESH_S = 6.0  # an admission actor whose heartbeat is older is taken for gone (it beats every 2 s)
 BOOTSTRAP_S = 120.0  # the longest an admission actor takes to start
+QUIET_RETRY_S = 30.0  # a reader that failed to start it tries again this much later
 _BOOTSTRAPPING = threading.Lock()  # this process's threads start an admission actor one at a time
 
 
@@ -117,6 +118,7 @@ class JobQueue:
         self.storage_path = _job_storage(storage_path, self._engine)
         self.allow_shared_storage = bool(allow_shared_storage)
         self._client = None
+        self._failed_at = -float("inf")  # when this object last failed to start the admission actor
 
     # -- submitting and controlling ------------------------------------------------------
 
@@ -140,7 +142,7 @@ class JobQueue:
                 priority=job_config.priority, num_workers=job_config.num_workers, use_gpu=int(job_config.use_gpu),
                 max_retries=job_config.max_retries, retries=0,
             ))
-        self._ensure_admitter()  # it may have left (idle) between the look above and the insert
+        self._ensure_admitter(quietly=True)  # it may have left (idle) since the look above; the job is recorded either way
         log.info("job %s submitted%s", job_id, f" ({job_config.name})" if job_config.name else "")
         return job_id
 
@@ -162,7 +164,7 @@ class JobQueue:
                      ray_job=None, reason=None, launched_at=None)).rowcount
         if not claimed:
             raise RuntimeError(f"job {job_id} changed while it was being resumed (another process resumed or launched it); queue.get_job({job_id!r}) shows it now")
-        self._ensure_admitter()
+        self._ensure_admitter(quietly=True)
 
     def cancel_job(self, job_id: str) -> bool:
         """Stop a pending or running job (a running one saves a checkpoint first, so
@@ -297,10 +299,13 @@ class JobQueue:
         Many threads and processes at once: one of them (holding the database's "bootstrap"
         lease) starts it, the others wait for its beat. `quietly`: a reader's look, which
         never starts a head and gives up in silence."""
+        if quietly and time.monotonic() - self._failed_at < QUIET_RETRY_S:
+            return  # a reader does not submit a bootstrap Ray Job at every look while they fail
         try:
             with _BOOTSTRAPPING:
                 self._start_admitter(start_head)
         except Exception:
+            self._failed_at = time.monotonic()
             if not quietly:
                 raise
 
