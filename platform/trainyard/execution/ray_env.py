@@ -412,20 +412,3 @@ def running_cluster() -> str | None:
     if not address.rpartition(":")[2].isdigit():
         return None  # not host:port: not written by `ray start`
     return address if unanswered(address, timeout=0.5) is None else None
-
-
-@contextlib.contextmanager
-def forwarded_lines():
-    """The lines Ray forwards to this process's terminal from its tasks and actors, as they
-    arrive (a list that grows while in the block)."""
-    import ray._private.ray_logging as ray_logging
-
-    seen: list[str] = []
-    dispatcher = getattr(ray_logging, "global_worker_stdstream_dispatcher", None)  # Ray's, internal: where it prints from
-    if dispatcher is not None:
-        dispatcher.add_handler("trainyard_follow", lambda data: seen.extend(data.get("lines", ())))
-    try:
-        yield seen
-    finally:
-        if dispatcher is not None:
-            dispatcher.remove_handler("trainyard_follow")
