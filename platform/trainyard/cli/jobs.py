@@ -88,10 +88,10 @@ def _submit(queue, args) -> int:
 
     if args.workers < 1:
         raise ValueError(f"--workers {args.workers}: a job needs at least 1 worker")
-    with say_if_slow(f"preparing the job: reading {args.config}'s data", logger="trainyard.cli"):
-        exp = build(load_spec(args.config, args.overrides))
     if args.retries < 0:
         raise ValueError(f"--retries {args.retries}: give 0 or more")
+    with say_if_slow(f"preparing the job: reading {args.config}'s data", logger="trainyard.cli"):
+        exp = build(load_spec(args.config, args.overrides))
     job = JobConfig(
         model_factory=exp.model_factory, config=exp.model_config, train_data=exp.train_data, val_data=exp.val_data,
         training_config=exp.training_config, task_spec=exp.task_spec, num_workers=args.workers, use_gpu=args.gpu,

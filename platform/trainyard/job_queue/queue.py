@@ -184,11 +184,6 @@ class JobQueue:
             raise ValueError(f"max_running={limit!r} must be an integer >= 0, or None for no limit")
         write_setting(self._engine, self._settings, "max_running", None if limit is None else str(limit))
 
-    @property
-    def max_running(self) -> int | None:
-        value = read_setting(self._engine, self._settings, "max_running")
-        return None if value in (None, "") else int(value)
-
     # -- reading -------------------------------------------------------------------------
 
     def get_job(self, job_id: str) -> JobRecord:
